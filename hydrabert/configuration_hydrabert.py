@@ -1,0 +1,144 @@
+"""HydraBERT configuration: one encoder config plus a head per task.
+
+This file travels to the Hub next to the weights (``trust_remote_code``): it imports only
+transformers and the standard library.
+"""
+
+from __future__ import annotations
+
+import math
+
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
+POOLING_MODES = ("cls", "mean")
+EMBEDDING_ACTIVATIONS = ("tanh", "identity")
+
+
+class HydraBertConfig(PreTrainedConfig):
+    r"""
+    Configuration of a [`HydraBertModel`]: a BERT-family encoder, a sentence-embedding projection
+    (`tanh(Linear(h_[CLS]))`, what BERT's own pooler computes), an optional domain-adaptation
+    bottleneck and one classification/regression head per task.
+
+    Args:
+        encoder (`dict` or `PreTrainedConfig`, *optional*):
+            The backbone's config (any BERT-family model type); a `BertConfig` by default.
+        tasks (`dict[str, dict]`, *optional*):
+            `{name: {"num_labels": int, "labels": [str, ...], "problem_type": str, "weight": float}}`.
+            Every key is optional except that a task needs `num_labels` or `labels`. Heads are keyed
+            by task name, never by position.
+        embedding_dim (`int`, *optional*):
+            Size of the sentence embedding; defaults to the encoder's hidden size.
+        pooling (`str`, defaults to `"cls"`):
+            `"cls"` (the [CLS] state) or `"mean"` (mean over real tokens, using the attention mask).
+        embedding_activation (`str`, defaults to `"tanh"`):
+            Activation after the projection: `"tanh"` or `"identity"`.
+        classifier_dropout (`float`, *optional*):
+            Dropout before every head; defaults to the encoder's `hidden_dropout_prob`.
+        adapter_size (`int`, *optional*):
+            Width of a residual bottleneck adapter between the embedding and the heads (domain
+            adaptation); `None` turns it off.
+
+    Example:
+
+    ```python
+    >>> from hydrabert import HydraBertConfig
+    >>> config = HydraBertConfig(tasks={"sentiment": {"labels": ["negative", "positive"]},
+    ...                                 "topic": {"num_labels": 6}})
+    >>> config.tasks["topic"]["labels"][:2]
+    ['LABEL_0', 'LABEL_1']
+    ```
+    """
+
+    model_type = "hydrabert"
+    sub_configs_defaults = {"encoder": SubConfigSpec(config_class=AutoConfig, model_type="bert")}
+
+    encoder: PreTrainedConfig | dict | None = None
+    tasks: dict | None = None
+    embedding_dim: int | None = None
+    pooling: str = "cls"
+    embedding_activation: str = "tanh"
+    classifier_dropout: float | None = None
+    adapter_size: int | None = None
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self.tasks = {name: _normalize_task(name, spec) for name, spec in sorted((self.tasks or {}).items())}
+        if self.embedding_dim is None:
+            self.embedding_dim = self.encoder.hidden_size
+        self._check_fields()
+
+    def _check_fields(self):
+        if not isinstance(self.embedding_dim, int) or self.embedding_dim <= 0:
+            raise ValueError(f"embedding_dim must be a positive integer, got {self.embedding_dim!r}")
+        if self.pooling not in POOLING_MODES:
+            raise ValueError(f"pooling must be one of {POOLING_MODES}, got {self.pooling!r}")
+        if self.embedding_activation not in EMBEDDING_ACTIVATIONS:
+            raise ValueError(
+                f"embedding_activation must be one of {EMBEDDING_ACTIVATIONS}, got {self.embedding_activation!r}"
+            )
+        if self.classifier_dropout is not None and not 0.0 <= self.classifier_dropout < 1.0:
+            raise ValueError(f"classifier_dropout must be in [0, 1), got {self.classifier_dropout!r}")
+        if self.adapter_size is not None and (
+            not isinstance(self.adapter_size, int) or self.adapter_size <= 0
+        ):
+            raise ValueError(f"adapter_size must be a positive integer or None, got {self.adapter_size!r}")
+
+    @property
+    def task_names(self) -> list[str]:
+        return list(self.tasks)
+
+    def head_dropout(self) -> float:
+        if self.classifier_dropout is not None:
+            return self.classifier_dropout
+        return getattr(self.encoder, "hidden_dropout_prob", 0.1)
+
+
+def _normalize_task(name, spec) -> dict:
+    """Fill a task's defaults and check it, so that every consumer sees the same complete record."""
+    if not isinstance(name, str) or not name.isidentifier():
+        # Task names become module names (heads.<name>) and metric prefixes (eval_<name>_accuracy).
+        raise ValueError(f"tasks: task name {name!r} must be a valid Python identifier (letters, digits, _)")
+    if not isinstance(spec, dict):
+        raise ValueError(f"tasks[{name!r}] must be a dict, got {type(spec).__name__}")
+    unknown = set(spec) - {"num_labels", "labels", "problem_type", "weight"}
+    if unknown:
+        raise ValueError(f"tasks[{name!r}] has unknown keys {sorted(unknown)}")
+    problem_type = spec.get("problem_type") or "single_label_classification"
+    if problem_type not in PROBLEM_TYPES:
+        raise ValueError(f"tasks[{name!r}].problem_type must be one of {PROBLEM_TYPES}, got {problem_type!r}")
+    labels = spec.get("labels")
+    num_labels = spec.get("num_labels")
+    if labels is not None:
+        labels = [str(label) for label in labels]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"tasks[{name!r}].labels has duplicates: {labels}")
+        if num_labels is not None and num_labels != len(labels):
+            raise ValueError(f"tasks[{name!r}]: num_labels={num_labels} but {len(labels)} labels were given")
+        num_labels = len(labels)
+    if num_labels is None:
+        num_labels = 1 if problem_type == "regression" else None
+    if not isinstance(num_labels, int) or isinstance(num_labels, bool) or num_labels < 1:
+        raise ValueError(
+            f"tasks[{name!r}].num_labels must be a positive integer (or give labels), got {num_labels!r}"
+        )
+    if problem_type == "single_label_classification" and num_labels < 2:
+        raise ValueError(
+            f"tasks[{name!r}]: single-label classification needs at least 2 labels, got {num_labels}"
+        )
+    if labels is None:
+        labels = [f"LABEL_{i}" for i in range(num_labels)]
+    weight = spec.get("weight", 1.0)
+    if (
+        isinstance(weight, bool)
+        or not isinstance(weight, (int, float))
+        or not math.isfinite(weight)
+        or weight < 0
+    ):
+        raise ValueError(f"tasks[{name!r}].weight must be a finite number >= 0, got {weight!r}")
+    return {"num_labels": num_labels, "labels": labels, "problem_type": problem_type, "weight": float(weight)}
+
+
+__all__ = ["HydraBertConfig"]

@@ -1,0 +1,501 @@
+"""HydraBERT: one BERT-family encoder, a sentence embedding, one head per task.
+
+This file travels to the Hub next to the weights and runs under ``trust_remote_code`` on machines
+that never installed hydrabert: it imports only torch, transformers, the standard library and,
+through a flat relative import, its configuration file.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .configuration_hydrabert import HydraBertConfig, _normalize_task
+
+# Matches the index of a transformer block in a parameter name, whatever the family calls the
+# list: BERT/RoBERTa/ELECTRA "encoder.layer.3.", DistilBERT "transformer.layer.3.", others "layers.3.".
+_LAYER_INDEX = re.compile(r"\.layers?\.(\d+)\.")
+
+# encode()/predict() show a progress bar by default once there are more batches than this.
+_PROGRESS_BAR_MIN_BATCHES = 20
+
+
+@dataclass
+class HydraBertOutput(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is given):
+        The weighted multi-task loss: each task's loss averaged over its rows, times the task's weight,
+        averaged over the tasks present in the batch.
+    logits (`torch.FloatTensor` or `dict[str, torch.FloatTensor]`):
+        With `task="name"`, that task's logits `(batch, num_labels)`; otherwise a dict of every task's
+        logits, all computed from one encoder pass.
+    sentence_embedding (`torch.FloatTensor` of shape `(batch, embedding_dim)`):
+        The representation the heads read: `tanh(Linear(h_[CLS]))`, then the adapter if configured.
+    task_losses (`dict[str, torch.FloatTensor]`, *optional*):
+        Each task's unweighted loss over its rows (for logging and divergence checks).
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | dict[str, torch.FloatTensor] | None = None
+    sentence_embedding: torch.FloatTensor | None = None
+    task_losses: dict[str, torch.FloatTensor] | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+class HydraBertPooler(nn.Module):
+    """Sentence embedding from token states: BERT's pooler (the [CLS] state through a dense layer and
+    tanh), with masked mean pooling as the alternative."""
+
+    def __init__(self, config: HydraBertConfig):
+        super().__init__()
+        self.pooling = config.pooling
+        self.dense = nn.Linear(config.encoder.hidden_size, config.embedding_dim)
+        self.activation = nn.Tanh() if config.embedding_activation == "tanh" else nn.Identity()
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        if self.pooling == "mean" and attention_mask is not None:
+            # Padding positions must not dilute the mean.
+            mask = attention_mask.unsqueeze(-1).to(hidden_states.dtype)
+            pooled = (hidden_states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        elif self.pooling == "mean":
+            pooled = hidden_states.mean(dim=1)
+        else:
+            pooled = hidden_states[:, 0]
+        return self.activation(self.dense(pooled))
+
+
+class HydraBertAdapter(nn.Module):
+    """Residual bottleneck for domain adaptation. The up-projection starts at zero, so a new adapter
+    is the identity and training starts from the pretrained representation."""
+
+    def __init__(self, config: HydraBertConfig):
+        super().__init__()
+        self.layer_norm = nn.LayerNorm(config.embedding_dim)
+        self.down = nn.Linear(config.embedding_dim, config.adapter_size)
+        self.up = nn.Linear(config.adapter_size, config.embedding_dim)
+        # Read by _init_weights: transformers initialises leaf modules one by one.
+        self.up.zero_init = True
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        return embedding + self.up(F.gelu(self.down(self.layer_norm(embedding))))
+
+
+class HydraBertPreTrainedModel(PreTrainedModel):
+    config_class = HydraBertConfig
+    # A plain BERT checkpoint's weights load into `encoder`.
+    base_model_prefix = "encoder"
+    supports_gradient_checkpointing = True
+    # Declared on the wrapper too: without them transformers falls back to eager attention for the
+    # whole model, encoder included.
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    def _init_weights(self, module):
+        # The encoder's own modules are initialised by the encoder (transformers dispatches to each
+        # sub-model's _init_weights); this covers the projection, the adapter and the heads.
+        std = getattr(self.config.encoder, "initializer_range", 0.02)
+        if isinstance(module, nn.Linear):
+            if getattr(module, "zero_init", False):
+                init.zeros_(module.weight)
+            else:
+                init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+
+
+class HydraBertModel(HydraBertPreTrainedModel):
+    r"""
+    A BERT-family encoder shared by several tasks: `encoder -> pooler (tanh(Linear(h_[CLS]))) ->
+    adapter (optional) -> dropout -> heads[task]`.
+
+    Example:
+
+    ```python
+    >>> from transformers import AutoTokenizer
+    >>> from hydrabert import HydraBertModel
+    >>> model = HydraBertModel.from_encoder_pretrained(
+    ...     "sentence-transformers/all-MiniLM-L6-v2",
+    ...     tasks={"sentiment": {"labels": ["negative", "positive"]}, "topic": {"num_labels": 6}},
+    ... )
+    >>> tokenizer = AutoTokenizer.from_pretrained("sentence-transformers/all-MiniLM-L6-v2")
+    >>> batch = tokenizer(["a gripping film"], return_tensors="pt")
+    >>> model(**batch).logits.keys()            # every task from one encoder pass
+    dict_keys(['sentiment', 'topic'])
+    ```
+    """
+
+    def __init__(self, config: HydraBertConfig):
+        super().__init__(config)
+        self.encoder = _encoder_from_config(config.encoder)
+        self.pooler = HydraBertPooler(config)
+        self.adapter = HydraBertAdapter(config) if config.adapter_size else None
+        self.dropout = nn.Dropout(config.head_dropout())
+        self.heads = nn.ModuleDict(
+            {name: nn.Linear(config.embedding_dim, spec["num_labels"]) for name, spec in config.tasks.items()}
+        )
+        self.post_init()
+
+    # ----------------------------------------------------------------------------------- loading
+    @classmethod
+    def from_encoder_pretrained(cls, encoder_name_or_path: str, tasks: dict | None = None, **kwargs):
+        """Start from any BERT-family checkpoint (BERT, SciBERT, BioBERT, MiniLM, ...).
+
+        Every encoder weight is loaded; the projection is initialised from the checkpoint's own pooler
+        when it has one of the right shape (so a fresh model's embeddings are BERT's pooled output),
+        and the adapter and heads are new. Keyword arguments that are `HydraBertConfig` fields go to
+        the config; the rest (`revision`, `cache_dir`, `token`, `local_files_only`, ...) to loading.
+        """
+        config_fields = {
+            "embedding_dim",
+            "pooling",
+            "embedding_activation",
+            "classifier_dropout",
+            "adapter_size",
+        }
+        config_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in config_fields}
+        encoder_config = AutoConfig.from_pretrained(encoder_name_or_path, **kwargs)
+        config = HydraBertConfig(encoder=encoder_config, tasks=tasks or {}, **config_kwargs)
+        model = cls(config)
+
+        pretrained = AutoModel.from_pretrained(encoder_name_or_path, config=encoder_config, **kwargs)
+        pretrained_pooler = getattr(pretrained, "pooler", None)
+        if pretrained_pooler is not None:
+            pretrained.pooler = None
+        # strict=True: every encoder weight must be matched, or this raises and names the missing ones.
+        state = {k: v for k, v in pretrained.state_dict().items() if not k.startswith("pooler.")}
+        model.encoder.load_state_dict(state, strict=True)
+        dense = getattr(pretrained_pooler, "dense", None)
+        if (
+            config.pooling == "cls"
+            and isinstance(dense, nn.Linear)
+            and dense.weight.shape == model.pooler.dense.weight.shape
+        ):
+            with torch.no_grad():
+                model.pooler.dense.weight.copy_(dense.weight)
+                model.pooler.dense.bias.copy_(dense.bias)
+        model.config.encoder._name_or_path = str(encoder_name_or_path)
+        return model
+
+    def get_input_embeddings(self):
+        return self.encoder.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.encoder.set_input_embeddings(value)
+
+    # ------------------------------------------------------------------------------------- tasks
+    @property
+    def task_names(self) -> list[str]:
+        return list(self.config.tasks)
+
+    def add_task(
+        self,
+        name: str,
+        num_labels: int | None = None,
+        labels: list[str] | None = None,
+        problem_type: str = "single_label_classification",
+        weight: float = 1.0,
+    ) -> nn.Linear:
+        """Add a new, freshly initialised head; the encoder and the other heads are untouched."""
+        if name in self.config.tasks:
+            raise ValueError(f"Task {name!r} already exists; known tasks: {self.task_names}")
+        spec = _normalize_task(
+            name, {"num_labels": num_labels, "labels": labels, "problem_type": problem_type, "weight": weight}
+        )
+        head = nn.Linear(self.config.embedding_dim, spec["num_labels"])
+        std = getattr(self.config.encoder, "initializer_range", 0.02)
+        nn.init.normal_(head.weight, mean=0.0, std=std)
+        nn.init.zeros_(head.bias)
+        reference = self.pooler.dense.weight
+        self.heads[name] = head.to(device=reference.device, dtype=reference.dtype)
+        self.config.tasks = dict(sorted({**self.config.tasks, name: spec}.items()))
+        return self.heads[name]
+
+    def remove_task(self, name: str) -> None:
+        self._check_task(name)
+        del self.heads[name]
+        self.config.tasks = {k: v for k, v in self.config.tasks.items() if k != name}
+
+    def _check_task(self, name: str) -> None:
+        if name not in self.config.tasks:
+            raise ValueError(f"Unknown task {name!r}; known tasks: {self.task_names}")
+
+    def get_layer_depth(self, parameter_name: str) -> int:
+        """Depth of a parameter for layer-wise learning rates: 0 = embeddings, k = encoder block k
+        (1..L), L + 1 = everything above the encoder (projection, adapter, heads)."""
+        num_layers = self.config.encoder.num_hidden_layers
+        if not parameter_name.startswith("encoder."):
+            return num_layers + 1
+        match = _LAYER_INDEX.search(parameter_name)
+        if match:
+            return int(match.group(1)) + 1
+        if "embeddings" in parameter_name:
+            return 0
+        # Anything else inside the encoder (e.g. a final norm) sits on top of the last block.
+        return num_layers
+
+    # ----------------------------------------------------------------------------------- forward
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        task: str | None = None,
+        task_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> HydraBertOutput:
+        r"""
+        task (`str`, *optional*):
+            Return this task's logits (and compute its loss). Without it, logits is a dict of all tasks.
+        task_ids (`torch.LongTensor` of shape `(batch,)`, *optional*):
+            For a batch that mixes tasks: the index (in `model.task_names` order) of each row's task.
+        labels (`torch.Tensor`, *optional*):
+            Class ids `(batch,)` for single-label tasks (-100 = ignore), multi-hot `(batch, num_labels)`
+            for multi-label tasks, values `(batch,)` or `(batch, num_labels)` for regression.
+        """
+        if task is not None:
+            self._check_task(task)
+            if task_ids is not None:
+                raise ValueError("Pass either `task` or `task_ids`, not both.")
+        if labels is not None and task is None and task_ids is None:
+            if len(self.config.tasks) != 1:
+                raise ValueError(
+                    f"`labels` needs `task` (one task for the batch) or `task_ids` (one per row); "
+                    f"known tasks: {self.task_names}"
+                )
+            task = self.task_names[0]
+        encoder_kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        if position_ids is not None:
+            encoder_kwargs["position_ids"] = position_ids
+        encoder_outputs = self.encoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            return_dict=True,
+            **encoder_kwargs,
+            **kwargs,
+        )
+        embedding = self.pooler(encoder_outputs.last_hidden_state, attention_mask)
+        if self.adapter is not None:
+            embedding = self.adapter(embedding)
+        features = self.dropout(embedding)
+        # Every head on every batch: heads are tiny, and this keeps all parameters in the graph (DDP
+        # without find_unused_parameters) while one encoder pass serves all tasks.
+        all_logits = {name: head(features) for name, head in self.heads.items()}
+
+        loss, task_losses = None, None
+        if labels is not None:
+            loss, task_losses = self._multitask_loss(all_logits, labels, task, task_ids)
+
+        return HydraBertOutput(
+            loss=loss,
+            logits=all_logits[task] if task is not None else all_logits,
+            sentence_embedding=embedding,
+            task_losses=task_losses,
+            hidden_states=encoder_outputs.hidden_states,
+            attentions=encoder_outputs.attentions,
+        )
+
+    def _multitask_loss(self, all_logits, labels, task, task_ids):
+        if task is not None:
+            rows_per_task = {task: None}  # the whole batch
+        else:
+            if task_ids.shape[0] != labels.shape[0]:
+                raise ValueError(f"task_ids has {task_ids.shape[0]} rows but labels has {labels.shape[0]}")
+            bad = (task_ids < 0) | (task_ids >= len(self.heads))
+            if bad.any():
+                raise ValueError(
+                    f"task_ids must be in [0, {len(self.heads)}) (tasks {self.task_names}), "
+                    f"got {task_ids[bad].unique().tolist()}"
+                )
+            present = task_ids.unique().tolist()
+            rows_per_task = {self.task_names[i]: task_ids == i for i in present}
+
+        task_losses = {}
+        total = 0.0
+        for name, rows in rows_per_task.items():
+            logits = all_logits[name] if rows is None else all_logits[name][rows]
+            task_labels = labels if rows is None else labels[rows]
+            task_losses[name] = _task_loss(name, self.config.tasks[name], logits, task_labels)
+            total = total + self.config.tasks[name]["weight"] * task_losses[name]
+        loss = total / len(rows_per_task)
+        # Heads whose task is absent from this batch join the graph with a zero term, so that
+        # DDP sees a gradient (zero) for every parameter on every step.
+        unused = [logits.sum() for name, logits in all_logits.items() if name not in task_losses]
+        if unused and torch.is_grad_enabled():
+            loss = loss + 0.0 * torch.stack(unused).sum()
+        return loss, task_losses
+
+    # --------------------------------------------------------------------------------- inference
+    @torch.inference_mode()
+    def encode(
+        self,
+        sentences: list[str] | str,
+        tokenizer,
+        batch_size: int = 32,
+        normalize: bool = False,
+        max_length: int | None = None,
+        show_progress_bar: bool | None = None,
+        convert_to_numpy: bool = False,
+    ):
+        """Sentence embeddings `(n, embedding_dim)` in input order. Batches are sorted by length so
+        little compute goes to padding; gradients are off; a progress bar shows on long inputs."""
+        single = isinstance(sentences, str)
+        sentences = [sentences] if single else list(sentences)
+        output = None
+        for indices, outputs in self._batched_forward(
+            sentences, tokenizer, batch_size, max_length, show_progress_bar
+        ):
+            embeddings = outputs.sentence_embedding
+            if output is None:
+                output = torch.empty(len(sentences), embeddings.shape[-1], dtype=embeddings.dtype)
+            output[indices] = embeddings.to("cpu")
+        if output is None:
+            output = torch.empty(0, self.config.embedding_dim)
+        if normalize:
+            output = F.normalize(output.float(), p=2, dim=-1)
+        if single:
+            output = output[0]
+        return output.numpy() if convert_to_numpy else output
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        sentences: list[str] | str,
+        tokenizer,
+        tasks: list[str] | str | None = None,
+        batch_size: int = 32,
+        max_length: int | None = None,
+        show_progress_bar: bool | None = None,
+    ) -> list[dict[str, dict]]:
+        """Per sentence, `{task: {"label": name, "score": probability}}` for every (or the given) task.
+
+        Multi-label tasks give the labels whose probability exceeds 0.5 (`"label"` is a list, `"score"`
+        their probabilities); regression tasks give `"score"` only.
+        """
+        single = isinstance(sentences, str)
+        sentences = [sentences] if single else list(sentences)
+        tasks = [tasks] if isinstance(tasks, str) else (self.task_names if tasks is None else list(tasks))
+        for name in tasks:
+            self._check_task(name)
+        results: list[dict | None] = [None] * len(sentences)
+        for indices, outputs in self._batched_forward(
+            sentences, tokenizer, batch_size, max_length, show_progress_bar
+        ):
+            per_task = {
+                name: _readable_predictions(self.config.tasks[name], outputs.logits[name]) for name in tasks
+            }
+            for row, index in enumerate(indices.tolist()):
+                results[index] = {name: per_task[name][row] for name in tasks}
+        return results[0] if single else results
+
+    def _batched_forward(self, sentences, tokenizer, batch_size, max_length, show_progress_bar):
+        """Yields (original indices, outputs) for length-sorted batches, in eval mode."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        # Character length is a cheap proxy for token length; sorting it makes padding small.
+        order = sorted(range(len(sentences)), key=lambda i: -len(sentences[i]))
+        starts = range(0, len(order), batch_size)
+        if show_progress_bar is None:
+            show_progress_bar = len(starts) > _PROGRESS_BAR_MIN_BATCHES
+        was_training = self.training
+        self.eval()
+        try:
+            iterator = starts
+            if show_progress_bar:
+                from tqdm.auto import tqdm
+
+                iterator = tqdm(starts, desc="Batches", unit="batch")
+            device = self.device
+            for start in iterator:
+                indices = order[start : start + batch_size]
+                batch = tokenizer(
+                    [sentences[i] for i in indices],
+                    padding=True,
+                    truncation=True,
+                    max_length=max_length,
+                    return_tensors="pt",
+                )
+                batch = {
+                    k: v.to(device)
+                    for k, v in batch.items()
+                    if k in ("input_ids", "attention_mask", "token_type_ids")
+                }
+                yield torch.tensor(indices), self(**batch)
+        finally:
+            self.train(was_training)
+
+
+def _encoder_from_config(encoder_config):
+    """The backbone without its own pooler: our projection replaces it, and an unused pooler would
+    hold parameters that never get a gradient (which DDP rejects)."""
+    model_class = AutoModel._model_mapping[type(encoder_config)]
+    if "add_pooling_layer" in inspect.signature(model_class.__init__).parameters:
+        return AutoModel.from_config(encoder_config, add_pooling_layer=False)
+    return AutoModel.from_config(encoder_config)
+
+
+def _task_loss(name: str, spec: dict, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    problem_type, num_labels = spec["problem_type"], spec["num_labels"]
+    if problem_type == "single_label_classification":
+        labels = labels.long().view(-1)
+        bad = (labels != -100) & ((labels < 0) | (labels >= num_labels))
+        if bad.any():
+            raise ValueError(
+                f"Task {name!r}: labels must be in [0, {num_labels}) (labels {spec['labels']}), "
+                f"got {labels[bad].unique().tolist()}"
+            )
+        return F.cross_entropy(logits.float(), labels, ignore_index=-100)
+    if problem_type == "multi_label_classification":
+        if labels.shape != logits.shape:
+            raise ValueError(
+                f"Task {name!r}: multi-label targets must have shape {tuple(logits.shape)}, got {tuple(labels.shape)}"
+            )
+        return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+    # regression: one output per row compares with a (batch,) target
+    predictions = logits.float().squeeze(-1) if num_labels == 1 else logits.float()
+    return F.mse_loss(predictions, labels.float().view_as(predictions))
+
+
+def _readable_predictions(spec: dict, logits: torch.Tensor) -> list[dict]:
+    logits = logits.float().cpu()
+    names = spec["labels"]
+    if spec["problem_type"] == "single_label_classification":
+        probs = logits.softmax(-1)
+        scores, ids = probs.max(-1)
+        return [{"label": names[i], "score": s} for i, s in zip(ids.tolist(), scores.tolist(), strict=True)]
+    if spec["problem_type"] == "multi_label_classification":
+        probs = logits.sigmoid()
+        return [
+            {
+                "label": [names[j] for j in range(len(names)) if p[j] > 0.5],
+                "score": [s for s in p.tolist() if s > 0.5],
+            }
+            for p in probs
+        ]
+    values = logits.squeeze(-1) if logits.shape[-1] == 1 else logits
+    return [{"score": v} for v in values.tolist()]
+
+
+__all__ = ["HydraBertModel", "HydraBertOutput", "HydraBertPreTrainedModel"]

