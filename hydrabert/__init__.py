@@ -12,10 +12,43 @@ from .modeling_hydrabert import HydraBertModel, HydraBertOutput, HydraBertPreTra
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name):
+    # The training side (datasets, evaluate, accelerate) loads only when asked for, so that
+    # `import hydrabert` stays light for inference.
+    lazy = {
+        "MultiTaskTrainer": "trainer",
+        "MultiTaskTrainingArguments": "trainer",
+        "ModelCardCallback": "model_card",
+        "HydraBertCardData": "model_card",
+        "generate_model_card": "model_card",
+        "save_pipeline_files": "pipeline_registration",
+        "register_pipeline": "pipeline_registration",
+    }
+    if name in lazy:
+        import importlib
+
+        return getattr(importlib.import_module(f".{lazy[name]}", __name__), name)
+    raise AttributeError(f"module 'hydrabert' has no attribute {name!r}")
+
+
 AutoConfig.register("hydrabert", HydraBertConfig, exist_ok=True)
 AutoModel.register(HydraBertConfig, HydraBertModel, exist_ok=True)
 # save_pretrained writes `auto_map` and copies the two *_hydrabert.py files next to the weights.
 HydraBertConfig.register_for_auto_class()
 HydraBertModel.register_for_auto_class("AutoModel")
 
-__all__ = ["HydraBertConfig", "HydraBertModel", "HydraBertOutput", "HydraBertPreTrainedModel", "__version__"]
+__all__ = [
+    "HydraBertCardData",
+    "HydraBertConfig",
+    "HydraBertModel",
+    "HydraBertOutput",
+    "HydraBertPreTrainedModel",
+    "ModelCardCallback",
+    "MultiTaskTrainer",
+    "MultiTaskTrainingArguments",
+    "__version__",
+    "generate_model_card",
+    "register_pipeline",
+    "save_pipeline_files",
+]

@@ -29,7 +29,9 @@ from .freezing import (
     set_requires_grad,
 )
 from .metrics import load_metric
+from .model_card import ModelCardCallback, generate_model_card
 from .optim import layerwise_parameter_groups
+from .pipeline_registration import save_pipeline_files
 from .plots import save_training_plots
 
 logger = logging.getLogger(__name__)
@@ -218,6 +220,9 @@ class MultiTaskTrainer(Trainer):
         self.task_compute_metrics = compute_metrics or default_task_metrics(model)
         self._task_loss_sums: dict[str, list[float]] = {}
         self.plot_files: list[str] = []
+        # Fills the model card (recipe, per-task results) as training runs.
+        self.card_callback = ModelCardCallback()
+        kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), self.card_callback]
         super().__init__(
             model=model,
             args=args,
@@ -386,6 +391,41 @@ class MultiTaskTrainer(Trainer):
                 sums[0] += value.detach().float().item()
                 sums[1] += 1
         return (loss, outputs) if return_outputs else loss
+
+    # ------------------------------------------------------------------------------ saving, card
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        """Weights, config, tokenizer, and the code that lets `AutoModel`/`pipeline` load them with
+        `trust_remote_code=True` anywhere (the two *_hydrabert.py files plus the pipeline file)."""
+        super().save_model(output_dir, _internal_call=_internal_call)
+        if self.args.should_save:
+            model = self.accelerator.unwrap_model(self.model)
+            save_pipeline_files(model, None, output_dir or self.args.output_dir)
+
+    def create_model_card(self, **overrides):
+        """Writes README.md in the output directory from the card data gathered during training
+        (`Trainer.push_to_hub` calls this before it uploads the folder)."""
+        if not self.is_world_process_zero():
+            return None
+        known = {
+            "model_name",
+            "language",
+            "license",
+            "tags",
+            "datasets",
+            "base_model",
+            "revision",
+            "model_id",
+        }
+        overrides = {k: v for k, v in overrides.items() if k in known and v is not None}
+        if "model_id" not in overrides and self.args.hub_model_id:
+            overrides["model_id"] = self.args.hub_model_id
+        return generate_model_card(
+            self.accelerator.unwrap_model(self.model),
+            self.args.output_dir,
+            card_data=self.card_callback.card_data,
+            tokenizer=self.processing_class,
+            **overrides,
+        )
 
     # -------------------------------------------------------------------------------- logging
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:

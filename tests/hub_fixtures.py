@@ -119,8 +119,13 @@ def patch_hub_client(
     from huggingface_hub import constants
 
     # Import the modules holding copies so that they are patched even if first imported later in the test.
-    for name in ("huggingface_hub.hf_api", "huggingface_hub.utils._http", "huggingface_hub.utils._git_credential",
-                 "huggingface_hub.utils._cache_assets", "huggingface_hub.utils._cache_manager"):
+    for name in (
+        "huggingface_hub.hf_api",
+        "huggingface_hub.utils._http",
+        "huggingface_hub.utils._git_credential",
+        "huggingface_hub.utils._cache_assets",
+        "huggingface_hub.utils._cache_manager",
+    ):
         importlib.import_module(name)
 
     host = urlsplit(endpoint).hostname or "127.0.0.1"
@@ -171,8 +176,12 @@ def patch_hub_client(
     modules_cache = Path(hf_home) / "modules"
     modules_cache.mkdir(parents=True, exist_ok=True)
     (modules_cache / "__init__.py").touch()
-    for name in ("transformers.utils.hub", "transformers.utils", "transformers.dynamic_module_utils",
-                 "transformers.file_utils"):
+    for name in (
+        "transformers.utils.hub",
+        "transformers.utils",
+        "transformers.dynamic_module_utils",
+        "transformers.file_utils",
+    ):
         _set_if_loaded(monkeypatch, name, "HF_MODULES_CACHE", str(modules_cache))
     monkeypatch.syspath_prepend(str(modules_cache))
     return env

@@ -173,7 +173,9 @@ class Repo:
 class FakeHub:
     """In-memory Hub state plus the protocol logic (``handle``), independent of the HTTP transport."""
 
-    def __init__(self, user: str = DEFAULT_USER, lfs_threshold: int = LFS_THRESHOLD, tree_page_size: int = 1000):
+    def __init__(
+        self, user: str = DEFAULT_USER, lfs_threshold: int = LFS_THRESHOLD, tree_page_size: int = 1000
+    ):
         self.user = user
         self.lfs_threshold = lfs_threshold
         self.tree_page_size = tree_page_size
@@ -205,7 +207,9 @@ class FakeHub:
                 raise ValueError(f"{repo_type} repo {repo_id} exists")
             repo = Repo(repo_type=repo_type, repo_id=repo_id, private=private)
             self.repos[(repo_type, repo_id)] = repo
-            self._new_commit(repo, "main", None, "initial commit", "", {".gitattributes": GITATTRIBUTES}, frozenset())
+            self._new_commit(
+                repo, "main", None, "initial commit", "", {".gitattributes": GITATTRIBUTES}, frozenset()
+            )
             return repo
 
     def commit_files(
@@ -250,7 +254,9 @@ class FakeHub:
         lfs_paths: frozenset[str],
     ) -> Commit:
         h = hashlib.sha1()
-        h.update(f"{repo.repo_type}/{repo.repo_id}\n{parent}\n{len(repo.commits)}\n{title}\n{message}\n".encode())
+        h.update(
+            f"{repo.repo_type}/{repo.repo_id}\n{parent}\n{len(repo.commits)}\n{title}\n{message}\n".encode()
+        )
         for path in sorted(files):
             h.update(f"{path}\0{git_blob_sha1(files[path])}\0{path in lfs_paths}\n".encode())
         commit = Commit(h.hexdigest(), parent, title, message, files, lfs_paths & frozenset(files), _now())
@@ -267,12 +273,16 @@ class FakeHub:
                 self.tokens_seen.add(auth[len("Bearer ") :])
         try:
             with self.lock:
-                return self._route(method, raw_path, parse_qs(query, keep_blank_values=True), headers, body, base_url)
+                return self._route(
+                    method, raw_path, parse_qs(query, keep_blank_values=True), headers, body, base_url
+                )
         except HubError as err:
             out_headers = {"X-Error-Message": err.message, **err.headers}
             if err.code:
                 out_headers["X-Error-Code"] = err.code
-            return _json(err.status, err.body if err.body is not None else {"error": err.message}, out_headers)
+            return _json(
+                err.status, err.body if err.body is not None else {"error": err.message}, out_headers
+            )
         except Exception as exc:  # reported to the client (501) and kept for the test
             tb = traceback.format_exc()
             with self.lock:
@@ -332,16 +342,22 @@ class FakeHub:
         if method == "POST" and op == "paths-info" and len(rest) == 2:
             commit = self._commit(repo, rest[1])
             form = parse_qs(body.decode(), keep_blank_values=True)
-            return _json(200, self._paths_info(repo, commit, form.get("paths", []), _truthy(_first(form, "expand"))))
+            return _json(
+                200, self._paths_info(repo, commit, form.get("paths", []), _truthy(_first(form, "expand")))
+            )
         if method == "POST" and op == "preupload" and len(rest) == 2:
             self._require_auth(headers)
-            return _json(200, self._preupload(repo, rest[1], _load_json(body), _truthy(_first(q, "create_pr"))))
+            return _json(
+                200, self._preupload(repo, rest[1], _load_json(body), _truthy(_first(q, "create_pr")))
+            )
         if method == "POST" and op == "commit" and len(rest) == 2:
             self._require_auth(headers)
             return self._commit_op(repo, rest[1], body, _truthy(_first(q, "create_pr")), base)
         if method == "POST" and op == "branch" and len(rest) == 2:
             self._require_auth(headers)
-            return self._create_ref(repo, repo.branches, rest[1], _load_json(body).get("startingPoint"), "Branch")
+            return self._create_ref(
+                repo, repo.branches, rest[1], _load_json(body).get("startingPoint"), "Branch"
+            )
         if method == "DELETE" and op == "branch" and len(rest) == 2:
             self._require_auth(headers)
             if rest[1] == "main" or rest[1] not in repo.branches:
@@ -422,7 +438,11 @@ class FakeHub:
                 sibling.update(size=len(data), blobId=commit.blob_oid(path))
                 if commit.is_lfs(path):
                     sha = hashlib.sha256(data).hexdigest()
-                    sibling["lfs"] = {"sha256": sha, "size": len(data), "pointerSize": len(lfs_pointer(sha, len(data)))}
+                    sibling["lfs"] = {
+                        "sha256": sha,
+                        "size": len(data),
+                        "pointerSize": len(lfs_pointer(sha, len(data))),
+                    }
             siblings.append(sibling)
         info = {
             "_id": hashlib.sha1(f"{repo.repo_type}/{repo.repo_id}".encode()).hexdigest()[:24],
@@ -482,8 +502,9 @@ class FakeHub:
         recursive = _truthy(_first(q, "recursive"))
         expand = _truthy(_first(q, "expand"))
         if path and path not in commit.files and not commit.is_dir(path):
-            raise HubError(404, f"{path} does not exist on {commit.oid}", "EntryNotFound",
-                           {"X-Repo-Commit": commit.oid})
+            raise HubError(
+                404, f"{path} does not exist on {commit.oid}", "EntryNotFound", {"X-Repo-Commit": commit.oid}
+            )
         if path in commit.files:
             entries = [self._file_entry(repo, commit, path, expand)]
         else:
@@ -527,7 +548,9 @@ class FakeHub:
             return {"name": name, "ref": f"refs/{kind}/{name}", "targetCommit": oid}
 
         out = {
-            "branches": [ref("heads", n, o) for n, o in repo.branches.items() if not n.startswith("refs/pr/")],
+            "branches": [
+                ref("heads", n, o) for n, o in repo.branches.items() if not n.startswith("refs/pr/")
+            ],
             "tags": [ref("tags", n, o) for n, o in repo.tags.items()],
             "converts": [],
         }
@@ -551,7 +574,9 @@ class FakeHub:
             for c in repo.history(commit)
         ]
 
-    def _create_ref(self, repo: Repo, refs: dict[str, str], name: str, start: str | None, kind: str) -> Response:
+    def _create_ref(
+        self, repo: Repo, refs: dict[str, str], name: str, start: str | None, kind: str
+    ) -> Response:
         if not name:
             raise HubError(400, f"{kind} name is required")
         if name in refs:
@@ -584,7 +609,9 @@ class FakeHub:
             if oid not in self.lfs_blobs:
                 entry["actions"] = {"upload": {"href": f"{base}/__lfs__/{oid}"}}
             objects.append(entry)
-        return _json(200, {"transfer": "basic", "objects": objects}, content_type="application/vnd.git-lfs+json")
+        return _json(
+            200, {"transfer": "basic", "objects": objects}, content_type="application/vnd.git-lfs+json"
+        )
 
     def _lfs_put(self, oid: str, body: bytes) -> Response:
         actual = hashlib.sha256(body).hexdigest()
@@ -625,15 +652,23 @@ class FakeHub:
                 lfs_paths.add(path)
             elif key == "deletedFile":
                 if path not in tree:
-                    raise HubError(404, f"A file with this name doesn't exist: {path}", "EntryNotFound",
-                                   {"X-Repo-Commit": base_commit.oid})
+                    raise HubError(
+                        404,
+                        f"A file with this name doesn't exist: {path}",
+                        "EntryNotFound",
+                        {"X-Repo-Commit": base_commit.oid},
+                    )
                 del tree[path]
             elif key == "deletedFolder":
                 prefix = path.rstrip("/") + "/"
                 doomed = [p for p in tree if p.startswith(prefix)]
                 if not doomed:
-                    raise HubError(404, f"A folder with this name doesn't exist: {path}", "EntryNotFound",
-                                   {"X-Repo-Commit": base_commit.oid})
+                    raise HubError(
+                        404,
+                        f"A folder with this name doesn't exist: {path}",
+                        "EntryNotFound",
+                        {"X-Repo-Commit": base_commit.oid},
+                    )
                 for p in doomed:
                     del tree[p]
             else:
@@ -646,16 +681,24 @@ class FakeHub:
             branch = f"refs/pr/{repo.pr_count}"
             pr_url = f"{base}/{repo.url_path}/discussions/{repo.pr_count}"
         commit = self._new_commit(
-            repo, branch, base_commit.oid, header.get("summary") or "", header.get("description") or "",
-            tree, frozenset(lfs_paths),
+            repo,
+            branch,
+            base_commit.oid,
+            header.get("summary") or "",
+            header.get("description") or "",
+            tree,
+            frozenset(lfs_paths),
         )
-        return _json(200, {
-            "success": True,
-            "commitOid": commit.oid,
-            "commitUrl": f"{base}/{repo.url_path}/commit/{commit.oid}",
-            "pullRequestUrl": pr_url,
-            "hookOutput": "",
-        })
+        return _json(
+            200,
+            {
+                "success": True,
+                "commitOid": commit.oid,
+                "commitUrl": f"{base}/{repo.url_path}/commit/{commit.oid}",
+                "pullRequestUrl": pr_url,
+                "hookOutput": "",
+            },
+        )
 
     def _resolve(self, repo: Repo, revision: str, path: str, headers) -> Response:
         commit = self._commit(repo, revision)
@@ -699,8 +742,9 @@ def _load_json(body: bytes) -> dict:
         raise HubError(400, f"Invalid JSON body: {exc}") from exc
 
 
-def _json(status: int, payload, headers: dict[str, str] | None = None,
-          content_type: str = "application/json") -> Response:
+def _json(
+    status: int, payload, headers: dict[str, str] | None = None, content_type: str = "application/json"
+) -> Response:
     return status, {"Content-Type": content_type, **(headers or {})}, json.dumps(payload).encode()
 
 
@@ -742,7 +786,9 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
         except HubError as err:
             status, headers, payload = _json(err.status, {"error": err.message})
         else:
-            status, headers, payload = hub.handle(self.command, split.path, split.query, self.headers, body, base_url)
+            status, headers, payload = hub.handle(
+                self.command, split.path, split.query, self.headers, body, base_url
+            )
         self.send_response(status)
         for key, value in headers.items():
             if key.lower() != "content-length":
@@ -768,12 +814,15 @@ class HubHTTPServer(ThreadingHTTPServer):
         stop_hub_server(self, self._thread, timeout=timeout)
 
 
-def start_hub_server(hub: FakeHub | None = None, host: str = "127.0.0.1") -> tuple[HubHTTPServer, threading.Thread, str]:
+def start_hub_server(
+    hub: FakeHub | None = None, host: str = "127.0.0.1"
+) -> tuple[HubHTTPServer, threading.Thread, str]:
     """Start a FakeHub server on a random free port; returns ``(server, thread, endpoint_url)``."""
     server = HubHTTPServer((host, 0), _HubRequestHandler)
     server.hub = hub if hub is not None else FakeHub()
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              name="fake-hub-server", daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-hub-server", daemon=True
+    )
     server._thread = thread
     thread.start()
     host_, port = server.server_address[:2]

@@ -111,19 +111,25 @@ def test_create_upload_list_download(hub_server, tmp_path):
 
     # Stale parent commit is refused (412), pull requests get their own ref.
     with pytest.raises(HfHubHTTPError) as excinfo:
-        api.create_commit("test-user/files", [CommitOperationAdd("d.txt", b"d")], commit_message="stale",
-                          parent_commit=commit.oid)
+        api.create_commit(
+            "test-user/files",
+            [CommitOperationAdd("d.txt", b"d")],
+            commit_message="stale",
+            parent_commit=commit.oid,
+        )
     assert excinfo.value.response.status_code == 412
-    pr = api.create_commit("test-user/files", [CommitOperationAdd("d.txt", b"d")], commit_message="pr",
-                           create_pr=True)
+    pr = api.create_commit(
+        "test-user/files", [CommitOperationAdd("d.txt", b"d")], commit_message="pr", create_pr=True
+    )
     assert pr.pr_num == 1 and pr.pr_revision == "refs/pr/1"
     assert "d.txt" in api.list_repo_files("test-user/files", revision="refs/pr/1")
     assert "d.txt" not in api.list_repo_files("test-user/files")
 
     # Datasets live under /datasets/ and /api/datasets/.
     api.create_repo("test-user/data", repo_type="dataset")
-    api.upload_file(path_or_fileobj=b"x,y\n1,2\n", path_in_repo="data.csv", repo_id="test-user/data",
-                    repo_type="dataset")
+    api.upload_file(
+        path_or_fileobj=b"x,y\n1,2\n", path_in_repo="data.csv", repo_id="test-user/data", repo_type="dataset"
+    )
     path = hf_hub_download("test-user/data", "data.csv", repo_type="dataset")
     assert open(path, "rb").read() == b"x,y\n1,2\n"
     assert ("HEAD", "/datasets/test-user/data/resolve/main/data.csv") in hub_server.hub.requests
@@ -240,7 +246,9 @@ def test_subprocess_loads_pushed_model_from_env_only(hub_server):
     env = {k: os.environ[k] for k in keep if k in os.environ}
     env.update(hub_server.env)
     env["OMP_NUM_THREADS"] = "1"
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split() == ["BertModel", state_digest(model)]
     new = hub_server.hub.requests[requests_before:]
@@ -269,7 +277,10 @@ def test_remote_code_goes_to_test_modules_cache(hub_server, run):
         "test-user/remote",
         {
             "config.json": json.dumps(
-                {"model_type": "tiny-remote", "auto_map": {"AutoConfig": "configuration_tiny.TinyRemoteConfig"}}
+                {
+                    "model_type": "tiny-remote",
+                    "auto_map": {"AutoConfig": "configuration_tiny.TinyRemoteConfig"},
+                }
             ).encode(),
             "configuration_tiny.py": REMOTE_CONFIG.encode(),
             "helper_tiny.py": b"MAGIC = 42\n",

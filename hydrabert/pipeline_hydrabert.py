@@ -1,0 +1,130 @@
+"""HydraBERT inference pipeline: every task's label and score for each sentence, from one encoder pass.
+
+This file travels to the Hub next to the weights (`config.json` names it under `custom_pipelines`), so
+`transformers.pipeline(model=repo_or_dir, trust_remote_code=True)` builds it on a machine that never
+installed hydrabert. It imports only torch, transformers and the standard library, and relies on nothing
+but the model's config (`config.tasks`) and its forward returning a dict of per-task logits.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import Pipeline
+
+# Model outputs travel through the pipeline's batching machinery as a flat dict of tensors (a nested
+# dict would not be split back into rows); the prefix keeps task names clear of the keys the machinery
+# treats specially ("hidden_states", "attentions", "cache").
+_LOGITS_PREFIX = "logits."
+
+
+class HydraBertPipeline(Pipeline):
+    r"""
+    Multi-task text classification with a HydraBERT model.
+
+    Returns, per sentence, `{task: {"label": name, "score": probability}}` for every task (the same as
+    `HydraBertModel.predict`). Multi-label tasks give the labels whose probability exceeds 0.5 (`"label"`
+    and `"score"` are lists); regression tasks give `{"score": value}`.
+
+    Call arguments:
+        tasks (`str` or `list[str]`, *optional*): only these tasks (default: all).
+        top_k (`int`, *optional*): for classification tasks, the `top_k` most probable labels as a list of
+            `{"label", "score"}` dicts, best first, instead of the single prediction.
+        max_length (`int`, *optional*): truncate longer inputs (default: the tokenizer's maximum).
+
+    Example:
+
+    ```python
+    >>> from transformers import pipeline
+    >>> classifier = pipeline(model="user/hydrabert-sst2-trec", trust_remote_code=True)
+    >>> classifier("a gripping, beautifully made film")
+    {'sentiment': {'label': 'positive', 'score': 0.98}, 'topic': {'label': 'DESC', 'score': 0.41}}
+    >>> classifier(["what is the capital of peru?"], tasks="topic", top_k=2)
+    [{'topic': [{'label': 'LOC', 'score': 0.93}, {'label': 'DESC', 'score': 0.03}]}]
+    ```
+    """
+
+    _load_processor = False
+    _load_image_processor = False
+    _load_video_processor = False
+    _load_feature_extractor = False
+    _load_tokenizer = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        tasks = getattr(self.model.config, "tasks", None)
+        if not isinstance(tasks, dict) or not tasks:
+            raise ValueError(
+                f"{type(self).__name__} needs a multi-task model whose config has `tasks`; "
+                f"got {type(self.model).__name__}"
+            )
+        _names_for_custom_pipelines(self.model.config)
+
+    def _sanitize_parameters(self, tasks=None, top_k=None, max_length=None, truncation=None, **kwargs):
+        preprocess_params, postprocess_params = {}, {}
+        if max_length is not None:
+            preprocess_params["max_length"] = max_length
+        if truncation is not None:
+            preprocess_params["truncation"] = truncation
+        if tasks is not None:
+            tasks = [tasks] if isinstance(tasks, str) else list(tasks)
+            known = list(self.model.config.tasks)
+            unknown = [name for name in tasks if name not in known]
+            if unknown:
+                raise ValueError(f"Unknown task(s) {unknown}; known tasks: {known}")
+            postprocess_params["tasks"] = tasks
+        if top_k is not None:
+            if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+                raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
+            postprocess_params["top_k"] = top_k
+        if kwargs:
+            raise TypeError(f"Unexpected argument(s) {sorted(kwargs)}; expected tasks, top_k, max_length")
+        return preprocess_params, {}, postprocess_params
+
+    def preprocess(self, inputs, truncation=True, max_length=None):
+        if not isinstance(inputs, str):
+            raise TypeError(f"{type(self).__name__} takes a string or a list of strings, got {type(inputs)}")
+        encoded = self.tokenizer(inputs, truncation=truncation, max_length=max_length, return_tensors="pt")
+        return {k: v for k, v in encoded.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+
+    def _forward(self, model_inputs):
+        # No `task`: the model returns every task's logits from one encoder pass.
+        logits = self.model(**model_inputs).logits
+        return {_LOGITS_PREFIX + name: value for name, value in logits.items()}
+
+    def postprocess(self, model_outputs, tasks=None, top_k=None):
+        specs = self.model.config.tasks
+        tasks = list(specs) if tasks is None else tasks
+        return {
+            name: _readable(specs[name], model_outputs[_LOGITS_PREFIX + name][0], top_k) for name in tasks
+        }
+
+
+def _readable(spec: dict, logits: torch.Tensor, top_k: int | None):
+    """One row's logits as names and probabilities; mirrors `HydraBertModel.predict`."""
+    logits = logits.float().cpu()
+    names = spec["labels"]
+    problem_type = spec.get("problem_type", "single_label_classification")
+    if problem_type == "regression":
+        values = logits.squeeze(-1) if logits.shape[-1] == 1 else logits
+        return {"score": values.tolist()}
+    probs = logits.softmax(-1) if problem_type == "single_label_classification" else logits.sigmoid()
+    if top_k is not None:
+        scores, ids = probs.topk(min(top_k, probs.shape[-1]))
+        return [{"label": names[i], "score": s} for i, s in zip(ids.tolist(), scores.tolist(), strict=True)]
+    if problem_type == "single_label_classification":
+        score, index = probs.max(-1)
+        return {"label": names[int(index)], "score": float(score)}
+    chosen = [j for j, p in enumerate(probs.tolist()) if p > 0.5]
+    return {"label": [names[j] for j in chosen], "score": [float(probs[j]) for j in chosen]}
+
+
+def _names_for_custom_pipelines(config) -> None:
+    """`transformers.pipeline()` replaces the class names in `config.custom_pipelines[...]["pt"]` by the
+    classes themselves, in place; put the names back so that the model can still be saved (JSON)."""
+    for info in (getattr(config, "custom_pipelines", None) or {}).values():
+        if isinstance(info, dict) and "pt" in info:
+            classes = info["pt"] if isinstance(info["pt"], (list, tuple)) else [info["pt"]]
+            info["pt"] = [c if isinstance(c, str) else c.__name__ for c in classes]
+
+
+__all__ = ["HydraBertPipeline"]
