@@ -1,0 +1,387 @@
+"""run_mtl.py end to end on a tiny local encoder and tiny data files: training, evaluation,
+outputs, bad input, resume after SIGKILL, DDP on 2 CPU processes, and push_to_hub."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from conftest import TINY_ENCODER, TINY_WORDS
+from safetensors.torch import load_file
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+import run_mtl  # noqa: E402
+from hydrabert.data import HydraBertDataError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder_dir(tmp_path_factory):
+    """A local BERT checkpoint + tokenizer: the 'any BERT-family checkpoint' path of run_mtl."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("encoder")
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TINY_WORDS]
+    words += [f"w{i}" for i in range(TINY_ENCODER["vocab_size"] - len(words))]
+    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), model_max_length=64).save_pretrained(folder)
+    torch.manual_seed(0)
+    config = BertConfig(**{k: v for k, v in TINY_ENCODER.items() if k != "model_type"})
+    BertModel(config).save_pretrained(folder)
+    return str(folder)
+
+
+def _write_lines(path, n, labels, seed):
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(n):
+        length = int(torch.randint(2, 10, (1,), generator=generator))
+        words = [
+            TINY_WORDS[int(i)] for i in torch.randint(0, len(TINY_WORDS), (length,), generator=generator)
+        ]
+        rows.append(
+            f"{labels[int(torch.randint(0, len(labels), (1,), generator=generator))]} {' '.join(words)}"
+        )
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    for task, labels, sizes in (
+        ("sent", ["neg", "pos"], (64, 16, 16)),
+        ("quest", ["DESC", "HUM", "LOC"], (48, 16, 16)),
+    ):
+        (root / task).mkdir()
+        for split, n in zip(("train", "dev", "test"), sizes, strict=True):
+            _write_lines(root / task / f"{split}.txt", n, labels, seed=n + len(task))
+    return str(root)
+
+
+TASKS = [
+    {
+        "name": "sentiment",
+        "data_dir": "sent",
+        "train_file": "train.txt",
+        "validation_file": "dev.txt",
+        "test_file": "test.txt",
+        "file_format": "labeled_lines",
+    },
+    {
+        "name": "question",
+        "data_dir": "quest",
+        "train_file": "train.txt",
+        "validation_file": "dev.txt",
+        "test_file": "test.txt",
+        "file_format": "labeled_lines",
+        "labels": ["DESC", "HUM", "LOC"],
+    },
+]
+
+
+def _config(path, encoder, data_root, output_dir, **overrides):
+    config = {
+        "model_name_or_path": encoder,
+        "tasks": TASKS,
+        "data_root": data_root,
+        "output_dir": str(output_dir),
+        "do_train": True,
+        "do_eval": True,
+        "do_predict": True,
+        "num_train_epochs": 2,
+        "per_device_train_batch_size": 8,
+        "per_device_eval_batch_size": 16,
+        "learning_rate": 5e-3,
+        "layerwise_lr_decay": 0.8,
+        "eval_strategy": "epoch",
+        "save_strategy": "epoch",
+        "logging_steps": 4,
+        "report_to": "none",
+        "seed": 7,
+        "use_cpu": True,
+        "disable_tqdm": True,
+    }
+    config.update(overrides)
+    path.write_text(json.dumps(config))
+    return str(path)
+
+
+def _weights_digest(folder) -> str:
+    state = load_file(os.path.join(folder, "model.safetensors"))
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        digest.update(key.encode())
+        digest.update(state[key].numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _run_script(args, cwd, timeout=300, env=None):
+    result = subprocess.run(
+        [sys.executable, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": REPO, **(env or {})},
+    )
+    return result
+
+
+# ------------------------------------------------------------------------------------- main job
+def test_run_mtl_trains_evaluates_and_writes_a_loadable_model(tmp_path, tiny_encoder_dir, data_root):
+    out = tmp_path / "out"
+    config = _config(tmp_path / "c.json", tiny_encoder_dir, data_root, out)
+    results = run_mtl.main([config])
+    for split in ("eval", "test"):
+        for task in ("sentiment", "question"):
+            assert 0.0 <= results[f"{split}_{task}_accuracy"] <= 1.0
+            assert f"{split}_{task}_f1" in results
+    all_results = json.loads((out / "all_results.json").read_text())
+    assert all_results["test_question_accuracy"] == results["test_question_accuracy"]
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "configuration_hydrabert.py",
+        "modeling_hydrabert.py",
+        "pipeline_hydrabert.py",
+        "tokenizer.json",
+        "README.md",
+        "trainer_state.json",
+        "learning_rates.png",
+        "task_metrics.png",
+    ):
+        assert (out / name).exists(), name
+    card = (out / "README.md").read_text()
+    assert "model-index" in card and "trust_remote_code=True" in card
+
+    from transformers import AutoModel, AutoTokenizer
+
+    model = AutoModel.from_pretrained(out, trust_remote_code=True)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    prediction = model.predict(["who was the good film"], tokenizer)[0]
+    assert prediction["question"]["label"] in {"DESC", "HUM", "LOC"}
+    assert prediction["sentiment"]["label"] in {"neg", "pos"}
+
+
+def test_flags_after_the_json_file_override_it(tmp_path, tiny_encoder_dir, data_root):
+    config = _config(tmp_path / "c.json", tiny_encoder_dir, data_root, tmp_path / "out")
+    model_args, data_args, training_args = run_mtl.parse_args(
+        [config, "--max_train_samples", "5", "--seed", "3"]
+    )
+    assert data_args.max_train_samples == 5 and training_args.seed == 3
+    assert model_args.model_name_or_path == tiny_encoder_dir
+    (tmp_path / "bad.json").write_text(json.dumps({"learning_rat": 1e-3}))
+    with pytest.raises(ValueError, match=r"unknown argument\(s\) \['learning_rat'\]"):
+        run_mtl.parse_args([str(tmp_path / "bad.json")])
+
+
+# ------------------------------------------------------------------------------------ bad input
+def _bad_task(tmp_path, **changes):
+    task = {**TASKS[1], **changes}
+    return [TASKS[0], task]
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing column", r"column 'sentence' .*available"),
+        ("label outside set", r"line 2: label 'NUM' is not one of the task's labels"),
+        ("empty split", r"empty"),
+        ("unreadable file", r"(?i)not found|no such file|does not exist"),
+        ("unknown key", r"unknown key\(s\) 'label_colum'"),
+    ],
+)
+def test_bad_data_fails_before_training_and_writes_nothing(
+    case, message, tmp_path, tiny_encoder_dir, data_root
+):
+    quest = tmp_path / "quest"
+    quest.mkdir()
+    (quest / "train.jsonl").write_text('{"text": "who was", "label": "HUM"}\n')
+    tasks = {
+        "missing column": _bad_task(
+            tmp_path,
+            data_dir=str(quest),
+            train_file="train.jsonl",
+            file_format=None,
+            validation_file=None,
+            test_file=None,
+            text_column="sentence",
+        ),
+        "label outside set": _bad_task(
+            tmp_path, data_dir=str(quest), train_file="bad.txt", validation_file=None, test_file=None
+        ),
+        "empty split": _bad_task(
+            tmp_path, data_dir=str(quest), train_file="empty.txt", validation_file=None, test_file=None
+        ),
+        "unreadable file": _bad_task(tmp_path, train_file="nope.txt"),
+        "unknown key": _bad_task(tmp_path, label_colum="x"),
+    }[case]
+    (quest / "bad.txt").write_text("HUM who was\nNUM how many\n")
+    (quest / "empty.txt").write_text("")
+    out = tmp_path / "out"
+    config = _config(tmp_path / "c.json", tiny_encoder_dir, data_root, out, tasks=tasks)
+    with pytest.raises(HydraBertDataError, match=message):
+        run_mtl.main([config])
+    assert not out.exists(), "a failed run must not leave a half-written output directory"
+
+
+# ---------------------------------------------------------------------------- resume after a kill
+KILL_AFTER_SAVE = textwrap.dedent(
+    """
+    import os, signal, sys
+    import run_mtl
+    from transformers import TrainerCallback
+    from hydrabert.trainer import MultiTaskTrainer
+
+    class KillAfterFirstSave(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no atexit: like a lost machine
+
+    original = MultiTaskTrainer.__init__
+    def patched(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.add_callback(KillAfterFirstSave())
+    MultiTaskTrainer.__init__ = patched
+    run_mtl.main(sys.argv[1:])
+    """
+)
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path, tiny_encoder_dir, data_root):
+    reference = tmp_path / "reference"
+    run_mtl.main(
+        [
+            _config(
+                tmp_path / "a.json",
+                tiny_encoder_dir,
+                data_root,
+                reference,
+                eval_strategy="no",
+                do_eval=False,
+                do_predict=False,
+                num_train_epochs=3,
+            )
+        ]
+    )
+
+    resumed = tmp_path / "resumed"
+    config = _config(
+        tmp_path / "b.json",
+        tiny_encoder_dir,
+        data_root,
+        resumed,
+        eval_strategy="no",
+        do_eval=False,
+        do_predict=False,
+        num_train_epochs=3,
+    )
+    script = tmp_path / "kill_after_save.py"
+    script.write_text(KILL_AFTER_SAVE)
+    killed = _run_script([str(script), config], cwd=REPO)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    checkpoints = sorted(p.name for p in resumed.iterdir() if p.name.startswith("checkpoint-"))
+    assert len(checkpoints) == 1 and not (resumed / "model.safetensors").exists()
+
+    run_mtl.main([config])  # finds the checkpoint and resumes from it
+    state = json.loads((resumed / "trainer_state.json").read_text())
+    assert state["global_step"] == json.loads((reference / "trainer_state.json").read_text())["global_step"]
+    assert _weights_digest(resumed) == _weights_digest(reference)
+
+
+# ------------------------------------------------------------------------------------------- DDP
+RECORD_RANK_WEIGHTS = textwrap.dedent(
+    """
+    import hashlib, json, os, sys
+    import torch
+    import run_mtl
+    from hydrabert.trainer import MultiTaskTrainer
+
+    original_train = MultiTaskTrainer.train
+    def train_and_record(self, *args, **kwargs):
+        model = self.accelerator.unwrap_model(self.model)
+        initial = {n: p.detach().clone() for n, p in model.named_parameters()}
+        result = original_train(self, *args, **kwargs)
+        record = {"world_size": self.accelerator.num_processes, "digest": {}, "changed": {},
+                  "requires_grad": {n: p.requires_grad for n, p in model.named_parameters()}}
+        for name, param in model.named_parameters():
+            record["digest"][name] = hashlib.sha256(param.detach().numpy().tobytes()).hexdigest()
+            record["changed"][name] = not torch.equal(param.detach(), initial[name])
+        path = os.path.join(self.args.output_dir, f"rank{self.accelerator.process_index}.json")
+        with open(path, "w") as handle:
+            json.dump(record, handle)
+        return result
+    MultiTaskTrainer.train = train_and_record
+    run_mtl.main(sys.argv[1:])
+    """
+)
+
+
+def test_two_process_ddp_keeps_ranks_identical_with_frozen_head_and_gradual_unfreezing(
+    tmp_path, tiny_encoder_dir, data_root
+):
+    out = tmp_path / "ddp"
+    config = _config(
+        tmp_path / "ddp.json",
+        tiny_encoder_dir,
+        data_root,
+        out,
+        num_train_epochs=3,
+        gradual_unfreezing=True,
+        unfreeze_every=1,
+        frozen_tasks=["question"],
+        save_strategy="no",
+        eval_strategy="no",
+        do_eval=False,
+        do_predict=True,
+        use_cpu=True,
+    )
+    script = tmp_path / "record.py"
+    script.write_text(RECORD_RANK_WEIGHTS)
+    # `accelerate launch --cpu` picks accelerate's single-process launcher (its multi-CPU mode needs
+    # mpirun); the torchrun-based launcher behind --multi_gpu runs 2 CPU processes with gloo.
+    result = _run_script(
+        [
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            str(script),
+            config,
+        ],
+        cwd=REPO,
+        timeout=600,
+        env={"OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["world_size"] == 2
+    assert ranks[0]["digest"] == ranks[1]["digest"], "ranks diverged"
+    changed = ranks[0]["changed"]
+    assert not any(changed[n] for n in changed if n.startswith("heads.question.")), "frozen head moved"
+    assert all(changed[n] for n in changed if n.startswith("heads.sentiment."))
+    # 3 epochs, one level per epoch: the top two blocks joined mid-run and trained; the embeddings never did.
+    for prefix, expected in (
+        ("encoder.encoder.layer.1.", True),
+        ("encoder.encoder.layer.0.", True),
+        ("encoder.embeddings.", False),
+    ):
+        names = [n for n in changed if n.startswith(prefix)]
+        assert any(changed[n] for n in names) == expected, prefix
+    # requires_grad never changed under DDP (only the frozen head is off).
+    off = sorted(n for n, flag in ranks[0]["requires_grad"].items() if not flag)
+    assert off == ["heads.question.bias", "heads.question.weight"]
+    assert (out / "test_results.json").exists()
