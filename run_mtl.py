@@ -279,7 +279,10 @@ def main(argv: list[str] | None = None) -> dict:
         train_result = trainer.train(resume_from_checkpoint=checkpoint)
         metrics = dict(train_result.metrics)
         metrics["train_samples"] = sum(len(ds) for ds in train_sets.values())
-        trainer.save_model()  # weights, config, the *_hydrabert.py code files and the tokenizer
+        if not training_args.push_to_hub:
+            # weights, config, the *_hydrabert.py code files and the tokenizer; with push_to_hub the
+            # final push saves them (a save here would push a commit of its own)
+            trainer.save_model()
         trainer.log_metrics("train", metrics)
         trainer.save_metrics("train", metrics)
         trainer.save_state()

@@ -385,3 +385,89 @@ def test_two_process_ddp_keeps_ranks_identical_with_frozen_head_and_gradual_unfr
     off = sorted(n for n, flag in ranks[0]["requires_grad"].items() if not flag)
     assert off == ["heads.question.bias", "heads.question.weight"]
     assert (out / "test_results.json").exists()
+
+
+# ------------------------------------------------------------------------------------ push_to_hub
+LOAD_FROM_HUB = textwrap.dedent(
+    """
+    import json, sys
+    sys.modules["hydrabert"] = None  # a machine that never installed hydrabert
+    from transformers import AutoModel, AutoTokenizer, pipeline
+    repo, revision, sentences = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    model = AutoModel.from_pretrained(repo, revision=revision, trust_remote_code=True)
+    tokenizer = AutoTokenizer.from_pretrained(repo, revision=revision)
+    classifier = pipeline(model=repo, revision=revision, trust_remote_code=True)
+    print("RESULT" + json.dumps({"predict": model.predict(sentences, tokenizer), "pipeline": classifier(sentences)}))
+    """
+)
+
+
+def _same_predictions(left, right):
+    assert len(left) == len(right)
+    for a, b in zip(left, right, strict=True):
+        assert set(a) == set(b)
+        for task in a:
+            assert a[task]["label"] == b[task]["label"]
+            assert a[task]["score"] == pytest.approx(b[task]["score"], abs=1e-5)
+
+
+def test_run_mtl_pushes_one_loadable_commit_and_pins_the_card(
+    tmp_path, tiny_encoder_dir, data_root, hub_server
+):
+    out = tmp_path / "out"
+    config = _config(
+        tmp_path / "c.json",
+        tiny_encoder_dir,
+        data_root,
+        out,
+        num_train_epochs=1,
+        save_strategy="no",
+        push_to_hub=True,
+        hub_model_id="test-user/tiny-mtl",
+        hub_strategy="end",
+    )
+    run_mtl.main([config])
+
+    repo = hub_server.hub.get_repo("test-user/tiny-mtl")
+    commits = list(repo.commits.values())
+    # initial commit (.gitattributes), the push, and the README-only commit that pins the card.
+    assert len(commits) == 3, [c.title for c in commits]
+    pushed, pin = commits[1], commits[2]
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "configuration_hydrabert.py",
+        "modeling_hydrabert.py",
+        "pipeline_hydrabert.py",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "README.md",
+    ):
+        assert name in pushed.files, name
+    assert not any(name.startswith("checkpoint-") for name in pushed.files)
+    changed = {p for p in pin.files if pin.files[p] != pushed.files.get(p)}
+    assert changed == {"README.md"}
+    card = pin.files["README.md"].decode()
+    assert "library_name: transformers" in card and "model-index:" in card
+    assert "trust_remote_code=True" in card and f'revision = "{pushed.oid}"' in card
+
+    # A fresh process without hydrabert loads the pushed commit and predicts as the trained model.
+    from transformers import AutoModel, AutoTokenizer
+
+    sentences = ["who was the good film", "how bad a movie", "where is the great film"]
+    local = AutoModel.from_pretrained(out, trust_remote_code=True)
+    expected = local.predict(sentences, AutoTokenizer.from_pretrained(out))
+    script = tmp_path / "load.py"
+    script.write_text(LOAD_FROM_HUB)
+    result = subprocess.run(
+        [sys.executable, str(script), "test-user/tiny-mtl", pushed.oid, json.dumps(sentences)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=hub_server.subprocess_env(),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = json.loads(result.stdout.split("RESULT", 1)[1])
+    _same_predictions(loaded["predict"], expected)
+    _same_predictions(loaded["pipeline"], expected)
