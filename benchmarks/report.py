@@ -1,0 +1,213 @@
+#!/usr/bin/env python
+"""Renders benchmarks/results/*.json (written by experiments.py) into the tables and plots of
+docs/transfer.md and docs/results.md.
+
+Each doc holds marked blocks, `<!-- results:NAME -->` ... `<!-- /results:NAME -->`; this script
+replaces what is between the markers and leaves the prose around them alone, so every number in
+those tables comes from a recorded run.
+
+    python benchmarks/report.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import statistics
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(REPO, "benchmarks", "results")
+DOCS = os.path.join(REPO, "docs")
+
+
+def load(group: str) -> list[dict]:
+    path = os.path.join(RESULTS, f"{group}.json")
+    if not os.path.exists(path):
+        return []
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def fmt(value) -> str:
+    return "–" if value is None else f"{value:.4f}"
+
+
+def metric(record: dict, key: str):
+    return record["metrics"].get(key)
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def commands(records: list[dict]) -> str:
+    if not records:
+        return ""
+    lines = [f"- `{r['name']}` ({r['wall_seconds']:.0f} s): `{r['command']}`" for r in records]
+    return (
+        f"Machine: {records[0]['machine']}.\n\n<details><summary>Commands</summary>\n\n"
+        + "\n".join(lines)
+        + "\n\n</details>"
+    )
+
+
+def transfer_block() -> str:
+    records = load("transfer")
+    if not records:
+        return "_Not run yet: `python benchmarks/experiments.py transfer`._"
+    rows = []
+    for r in records:
+        rows.append(
+            [
+                f"`{r['name']}`",
+                fmt(metric(r, "test_citation_intent_f1")),
+                fmt(metric(r, "test_citation_intent_accuracy")),
+                fmt(metric(r, "eval_citation_intent_f1")),
+                f"{metric(r, 'train_runtime'):.0f}" if metric(r, "train_runtime") else "–",
+            ]
+        )
+    body = table(["run", "test macro-F1", "test accuracy", "dev macro-F1", "train seconds"], rows)
+    plot = bar_plot(
+        "transfer.png",
+        [r["name"] for r in records],
+        {"test macro-F1": [metric(r, "test_citation_intent_f1") or 0 for r in records]},
+        "SciCite test macro-F1 (MiniLM, same budget)",
+    )
+    return f"{body}\n\n![SciCite macro-F1 per run]({plot})\n\n{commands(records)}"
+
+
+def multitask_block() -> str:
+    records = load("multitask")
+    if not records:
+        return "_Not run yet: `python benchmarks/experiments.py multitask`._"
+    by_kind: dict[str, list[dict]] = {}
+    for r in records:
+        by_kind.setdefault(r["name"].rsplit("_seed", 1)[0], []).append(r)
+    rows = []
+    for kind, runs in by_kind.items():
+        cells = [f"`{kind}`", str(len(runs))]
+        for task in ("sentiment", "question_type"):
+            for name in ("accuracy", "f1"):
+                values = [
+                    metric(r, f"test_{task}_{name}")
+                    for r in runs
+                    if metric(r, f"test_{task}_{name}") is not None
+                ]
+                if not values:
+                    cells.append("–")
+                elif len(values) == 1:
+                    cells.append(fmt(values[0]))
+                else:
+                    cells.append(f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}")
+        rows.append(cells)
+    header = ["model", "seeds", "SST-2 acc", "SST-2 macro-F1", "TREC-6 acc", "TREC-6 macro-F1"]
+    return f"{table(header, rows)}\n\n{commands(records)}"
+
+
+def sweep_block(group: str, settings: list[str], label: str) -> str:
+    records = load(group)
+    if not records:
+        return f"_Not run yet: `python benchmarks/experiments.py {group}`._"
+    task_of = {"sst2": "sentiment", "trec": "question_type", "scicite": "citation_intent"}
+    found = {r["name"]: r for r in records}
+    rows = []
+    series = {}
+    for data, task in task_of.items():
+        cells = [data]
+        values = []
+        for setting in settings:
+            record = found.get(f"{data}_{setting}")
+            value = metric(record, f"test_{task}_f1") if record else None
+            cells.append(fmt(value))
+            values.append(value or 0)
+        rows.append(cells)
+        series[data] = values
+    plot = bar_plot(f"{group}.png", settings, series, f"Test macro-F1 by {label}")
+    return f"{table(['data (test macro-F1)', *settings], rows)}\n\n![{label}]({plot})\n\n{commands(records)}"
+
+
+def add_task_block() -> str:
+    records = load("add_task")
+    base = {r["name"]: r for r in load("multitask")}.get("multitask_seed42")
+    if not records or base is None:
+        return "_Not run yet: `python benchmarks/experiments.py add_task` (after the multitask group)._"
+    rows = [
+        [
+            "before (SST-2 + TREC-6 model)",
+            fmt(metric(base, "test_sentiment_accuracy")),
+            fmt(metric(base, "test_question_type_accuracy")),
+            "–",
+        ]
+    ]
+    for r in records:
+        rows.append(
+            [
+                f"`{r['name']}`",
+                fmt(metric(r, "test_sentiment_accuracy")),
+                fmt(metric(r, "test_question_type_accuracy")),
+                fmt(metric(r, "test_citation_intent_f1")),
+            ]
+        )
+    return (
+        table(["model", "SST-2 test acc", "TREC-6 test acc", "SciCite test macro-F1"], rows)
+        + "\n\n"
+        + commands(records)
+    )
+
+
+def bar_plot(filename: str, labels: list[str], series: dict[str, list[float]], title: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(labels) * max(1, len(series)) / 2), 3.6))
+    width = 0.8 / len(series)
+    for i, (name, values) in enumerate(series.items()):
+        positions = [x + i * width for x in range(len(labels))]
+        bars = ax.bar(positions, values, width=width, label=name)
+        ax.bar_label(bars, fmt="%.3f", fontsize=7)
+    ax.set_xticks([x + width * (len(series) - 1) / 2 for x in range(len(labels))], labels, fontsize=8)
+    lows = [v for values in series.values() for v in values if v]
+    if lows:
+        ax.set_ylim(max(0.0, min(lows) - 0.1), min(1.0, max(lows) + 0.05))
+    ax.set_title(title)
+    if len(series) > 1:
+        ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    os.makedirs(os.path.join(DOCS, "img"), exist_ok=True)
+    fig.savefig(os.path.join(DOCS, "img", filename), dpi=110)
+    plt.close(fig)
+    return f"img/{filename}"
+
+
+BLOCKS = {
+    "transfer": transfer_block,
+    "multitask": multitask_block,
+    "llrd": lambda: sweep_block("llrd", ["xi1.0", "xi0.95", "xi0.9", "xi0.8"], "layer-wise decay ξ"),
+    "freeze": lambda: sweep_block("freeze", ["none", "encoder", "lower_layers", "gradual"], "freeze policy"),
+    "add_task": add_task_block,
+}
+
+
+def render(doc: str) -> None:
+    path = os.path.join(DOCS, doc)
+    with open(path) as handle:
+        text = handle.read()
+    for name, block in BLOCKS.items():
+        pattern = re.compile(rf"(<!-- results:{name} -->\n).*?(\n<!-- /results:{name} -->)", re.S)
+        if pattern.search(text):
+            text = pattern.sub(lambda m, b=block: m.group(1) + b() + m.group(2), text)
+    with open(path, "w") as handle:
+        handle.write(text)
+    print(f"rendered {path}")
+
+
+if __name__ == "__main__":
+    for doc in ("transfer.md", "results.md"):
+        if os.path.exists(os.path.join(DOCS, doc)):
+            render(doc)
