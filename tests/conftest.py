@@ -72,7 +72,11 @@ def tiny_tokenizer(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tok")
     vocab = folder / "vocab.txt"
     vocab.write_text("\n".join(words) + "\n")
-    return BertTokenizerFast(vocab_file=str(vocab), model_max_length=64)
+    # from_pretrained(folder): in transformers 5, BertTokenizerFast(vocab_file=...) ignores the file
+    # and maps every word to [UNK].
+    tokenizer = BertTokenizerFast.from_pretrained(str(folder), model_max_length=64)
+    assert tokenizer("the good film")["input_ids"] == [2, 5, 12, 10, 3]  # real word ids, not [UNK]
+    return tokenizer
 
 
 def minilm_path() -> str | None:

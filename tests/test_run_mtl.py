@@ -31,7 +31,7 @@ def tiny_encoder_dir(tmp_path_factory):
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TINY_WORDS]
     words += [f"w{i}" for i in range(TINY_ENCODER["vocab_size"] - len(words))]
     (folder / "vocab.txt").write_text("\n".join(words) + "\n")
-    BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), model_max_length=64).save_pretrained(folder)
+    BertTokenizerFast.from_pretrained(str(folder), model_max_length=64).save_pretrained(folder)
     torch.manual_seed(0)
     config = BertConfig(**{k: v for k, v in TINY_ENCODER.items() if k != "model_type"})
     BertModel(config).save_pretrained(folder)
