@@ -1,0 +1,202 @@
+#!/usr/bin/env python
+"""Frozen encoder: 5 epochs with the encoder-output cache vs recomputing the encoder every epoch.
+
+    python benchmarks/bench_frozen.py | tee benchmarks/results/speed_frozen.json
+
+Work: MultiTaskTrainer, `freeze_policy="encoder"` (projection and heads train), MiniLM, a seeded random
+`--per-task` sentences of SST-2 and TREC-6 train, batch 32, max_length 64, learning rate 1e-3, `--epochs` epochs, evaluation
+on `--eval-per-task` validation sentences per task after every epoch. The two runs differ only in
+`cache_frozen_encoder` (True: hydrabert's default; False: the encoder runs on every batch).
+
+What the ratio can be: with E the cost of an epoch that runs the encoder and c that of an epoch served
+from the cache, five epochs cost 5E without the cache and E + 4c with it, so the ratio 5E / (E + 4c)
+approaches 5 from below as c -> 0: the first epoch has to run the encoder either way. The JSON line
+gives that bound and the ratio of the later epochs alone (E / c), too.
+
+Checks (exit 1 when one fails): the final weights of the two runs agree (max difference <= 1e-5: batches
+pad to their longest row, so a recomputed example can differ from its cached first pass in the last
+bit; the line says whether they are bit-identical), every evaluation agrees (loss within 1e-5, equal
+accuracy), the cached run ran the encoder once per distinct training example and the other run on
+every training row of every epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+
+import _speed
+import torch
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--per-task", type=int, default=512, help="training sentences per task")
+    parser.add_argument("--eval-per-task", type=int, default=128, help="validation sentences per task")
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-length", type=int, default=64)
+    _speed.add_common_arguments(parser)
+    args = parser.parse_args()
+    _speed.setup(args)
+
+    import datasets
+    from transformers import AutoTokenizer, TrainerCallback
+
+    from hydrabert import HydraBertModel
+    from hydrabert.data import tokenize_task
+    from hydrabert.trainer import MultiTaskTrainer, MultiTaskTrainingArguments
+
+    path = _speed.minilm_path()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    loaded = _speed.load_demo_tasks(args.data_root)
+    specs = {name: task.task_spec() for name, task in loaded.items()}
+    train_sets, eval_sets = {}, {}
+    for name, task in loaded.items():
+        train = task.splits["train"].shuffle(seed=_speed.SEED).select(range(args.per_task))
+        validation = task.splits["validation"].select(range(args.eval_per_task))
+        tokenized = tokenize_task(
+            datasets.DatasetDict(train=train, validation=validation), tokenizer, args.max_length
+        )
+        train_sets[name], eval_sets[name] = tokenized["train"], tokenized["validation"]
+
+    class EpochTimes(TrainerCallback):
+        def __init__(self):
+            self.seconds, self.encoder_rows = [], 0
+
+        def on_epoch_begin(self, args, state, control, **kwargs):
+            self._timer = _speed.Timer().__enter__()
+
+        def on_epoch_end(self, args, state, control, **kwargs):
+            self._timer.__exit__()
+            self.seconds.append(self._timer.seconds)
+
+    runs = {}
+    with _speed.stdout_to_stderr():
+        for cache in (True, False):
+            torch.manual_seed(_speed.SEED)
+            model = HydraBertModel.from_encoder_pretrained(path, tasks=specs)
+            rows = []
+            model.encoder.register_forward_pre_hook(
+                lambda _module, _args, kwargs, rows=rows: rows.append(kwargs["input_ids"].shape[0]),
+                with_kwargs=True,
+            )
+            epochs = EpochTimes()
+            trainer = MultiTaskTrainer(
+                model=model,
+                args=MultiTaskTrainingArguments(
+                    output_dir=tempfile.mkdtemp(prefix="bench_frozen_"),
+                    freeze_policy="encoder",
+                    cache_frozen_encoder=cache,
+                    learning_rate=1e-3,  # only the projection and heads train: let them move
+                    num_train_epochs=args.epochs,
+                    per_device_train_batch_size=args.batch_size,
+                    per_device_eval_batch_size=args.batch_size,
+                    eval_strategy="epoch",
+                    use_cpu=True,
+                    report_to=[],
+                    save_strategy="no",
+                    logging_strategy="no",
+                    disable_tqdm=True,
+                    seed=_speed.SEED,
+                    dataloader_num_workers=0,
+                ),
+                train_dataset=train_sets,
+                eval_dataset=eval_sets,
+                processing_class=tokenizer,
+                callbacks=[epochs],
+            )
+            with _speed.Timer() as timer:
+                trainer.train()
+            evaluations = [e for e in trainer.state.log_history if "eval_average_loss" in e]
+            runs[cache] = {
+                "seconds": timer.seconds,
+                "cpu_seconds": timer.cpu_seconds,
+                "epoch_seconds": epochs.seconds,
+                "state": {k: v.clone() for k, v in model.state_dict().items()},
+                "evaluations": evaluations,
+                "encoder_rows": sum(rows),
+                "frozen": trainer.frozen_encoder,
+            }
+
+    cached, plain = runs[True], runs[False]
+    failures = []
+    trained = [name for name in cached["state"] if not name.startswith("encoder.")]
+    diffs = {
+        name: (cached["state"][name] - plain["state"][name]).abs().max().item() for name in cached["state"]
+    }
+    max_diff = max(diffs.values())
+    bit_identical = all(torch.equal(cached["state"][n], plain["state"][n]) for n in cached["state"])
+    if max_diff > 1e-5:
+        worst = max(diffs, key=diffs.get)
+        failures.append(f"final weights differ: max |diff| {max_diff:.2e} ({worst})")
+    if len(cached["evaluations"]) != args.epochs or len(plain["evaluations"]) != args.epochs:
+        failures.append("an evaluation is missing")
+    for epoch, (a, b) in enumerate(zip(cached["evaluations"], plain["evaluations"], strict=False), start=1):
+        if abs(a["eval_average_loss"] - b["eval_average_loss"]) > 1e-5:
+            failures.append(f"epoch {epoch}: eval loss {a['eval_average_loss']} vs {b['eval_average_loss']}")
+        for task in specs:
+            key = f"eval_{task}_accuracy"
+            if a[key] != b[key]:
+                failures.append(f"epoch {epoch}: {key} {a[key]} vs {b[key]}")
+    train_rows = sum(len(ds) for ds in train_sets.values())
+    eval_rows = sum(len(ds) for ds in eval_sets.values())
+    distinct = len(
+        {tuple(ids) for ds in (*train_sets.values(), *eval_sets.values()) for ids in ds["input_ids"]}
+    )
+    if cached["frozen"].misses > distinct or cached["encoder_rows"] != cached["frozen"].misses:
+        failures.append(
+            f"the cached run encoded {cached['frozen'].misses} rows for {distinct} distinct examples"
+        )
+    if plain["encoder_rows"] != args.epochs * (train_rows + eval_rows):
+        failures.append(
+            f"the uncached run encoded {plain['encoder_rows']} rows, expected every row every epoch"
+        )
+
+    samples = args.epochs * train_rows
+    later_cached = sum(cached["epoch_seconds"][1:])
+    later_plain = sum(plain["epoch_seconds"][1:])
+    first_plain = plain["epoch_seconds"][0]
+    _speed.emit(
+        {
+            "benchmark": "frozen",
+            "what": f"{args.epochs} epochs with a frozen encoder: cached encoder outputs vs recomputed",
+            "hydrabert_samples_per_s": round(samples / cached["seconds"], 2),
+            "peer_samples_per_s": round(samples / plain["seconds"], 2),
+            "ratio": round(plain["seconds"] / cached["seconds"], 3),
+            "target": 5.0,
+            "bound": args.epochs,
+            "later_epochs_ratio": round(later_plain / later_cached, 2) if later_cached else None,
+            "cpu_time_ratio": round(plain["cpu_seconds"] / cached["cpu_seconds"], 3),
+            "seconds": {"cached": round(cached["seconds"], 2), "recomputed": round(plain["seconds"], 2)},
+            "epoch_seconds": {
+                "cached": [round(s, 2) for s in cached["epoch_seconds"]],
+                "recomputed": [round(s, 2) for s in plain["epoch_seconds"]],
+            },
+            "cached_epoch_cost_fraction": round(
+                later_cached / len(cached["epoch_seconds"][1:]) / first_plain, 4
+            ),
+            "encoder_rows": {"cached": cached["frozen"].misses, "recomputed": plain["encoder_rows"]},
+            "cache_hits": cached["frozen"].hits,
+            "final_weights_max_abs_diff": max_diff,
+            "final_weights_bit_identical": bit_identical,
+            "trained_tensors_compared": len(trained),
+            "eval_average_accuracy": {
+                "cached": [e["eval_average_accuracy"] for e in cached["evaluations"]],
+                "recomputed": [e["eval_average_accuracy"] for e in plain["evaluations"]],
+            },
+            "settings": {
+                "per_task": args.per_task,
+                "eval_per_task": args.eval_per_task,
+                "epochs": args.epochs,
+                "batch_size": args.batch_size,
+                "max_length": args.max_length,
+                "threads": args.threads,
+            },
+        },
+        failures,
+    )
+
+
+if __name__ == "__main__":
+    main()

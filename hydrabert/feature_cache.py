@@ -1,0 +1,219 @@
+"""Frozen-encoder feature caching: a frozen encoder's work is done once per example, not once per epoch.
+
+When the encoder is frozen for the whole run (`freeze_policy="encoder"`, or `freeze_embeddings` with
+`freeze_lower_layers` = every layer), training only moves what sits above it: the projection, the
+adapter and the heads. The encoder then runs in eval mode (no dropout), so its output for an example
+never changes, and `FrozenEncoder` computes it once: the first time an example is seen, its encoder
+features (`HydraBertModel.get_encoder_features`: h_[CLS] for CLS pooling, the masked mean for mean
+pooling, exactly what the projection reads) are stored; every later epoch, and evaluation during
+training, reads them back and runs only the layers above the encoder.
+
+Keys are the example's tokens (input ids, attention mask and token types up to its last attended
+token), not dataset positions: a key cannot go stale or alias another example when datasets are
+shuffled, sharded, filtered or swapped, and no collator has to carry an id. Under DDP each rank
+caches what it sees. Memory: one `hidden_size` vector per distinct example, on the encoder's device,
+in the dtype the encoder produced (MiniLM fp32: 1.5 KB; BERT-base: 3 KB), freed when training ends.
+
+Results are those of recomputing the encoder each epoch: the same features reach the same layers in
+the same order, with the same random draws (a frozen encoder in eval mode draws none). The one
+difference is floating-point: a recomputed batch pads to another length, which can move an
+encoder output in its last bit; the cache returns the value of the example's first pass.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
+import numpy as np
+import torch
+from transformers import TrainerCallback
+
+logger = logging.getLogger(__name__)
+
+# Inputs a cached step understands; anything else (position_ids, inputs_embeds, output_* flags...)
+# goes through the normal forward.
+_TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+_OTHER_INPUTS = ("labels", "task", "task_ids")
+
+
+class FeatureCache:
+    """Encoder features keyed by tokens: rows of one growing `(capacity, hidden)` tensor."""
+
+    def __init__(self):
+        self._index: dict[bytes, int] = {}
+        self._store: torch.Tensor | None = None
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self._store is None else self._size * self._store[0].nbytes
+
+    def clear(self) -> None:
+        self._index, self._store, self._size = {}, None, 0
+
+    @staticmethod
+    def keys(
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> list[bytes]:
+        """One key per row: its tokens, mask and token types up to the last attended position. The
+        padding after it changes nothing the encoder returns, so the same example padded in another
+        batch gets the same key."""
+        ids = input_ids.detach().cpu().numpy().astype(np.int64, copy=False)
+        if attention_mask is None:
+            mask = np.ones_like(ids)
+            lengths = np.full(len(ids), ids.shape[1])
+        else:
+            mask = attention_mask.detach().cpu().numpy().astype(np.int64, copy=False)
+            lengths = mask.shape[1] - np.argmax(mask[:, ::-1] != 0, axis=1)
+        types = None if token_type_ids is None else token_type_ids.detach().cpu().numpy().astype(np.int64)
+        keys = []
+        for row, length in enumerate(lengths.tolist()):
+            key = ids[row, :length].tobytes() + mask[row, :length].tobytes()
+            if types is not None:
+                key += types[row, :length].tobytes()
+            keys.append(key)
+        return keys
+
+    def lookup(self, keys: list[bytes]) -> list[int | None]:
+        return [self._index.get(key) for key in keys]
+
+    def add(self, keys: list[bytes], features: torch.Tensor) -> list[int]:
+        """Stores `features[i]` under `keys[i]` (a key seen before keeps its first value); returns rows."""
+        rows, fresh = [], []
+        for position, key in enumerate(keys):
+            row = self._index.get(key)
+            if row is None:
+                row = self._index[key] = self._size + len(fresh)
+                fresh.append(position)
+            rows.append(row)
+        if fresh:
+            features = features.detach()
+            self._reserve(self._size + len(fresh), features)
+            self._store[self._size : self._size + len(fresh)] = features[fresh].to(self._store.dtype)
+            self._size += len(fresh)
+        return rows
+
+    def gather(self, rows: list[int]) -> torch.Tensor:
+        return self._store[torch.tensor(rows, device=self._store.device)]
+
+    def _reserve(self, needed: int, like: torch.Tensor) -> None:
+        capacity = 0 if self._store is None else self._store.shape[0]
+        if needed <= capacity:
+            return
+        # Doubling: an epoch of appends costs O(n) copies in total.
+        store = like.new_empty((max(needed, 2 * capacity, 1024), *like.shape[1:]))
+        if self._store is not None:
+            store[: self._size] = self._store[: self._size]
+        self._store = store
+
+
+def encoder_is_frozen(model, never_trained: set[str]) -> bool:
+    """Whether no encoder parameter ever trains (a model without an encoder has none to cache)."""
+    names = [f"encoder.{name}" for name, _ in model.encoder.named_parameters()]
+    return bool(names) and all(name in never_trained for name in names)
+
+
+class FrozenEncoder(TrainerCallback):
+    """The trainer's forward for a model whose encoder never trains: the encoder in eval mode (no
+    dropout, so its outputs are deterministic) and, with `cache=True`, each example's encoder features
+    computed once during `train()` (training and the evaluations it runs) and reused after that.
+
+    `MultiTaskTrainer` builds one with `from_trainer` and routes `compute_loss` through `__call__`.
+    """
+
+    def __init__(
+        self,
+        unwrap: Callable[[torch.nn.Module], torch.nn.Module],
+        autocast: Callable[[], AbstractContextManager],
+        cache: bool = True,
+    ):
+        self._unwrap = unwrap
+        # The encoder pass of a miss runs outside the wrapped forward, where accelerate applies
+        # mixed precision: the same autocast must be entered by hand, or the features' dtype differs.
+        self._autocast = autocast
+        self.cache_enabled = cache
+        self.cache = FeatureCache()
+        self.active = False  # only between on_train_begin and on_train_end
+        self.hits = 0
+        self.misses = 0
+
+    @classmethod
+    def from_trainer(cls, trainer) -> FrozenEncoder | None:
+        """One for `trainer` when its model's encoder is frozen for the whole run, else None."""
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        if getattr(trainer, "unfreezing", None) is not None or not encoder_is_frozen(
+            model, trainer.never_trained
+        ):
+            return None
+        return cls(
+            unwrap=trainer.accelerator.unwrap_model,
+            autocast=trainer.accelerator.autocast,
+            cache=getattr(trainer.args, "cache_frozen_encoder", True),
+        )
+
+    # ------------------------------------------------------------------------------- callback
+    def on_train_begin(self, args, state, control, **kwargs):
+        # A fresh cache per run: the encoder may have been swapped or edited between runs.
+        self.cache.clear()
+        self.hits = self.misses = 0
+        self.active = self.cache_enabled
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if self.active:
+            logger.info(
+                "frozen-encoder cache: %d examples (%.1f MB), %d hits, %d encoder passes",
+                len(self.cache),
+                self.cache.nbytes / 2**20,
+                self.hits,
+                self.misses,
+            )
+        self.active = False
+        self.cache.clear()
+        if model is not None:  # leave the encoder in the mode of the rest of the model
+            self._unwrap(model).encoder.train(model.training)
+
+    # -------------------------------------------------------------------------------- forward
+    def __call__(self, model, inputs: dict):
+        unwrapped = self._unwrap(model)
+        if model.training:
+            # Trainer.training_step has just called model.train().
+            unwrapped.encoder.eval()
+        if not self.active or not _cacheable(inputs):
+            return model(**inputs)
+        input_ids = inputs["input_ids"]
+        token_inputs = {name: inputs[name] for name in _TOKEN_INPUTS if inputs.get(name) is not None}
+        keys = self.cache.keys(**token_inputs)
+        rows = self.cache.lookup(keys)
+        missing = [position for position, row in enumerate(rows) if row is None]
+        self.hits += len(rows) - len(missing)
+        self.misses += len(missing)
+        if missing:
+            if len(missing) < len(rows):  # a partly cached batch: encode the new rows only
+                select = torch.tensor(missing, device=input_ids.device)
+                token_inputs = {name: value[select] for name, value in token_inputs.items()}
+            with torch.no_grad(), self._autocast():
+                features = unwrapped.get_encoder_features(**token_inputs)
+            for position, row in zip(
+                missing, self.cache.add([keys[p] for p in missing], features), strict=True
+            ):
+                rows[position] = row
+        others = {name: value for name, value in inputs.items() if name not in _TOKEN_INPUTS}
+        return model(**others, encoder_features=self.cache.gather(rows))
+
+
+def _cacheable(inputs: dict) -> bool:
+    return (
+        isinstance(inputs.get("input_ids"), torch.Tensor)
+        and inputs["input_ids"].dim() == 2
+        and all(name in _TOKEN_INPUTS or name in _OTHER_INPUTS for name in inputs)
+    )
+
+
+__all__ = ["FeatureCache", "FrozenEncoder", "encoder_is_frozen"]
