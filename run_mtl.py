@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 import datasets
 import transformers
 from transformers import AutoTokenizer, HfArgumentParser, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from hydrabert import HydraBertModel
+from hydrabert.checkpoints import last_complete_checkpoint, resolve_resume_checkpoint
 from hydrabert.data import HydraBertDataError, TaskDataConfig, load_tasks, tokenize_task
+from hydrabert.freezing import frozen_parameter_names
 from hydrabert.plots import save_training_plots
 from hydrabert.trainer import MultiTaskTrainer, MultiTaskTrainingArguments
 
@@ -150,11 +151,37 @@ def is_hydrabert_checkpoint(path: str) -> bool:
         return json.load(handle).get("model_type") == "hydrabert"
 
 
+def check_checkpoint_heads(checkpoint: str, loading: dict) -> None:
+    """A hydrabert checkpoint's weights must match its config.json exactly (every head, every shape)."""
+    problems = [
+        f"{key} has shape {tuple(saved)} in the weights but {tuple(expected)} from config.json"
+        for key, saved, expected in sorted(loading["mismatched_keys"])
+    ]
+    if loading["missing_keys"]:
+        problems.append(f"config.json declares {sorted(loading['missing_keys'])}, which the weights lack")
+    if loading["unexpected_keys"]:
+        problems.append(
+            f"the weights hold {sorted(loading['unexpected_keys'])}, which config.json does not declare"
+        )
+    if problems:
+        raise ValueError(
+            f"Checkpoint {checkpoint}: its weights disagree with the tasks in its config.json: "
+            + "; ".join(problems)
+            + ". Save the model again with save_pretrained, or restore the config.json that came with the weights."
+        )
+
+
 def build_model(model_args: ModelArguments, task_specs: dict[str, dict]) -> HydraBertModel:
     checkpoint = resolve_checkpoint(model_args.model_name_or_path)
     load_kwargs = {"revision": model_args.model_revision, "cache_dir": model_args.cache_dir}
     if is_hydrabert_checkpoint(checkpoint):
-        model = HydraBertModel.from_pretrained(checkpoint, **load_kwargs)
+        # By default transformers only logs a report for heads that config.json declares and the weights
+        # lack (it initialises them at random) or hold under other tasks, and raises a message that points
+        # to that report when shapes differ: collect all three and name them.
+        model, loading = HydraBertModel.from_pretrained(
+            checkpoint, output_loading_info=True, ignore_mismatched_sizes=True, **load_kwargs
+        )
+        check_checkpoint_heads(checkpoint, loading)
         for name, spec in task_specs.items():
             if name in model.config.tasks:
                 known = model.config.tasks[name]
@@ -211,9 +238,13 @@ def main(argv: list[str] | None = None) -> dict:
     configs = task_configs(data_args)
     last_checkpoint = None
     if os.path.isdir(training_args.output_dir) and training_args.do_train:
-        last_checkpoint = get_last_checkpoint(training_args.output_dir)
+        # Not transformers' get_last_checkpoint: that takes the highest-numbered folder even when the run
+        # was killed while writing it.
+        last_checkpoint = last_complete_checkpoint(training_args.output_dir)
         if last_checkpoint is not None and training_args.resume_from_checkpoint is None:
             logger.info("Resuming from %s (pass a new output_dir to start over)", last_checkpoint)
+    if training_args.do_train and training_args.resume_from_checkpoint:
+        resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
 
     set_seed(training_args.seed)
 
@@ -264,6 +295,22 @@ def main(argv: list[str] | None = None) -> dict:
             ", ".join(f"{split} {len(ds)}" for split, ds in parts.items() if ds is not None),
             task_specs[name]["labels"],
         )
+
+    if training_args.do_train:
+        # MultiTaskTrainer.train() refuses this too, but only after the Trainer has created output_dir.
+        frozen = frozen_parameter_names(
+            model,
+            training_args.freeze_policy,
+            training_args.frozen_tasks,
+            training_args.freeze_embeddings,
+            training_args.freeze_lower_layers,
+        )
+        if all(name in frozen for name, _ in model.named_parameters()):
+            raise ValueError(
+                f"do_train is set but nothing would train: freeze_policy={training_args.freeze_policy!r}, "
+                f"frozen_tasks={training_args.frozen_tasks} freeze every parameter (for feature extraction, "
+                "run with do_train false)"
+            )
 
     trainer = MultiTaskTrainer(
         model=model,

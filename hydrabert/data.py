@@ -111,6 +111,11 @@ class TaskDataConfig:
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
             raise HydraBertDataError(f"TaskDataConfig.name must be a non-empty string, got {self.name!r}")
+        if not self.name.isidentifier():
+            # Checked here, before any data is read: the name becomes a head (heads.<name>) and metric prefix.
+            raise self._error(
+                "name must be a valid Python identifier (letters, digits, _): it names the model's head"
+            )
         self._check_choice("problem_type", self.problem_type, PROBLEM_TYPES)
         self._check_choice("file_format", self.file_format, FILE_FORMATS, optional=True)
         self._check_choice("label_transform", self.label_transform, LABEL_TRANSFORMS, optional=True)
@@ -336,21 +341,28 @@ def _read_text(source: _Source, path: str, encoding: str) -> str:
     """The whole file decoded, or an error that says which byte and line failed and what to do."""
     with open(path, "rb") as handle:
         raw = handle.read()
-    if b"\x00" in raw:
-        raise source.error(
-            f"contains NUL bytes: not a text file in encoding {encoding!r} (a binary file? UTF-16? "
-            "set the task's `encoding` or `file_format` option)"
-        )
+    binary = source.error(
+        f"contains NUL bytes: not a text file in encoding {encoding!r} (a binary file? UTF-16? "
+        "set the task's `encoding` or `file_format` option)"
+    )
+    # UTF-16/32 text is full of NUL bytes; in other encodings they mean a binary file (checked before
+    # decoding, so that the message says so rather than pointing at some undecodable byte).
+    wide = codecs.lookup(encoding).name.startswith(("utf-16", "utf-32"))
+    if b"\x00" in raw and not wide:
+        raise binary
     # utf-8-sig decodes plain UTF-8 identically and drops a byte-order mark if there is one.
     codec = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
     try:
-        return raw.decode(codec)
+        text = raw.decode(codec)
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
         raise source.error(
             f"cannot be decoded as {encoding!r} (byte 0x{raw[err.start]:02x} on line {line}); set the "
             "task's `encoding` option (e.g. 'latin-1' or 'cp1252')"
         ) from None
+    if "\x00" in text:
+        raise binary
+    return text
 
 
 def _read_labeled_lines(cfg: TaskDataConfig, source: _Source, text: str) -> _RawTable:
@@ -386,7 +398,11 @@ def _read_delimited(cfg: TaskDataConfig, source: _Source, text: str, delimiter: 
     columns: dict[str, list] = {name: [] for name in header}
     for index, row in enumerate(rows):
         if len(row) != len(header):
-            raise source.error(f"row {index} has {len(row)} fields but the header has {len(header)}: {row!r}")
+            # A quote left open swallows the rest of the file into one field (a truncated file?).
+            hint = " (an unclosed quote?)" if row and "\n" in row[-1] else ""
+            raise source.error(
+                f"row {index} has {len(row)} fields but the header has {len(header)}{hint}: {row!r}"
+            )
         for name, value in zip(header, row, strict=True):
             columns[name].append(value)
     return _RawTable(source, columns)
@@ -407,6 +423,8 @@ def _read_json_lines(cfg: TaskDataConfig, source: _Source, text: str) -> _RawTab
 
 def _read_json(cfg: TaskDataConfig, source: _Source, text: str, split: str) -> _RawTable:
     """A JSON document: a list of rows, or an object holding them (under `json_field`)."""
+    if not text.strip():
+        return _RawTable(source, {})  # an empty file: "the split is empty", not a JSON syntax error
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
@@ -488,6 +506,9 @@ def _collect_rows(cfg: TaskDataConfig, table: _RawTable) -> _Rows:
     """Validated texts and raw labels. A row whose text is a list (CSAbstruct: an abstract's
     sentences, with a parallel list of labels) becomes one example per item."""
     source = table.source
+    if not any(len(values) for values in table.columns.values()):
+        # Before the column check: an empty file has no columns, and "column not found" would mislead.
+        raise source.error("the split is empty")
     _require_columns(cfg, source, list(table.columns))
     texts_in = table.columns[cfg.text_column]
     pairs_in = table.columns[cfg.text_pair_column] if cfg.text_pair_column else None
@@ -527,7 +548,19 @@ def _checked_text(source: _Source, value, where: str, column: str) -> str:
         raise source.error(f"{where}: the text in column {column!r} {problem}")
     if not value.strip():
         raise source.error(f"{where}: the text in column {column!r} is empty")
+    _check_unicode(source, value, where, f"the text in column {column!r}")
     return value
+
+
+def _check_unicode(source: _Source, value: str, where: str, what: str) -> None:
+    """JSON can escape a lone UTF-16 surrogate ("\\ud800"), which no UTF-8 writer (Arrow, config.json)
+    accepts later."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise source.error(
+            f"{where}: {what} is not valid Unicode (lone surrogate {value[err.start]!r} at position {err.start})"
+        ) from None
 
 
 def _label_str(value) -> str:
@@ -562,6 +595,7 @@ def _label_names_of(cfg: TaskDataConfig, source: _Source, value, where: str, cla
         name = _label_str(item)
         if cfg.label_transform == "coarse":
             name = name.split(":", 1)[0]
+        _check_unicode(source, name, where, f"label {name!r}")
         names.append(name)
     return names
 

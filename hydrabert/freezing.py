@@ -83,6 +83,12 @@ class UnfreezingSchedule:
     def __post_init__(self):
         if not self.unfreeze_every > 0:
             raise ValueError(f"unfreeze_every must be > 0 epochs, got {self.unfreeze_every}")
+        if self.lowest_trainable_depth > self.num_layers:
+            raise ValueError(
+                f"gradual_unfreezing has nothing to unfreeze: the freeze settings keep all {self.num_layers} "
+                "encoder layers frozen for the whole run (freeze_lower_layers); lower freeze_lower_layers or "
+                "turn gradual_unfreezing off"
+            )
 
     def levels_unfrozen(self, epoch: float) -> int:
         # A small tolerance: Trainer's fractional epoch (step / steps_per_epoch) can land just below

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -20,7 +22,9 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import EvalPrediction, Trainer, TrainingArguments
 from transformers.trainer_utils import speed_metrics
 
+from .checkpoints import TRAINER_STATE_NAME, incomplete_checkpoints, resolve_resume_checkpoint
 from .data import SAMPLING_STRATEGIES, MultiTaskBatchSampler, MultiTaskCollator, build_multitask_dataset
+from .feature_cache import FrozenEncoder
 from .freezing import (
     FREEZE_POLICIES,
     UnfreezingSchedule,
@@ -101,6 +105,14 @@ class MultiTaskTrainingArguments(TrainingArguments):
     )
     mixed_task_batches: bool = field(
         default=False, metadata={"help": "Batches that mix tasks (default: one task per batch)."}
+    )
+    cache_frozen_encoder: bool = field(
+        default=True,
+        metadata={
+            "help": "When the encoder never trains (e.g. freeze_policy='encoder'), compute each example's encoder "
+            "output once and reuse it in later epochs and evaluations (same results, epochs after the first "
+            "skip the encoder). Costs hidden_size floats per example."
+        },
     )
     # Changed defaults: length-grouped batches waste little on padding; our collator needs the
     # `task_id` column, which the signature-based column filter would drop.
@@ -232,6 +244,10 @@ class MultiTaskTrainer(Trainer):
             data_collator=data_collator,
             **kwargs,
         )
+        # A frozen encoder runs without dropout, and computes each example once (feature_cache.py).
+        self.frozen_encoder = FrozenEncoder.from_trainer(self)
+        if self.frozen_encoder is not None:
+            self.add_callback(self.frozen_encoder)
 
     # ------------------------------------------------------------------------------- optimizer
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
@@ -313,7 +329,7 @@ class MultiTaskTrainer(Trainer):
         return self.accelerator.prepare(dataloader)
 
     # ---------------------------------------------------------------------------------- training
-    def train(self, *args, **kwargs):
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         if self.train_dataset is None:
             raise ValueError("MultiTaskTrainer.train() needs a train_dataset ({task name: dataset})")
         if all(name in self.never_trained for name, _ in self.model.named_parameters()):
@@ -323,7 +339,10 @@ class MultiTaskTrainer(Trainer):
                 "For feature extraction use trainer.evaluate(), model.predict() or model.encode(); to train, "
                 "choose another freeze_policy."
             )
-        output = super().train(*args, **kwargs)
+        # True: the last *complete* checkpoint (transformers takes the highest-numbered folder, even one
+        # whose write was interrupted); a path must hold a complete checkpoint.
+        resume_from_checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
+        output = super().train(resume_from_checkpoint, *args, **kwargs)
         if self.is_world_process_zero() and self.args.output_dir:
             self.plot_files = save_training_plots(self.state.log_history, self.args.output_dir)
         return output
@@ -375,7 +394,7 @@ class MultiTaskTrainer(Trainer):
             )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs = model(**inputs)
+        outputs = self.frozen_encoder(model, inputs) if self.frozen_encoder is not None else model(**inputs)
         loss = outputs.loss
         if not torch.isfinite(loss).all():
             tasks = sorted(outputs.task_losses or {})
@@ -393,6 +412,24 @@ class MultiTaskTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     # ------------------------------------------------------------------------------ saving, card
+    def _save_checkpoint(self, model, trial):
+        """The base class writes checkpoint-N in place, trainer_state.json last, then rotates old ones.
+        Before that: a trainer_state.json left in checkpoint-N by an earlier run would make a half-written
+        rewrite look complete, so it goes first; and incomplete checkpoint folders (interrupted writes)
+        go too, as nothing can resume from them and save_total_limit rotation would count (and, ordering
+        by step, protect) them instead of the complete ones."""
+        if self.args.should_save:
+            run_dir = self._get_output_dir(trial=trial)
+            target = os.path.join(run_dir, f"checkpoint-{self.state.global_step}")
+            stale_state = os.path.join(target, TRAINER_STATE_NAME)
+            if os.path.isfile(stale_state):
+                os.remove(stale_state)
+            for path, problem in incomplete_checkpoints(run_dir).items():
+                if os.path.normpath(path) != os.path.normpath(target):
+                    logger.warning("Removing incomplete checkpoint %s (%s)", path, problem)
+                    shutil.rmtree(path, ignore_errors=True)
+        super()._save_checkpoint(model, trial)
+
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         """Weights, config, tokenizer, and the code that lets `AutoModel`/`pipeline` load them with
         `trust_remote_code=True` anywhere (the two *_hydrabert.py files plus the pipeline file)."""

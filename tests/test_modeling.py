@@ -333,6 +333,7 @@ def test_hub_files_import_only_torch_transformers_and_each_other():
                 "dataclasses",
                 "inspect",
                 "math",
+                "os",
                 "re",
             }, (
                 filename,

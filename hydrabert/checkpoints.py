@@ -1,0 +1,204 @@
+"""Which checkpoints a run can resume from.
+
+transformers writes a `checkpoint-N` folder in place: weights, then optimizer, scheduler and RNG
+states, then `trainer_state.json` last, and only then rotates old checkpoints (`save_total_limit`).
+A run killed while writing leaves a folder that looks like a checkpoint, and
+`transformers.trainer_utils.get_last_checkpoint` takes the highest-numbered folder whatever it holds.
+Here a checkpoint is complete when its `trainer_state.json` (the last file written) parses and names
+the folder's step, and the weights and pickled states it holds are whole (sizes checked against the
+safetensors header and the zip directory, without loading or unpickling anything).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import struct
+import zipfile
+
+logger = logging.getLogger(__name__)
+
+TRAINER_STATE_NAME = "trainer_state.json"
+_CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
+_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+    "adapter_model.safetensors",
+    "adapter_model.bin",
+)
+# Checkpoints of FSDP and DeepSpeed runs keep their weights in sub-folders.
+_WEIGHT_FOLDER_PREFIXES = ("pytorch_model_fsdp", "global_step")
+_PICKLE_SUFFIXES = (".pt", ".pth", ".bin")
+# A safetensors header larger than this is a corrupt length field, not a header.
+_MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
+
+
+def checkpoint_step(path: str | os.PathLike) -> int | None:
+    """N of a `checkpoint-N` folder, None for any other name."""
+    match = _CHECKPOINT_NAME.match(os.path.basename(os.path.normpath(path)))
+    return int(match.group(1)) if match else None
+
+
+def safetensors_problem(path: str | os.PathLike) -> str | None:
+    """Why a `.safetensors` file is unusable (missing, truncated, bad header), or None."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as handle:
+            prefix = handle.read(8)
+            if len(prefix) < 8:
+                return f"{os.path.basename(path)} is truncated ({size} bytes)"
+            (header_size,) = struct.unpack("<Q", prefix)
+            if header_size > min(size - 8, _MAX_SAFETENSORS_HEADER):
+                return f"{os.path.basename(path)} is truncated or corrupt (header length {header_size}, file {size} bytes)"
+            header = json.loads(handle.read(header_size))
+    except FileNotFoundError:
+        return f"{os.path.basename(path)} is missing"
+    except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return f"{os.path.basename(path)} has an unreadable header ({err})"
+    if not isinstance(header, dict):
+        return f"{os.path.basename(path)} has an unreadable header"
+    ends = [
+        entry["data_offsets"][1]
+        for name, entry in header.items()
+        if name != "__metadata__" and isinstance(entry, dict) and len(entry.get("data_offsets", ())) == 2
+    ]
+    expected = 8 + header_size + max(ends, default=0)
+    if expected != size:
+        return f"{os.path.basename(path)} is truncated ({size} of {expected} bytes)"
+    return None
+
+
+def _sharded_safetensors_problem(folder: str, index_name: str) -> str | None:
+    try:
+        with open(os.path.join(folder, index_name), encoding="utf-8") as handle:
+            weight_map = json.load(handle)["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"{index_name} is unreadable ({err})"
+    for shard in sorted(set(weight_map.values())):
+        problem = safetensors_problem(os.path.join(folder, shard))
+        if problem:
+            return problem
+    return None
+
+
+def checkpoint_problem(path: str | os.PathLike) -> str | None:
+    """Why `path` cannot be resumed from, or None when it is a complete checkpoint."""
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        return "no such folder"
+    state_file = os.path.join(path, TRAINER_STATE_NAME)
+    if not os.path.isfile(state_file):
+        return f"no {TRAINER_STATE_NAME} (written last: the run stopped while saving this checkpoint)"
+    try:
+        with open(state_file, encoding="utf-8") as handle:
+            state = json.load(handle)
+    except (OSError, ValueError) as err:
+        return f"{TRAINER_STATE_NAME} is truncated or unreadable ({err})"
+    step = checkpoint_step(path)
+    if not isinstance(state, dict) or (step is not None and state.get("global_step") != step):
+        found = state.get("global_step") if isinstance(state, dict) else None
+        return f"{TRAINER_STATE_NAME} is for step {found!r}, not {step}"
+
+    names = set(os.listdir(path))
+    weights = [name for name in _WEIGHT_FILES if name in names]
+    folders = [
+        n for n in names if n.startswith(_WEIGHT_FOLDER_PREFIXES) and os.path.isdir(os.path.join(path, n))
+    ]
+    if not weights and not folders:
+        return f"no model weights ({', '.join(_WEIGHT_FILES[:3])})"
+    for name in weights:
+        if name.endswith(".safetensors"):
+            problem = safetensors_problem(os.path.join(path, name))
+        elif name == "model.safetensors.index.json":
+            problem = _sharded_safetensors_problem(path, name)
+        else:
+            problem = None
+        if problem:
+            return problem
+    for name in sorted(names):
+        if name.endswith(_PICKLE_SUFFIXES) and not _whole_zip(os.path.join(path, name)):
+            return f"{name} is truncated"
+    return None
+
+
+def _whole_zip(path: str) -> bool:
+    """torch.save writes a zip archive whose directory sits at the very end: a cut-off file has none.
+    (Files in torch's legacy, non-zip format are not checked.)"""
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(2) != b"PK":
+                return True
+        return zipfile.is_zipfile(path)
+    except OSError:
+        return False
+
+
+def is_complete_checkpoint(path: str | os.PathLike) -> bool:
+    """True when `path` holds a checkpoint that was completely written."""
+    return checkpoint_problem(path) is None
+
+
+def checkpoint_folders(output_dir: str | os.PathLike) -> list[str]:
+    """The `checkpoint-N` folders of `output_dir`, lowest step first."""
+    if not os.path.isdir(output_dir):
+        return []
+    folders = [
+        os.path.join(output_dir, name)
+        for name in os.listdir(output_dir)
+        if _CHECKPOINT_NAME.match(name) and os.path.isdir(os.path.join(output_dir, name))
+    ]
+    return sorted(folders, key=checkpoint_step)
+
+
+def incomplete_checkpoints(output_dir: str | os.PathLike) -> dict[str, str]:
+    """`{folder: problem}` for each `checkpoint-N` folder of `output_dir` that cannot be resumed from."""
+    problems = {path: checkpoint_problem(path) for path in checkpoint_folders(output_dir)}
+    return {path: problem for path, problem in problems.items() if problem is not None}
+
+
+def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """The highest-numbered complete `checkpoint-N` folder of `output_dir` (None if there is none);
+    incomplete ones above it are skipped with a warning."""
+    for path in reversed(checkpoint_folders(output_dir)):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        logger.warning("Skipping incomplete checkpoint %s: %s", path, problem)
+    return None
+
+
+def resolve_resume_checkpoint(resume_from_checkpoint: str | bool | None, output_dir: str) -> str | None:
+    """What `Trainer.train(resume_from_checkpoint=...)` should get: `True` becomes the last complete
+    checkpoint of `output_dir`; a path must be a complete checkpoint. Raises ValueError otherwise."""
+    if resume_from_checkpoint is None or resume_from_checkpoint is False:
+        return None
+    if resume_from_checkpoint is True:
+        checkpoint = last_complete_checkpoint(output_dir)
+        if checkpoint is None:
+            skipped = incomplete_checkpoints(output_dir)
+            detail = "; ".join(f"{os.path.basename(p)}: {why}" for p, why in skipped.items())
+            raise ValueError(
+                f"resume_from_checkpoint=True, but {output_dir} holds no complete checkpoint"
+                + (f" (incomplete: {detail})" if detail else "")
+            )
+        return checkpoint
+    problem = checkpoint_problem(resume_from_checkpoint)
+    if problem is not None:
+        raise ValueError(f"Cannot resume from {resume_from_checkpoint}: {problem}")
+    return os.fspath(resume_from_checkpoint)
+
+
+__all__ = [
+    "checkpoint_folders",
+    "checkpoint_problem",
+    "checkpoint_step",
+    "incomplete_checkpoints",
+    "is_complete_checkpoint",
+    "last_complete_checkpoint",
+    "resolve_resume_checkpoint",
+    "safetensors_problem",
+]
