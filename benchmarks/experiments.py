@@ -56,6 +56,11 @@ FREEZE_SETTINGS = {
     "gradual": ["--gradual_unfreezing", "true", "--unfreeze_every", "0.125"],
 }
 MTL_MODEL = os.path.join(REPO, "outputs", "experiments", "multitask", "multitask_seed42")
+# The old tasks keep only their test sets (to measure what they lose); the new one trains.
+ADD_TASK_TASKS = json.dumps(
+    json.loads(tasks_of(DEMO, ["sentiment", "question_type"], test_only=("sentiment", "question_type")))
+    + json.loads(tasks_of(SCI, ["citation_intent"]))
+)
 
 # name -> (config, overrides). Same backbone, data and budget (epochs, batch size) inside a group.
 GROUPS: dict[str, dict[str, tuple[str, list[str]]]] = {
@@ -97,14 +102,7 @@ GROUPS: dict[str, dict[str, tuple[str, list[str]]]] = {
                 "sentiment",
                 "question_type",
                 "--tasks",
-                json.dumps(
-                    json.loads(
-                        tasks_of(
-                            DEMO, ["sentiment", "question_type"], test_only=("sentiment", "question_type")
-                        )
-                    )
-                    + json.loads(tasks_of(SCI, ["citation_intent"]))
-                ),
+                ADD_TASK_TASKS,
             ],
         ),
         "encoder_frozen": (
@@ -120,14 +118,7 @@ GROUPS: dict[str, dict[str, tuple[str, list[str]]]] = {
                 "sentiment",
                 "question_type",
                 "--tasks",
-                json.dumps(
-                    json.loads(
-                        tasks_of(
-                            DEMO, ["sentiment", "question_type"], test_only=("sentiment", "question_type")
-                        )
-                    )
-                    + json.loads(tasks_of(SCI, ["citation_intent"]))
-                ),
+                ADD_TASK_TASKS,
             ],
         ),
     },

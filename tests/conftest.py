@@ -51,32 +51,69 @@ def tiny_config(**overrides):
     return HydraBertConfig(**kwargs)
 
 
-@pytest.fixture
-def tiny_model():
+def seeded_model(**overrides):
+    """A tiny HydraBertModel with seed-0 weights (same weights for the same overrides)."""
     from hydrabert import HydraBertModel
 
     torch.manual_seed(0)
-    return HydraBertModel(tiny_config()).eval()
+    return HydraBertModel(tiny_config(**overrides))
 
 
 @pytest.fixture
-def tiny_tokenizer(tmp_path_factory):
-    """A WordPiece tokenizer over a 99-token vocabulary (matches TINY_ENCODER's vocab_size)."""
+def tiny_model():
+    return seeded_model().eval()
+
+
+# A WordPiece vocabulary of TINY_ENCODER's size: special tokens, the words test sentences use, fillers.
+TINY_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+TINY_VOCAB += (
+    "the a an is was film movie good bad great awful what who where when how why question answer".split()
+)
+TINY_VOCAB += [f"w{i}" for i in range(TINY_ENCODER["vocab_size"] - len(TINY_VOCAB))]
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory) -> str:
+    """A saved tokenizer folder. Built with from_pretrained(folder): in transformers 5,
+    BertTokenizerFast(vocab_file=...) ignores the file and maps every word to [UNK]."""
     from transformers import BertTokenizerFast
 
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    words += (
-        "the a an is was film movie good bad great awful what who where when how why question answer".split()
-    )
-    words += [f"w{i}" for i in range(99 - len(words))]
-    folder = tmp_path_factory.mktemp("tok")
-    vocab = folder / "vocab.txt"
-    vocab.write_text("\n".join(words) + "\n")
-    # from_pretrained(folder): in transformers 5, BertTokenizerFast(vocab_file=...) ignores the file
-    # and maps every word to [UNK].
-    tokenizer = BertTokenizerFast.from_pretrained(str(folder), model_max_length=64)
+    folder = tmp_path_factory.mktemp("tokenizer")
+    (folder / "vocab.txt").write_text("\n".join(TINY_VOCAB) + "\n")
+    BertTokenizerFast.from_pretrained(str(folder), model_max_length=64).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture
+def tiny_tokenizer(tiny_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
     assert tokenizer("the good film")["input_ids"] == [2, 5, 12, 10, 3]  # real word ids, not [UNK]
     return tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(tiny_tokenizer_dir, tmp_path_factory) -> str:
+    """A local BERT checkpoint + tokenizer: the 'any BERT-family checkpoint' path (SciBERT, BioBERT...)."""
+    import shutil
+
+    from transformers import BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("encoder")
+    for name in os.listdir(tiny_tokenizer_dir):
+        shutil.copy(os.path.join(tiny_tokenizer_dir, name), folder)
+    torch.manual_seed(0)
+    BertModel(BertConfig(**{k: v for k, v in TINY_ENCODER.items() if k != "model_type"})).save_pretrained(
+        folder
+    )
+    return str(folder)
+
+
+@pytest.fixture
+def task_data(tiny_tokenizer):
+    """Tokenized (train, eval) `{task: Dataset}` dicts for the tiny tasks."""
+    return make_task_datasets(tiny_tokenizer)
 
 
 def minilm_path() -> str | None:

@@ -67,23 +67,10 @@ def _assert_bitwise_equal(actual: dict, expected: dict):
 
 
 @pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory):
-    from conftest import TINY_WORDS
-    from transformers import BertTokenizerFast
-
-    folder = tmp_path_factory.mktemp("tokenizer")
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TINY_WORDS]
-    words += [f"w{i}" for i in range(99 - len(words))]
-    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
-    BertTokenizerFast.from_pretrained(str(folder), model_max_length=64).save_pretrained(folder)
-    return str(folder)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tokenizer_dir):
+def tokenizer(tiny_tokenizer_dir):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(tokenizer_dir)
+    return AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
 
 
 @pytest.fixture(scope="module")
@@ -297,10 +284,10 @@ KILLED_RUNS = textwrap.dedent(
 
 
 @pytest.fixture(scope="module")
-def killed_runs(tmp_path_factory, tokenizer_dir):
+def killed_runs(tmp_path_factory, tiny_tokenizer_dir):
     folder = tmp_path_factory.mktemp("killed")
     script = folder / "killed_runs.py"
-    script.write_text(KILLED_RUNS.format(tests=TESTS, tokenizer_dir=tokenizer_dir))
+    script.write_text(KILLED_RUNS.format(tests=TESTS, tokenizer_dir=tiny_tokenizer_dir))
     result = subprocess.run(
         [sys.executable, str(script), str(folder)],
         cwd=REPO,

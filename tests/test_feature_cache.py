@@ -6,28 +6,17 @@ import contextlib
 
 import pytest
 import torch
-from conftest import make_task_datasets, tiny_config, tiny_training_args
+from conftest import seeded_model, tiny_training_args
 
-from hydrabert import HydraBertModel
 from hydrabert.data import MultiTaskCollator
 from hydrabert.feature_cache import FeatureCache, FrozenEncoder
 from hydrabert.trainer import MultiTaskTrainer
 
 
-def _model(**overrides):
-    torch.manual_seed(0)
-    return HydraBertModel(tiny_config(**overrides))
-
-
-@pytest.fixture
-def task_data(tiny_tokenizer):
-    return make_task_datasets(tiny_tokenizer)
-
-
 def _train(
     tmp_path, task_data, tokenizer, cache, epochs=3, model_overrides=None, collator=None, **arg_overrides
 ):
-    model = _model(**(model_overrides or {}))
+    model = seeded_model(**(model_overrides or {}))
     args = tiny_training_args(
         tmp_path / f"cache_{cache}",
         freeze_policy="encoder",
@@ -77,7 +66,9 @@ def test_cached_training_gives_the_weights_and_metrics_of_recomputing(
     _assert_same_weights(cached.model, plain.model, atol=1e-6)
 
     # The heads did train (the comparison is not between two untouched models).
-    assert not torch.equal(cached.model.heads["topic"].weight, _model(**overrides).heads["topic"].weight)
+    assert not torch.equal(
+        cached.model.heads["topic"].weight, seeded_model(**overrides).heads["topic"].weight
+    )
     # Per-epoch evaluation (served from the cache) and training losses agree too.
     history_cached = [e for e in cached.state.log_history if "eval_average_accuracy" in e or "loss" in e]
     history_plain = [e for e in plain.state.log_history if "eval_average_accuracy" in e or "loss" in e]
@@ -89,7 +80,7 @@ def test_cached_training_gives_the_weights_and_metrics_of_recomputing(
 
 
 def test_each_example_is_encoded_once(tmp_path, task_data, tiny_tokenizer):
-    model = _model()
+    model = seeded_model()
     modes = []
     model.encoder.register_forward_pre_hook(lambda module, args: modes.append(module.training))
     args = tiny_training_args(tmp_path, freeze_policy="encoder", num_train_epochs=3)
@@ -112,7 +103,7 @@ def test_each_example_is_encoded_once(tmp_path, task_data, tiny_tokenizer):
 
 
 def test_without_the_cache_a_frozen_encoder_still_runs_without_dropout(tmp_path, task_data, tiny_tokenizer):
-    model = _model()
+    model = seeded_model()
     modes = []
     model.encoder.register_forward_pre_hook(lambda module, args: modes.append(module.training))
     args = tiny_training_args(
@@ -138,7 +129,7 @@ def test_without_the_cache_a_frozen_encoder_still_runs_without_dropout(tmp_path,
 def test_no_frozen_encoder_when_the_encoder_trains(settings, tmp_path, task_data, tiny_tokenizer):
     args = tiny_training_args(tmp_path, **settings)
     trainer = MultiTaskTrainer(
-        model=_model(), args=args, train_dataset=task_data[0], processing_class=tiny_tokenizer
+        model=seeded_model(), args=args, train_dataset=task_data[0], processing_class=tiny_tokenizer
     )
     assert trainer.frozen_encoder is None
     assert not any(isinstance(cb, FrozenEncoder) for cb in trainer.callback_handler.callbacks)
@@ -147,7 +138,7 @@ def test_no_frozen_encoder_when_the_encoder_trains(settings, tmp_path, task_data
 def test_every_encoder_level_frozen_by_layers_counts_as_frozen(tmp_path, task_data, tiny_tokenizer):
     args = tiny_training_args(tmp_path, freeze_lower_layers=2)  # tiny encoder: 2 layers + embeddings
     trainer = MultiTaskTrainer(
-        model=_model(), args=args, train_dataset=task_data[0], processing_class=tiny_tokenizer
+        model=seeded_model(), args=args, train_dataset=task_data[0], processing_class=tiny_tokenizer
     )
     assert isinstance(trainer.frozen_encoder, FrozenEncoder)
 
@@ -165,7 +156,7 @@ def test_evaluation_outside_training_does_not_fill_the_cache(tmp_path, task_data
 # --------------------------------------------------------------------------------- model hooks
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
 def test_forward_from_encoder_features_matches_the_full_forward(pooling, tiny_tokenizer):
-    model = _model(pooling=pooling, adapter_size=4).eval()
+    model = seeded_model(pooling=pooling, adapter_size=4).eval()
     batch = tiny_tokenizer(
         ["the good film", "what a great awful movie is"], padding=True, return_tensors="pt"
     )
@@ -211,7 +202,7 @@ def test_cache_stores_once_and_grows():
 
 
 def test_a_partly_cached_batch_encodes_only_its_new_rows(tiny_tokenizer):
-    model = _model().eval()
+    model = seeded_model().eval()
     sizes = []
     model.encoder.register_forward_pre_hook(
         lambda module, args, kwargs: sizes.append(kwargs["input_ids"].shape[0]), with_kwargs=True

@@ -20,10 +20,11 @@ import re
 import shutil
 import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_ENCODER, TINY_WORDS, tiny_config
+from conftest import TINY_WORDS, tiny_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -400,19 +401,8 @@ def test_missing_or_corrupt_weights_give_one_message_naming_the_file(
 
 # ------------------------------------------------------------------------- run_mtl, end to end
 @pytest.fixture(scope="module")
-def encoder_dir(tmp_path_factory):
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    folder = tmp_path_factory.mktemp("encoder")
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TINY_WORDS]
-    words += [f"w{i}" for i in range(TINY_ENCODER["vocab_size"] - len(words))]
-    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
-    BertTokenizerFast.from_pretrained(str(folder), model_max_length=64).save_pretrained(folder)
-    torch.manual_seed(0)
-    BertModel(BertConfig(**{k: v for k, v in TINY_ENCODER.items() if k != "model_type"})).save_pretrained(
-        folder
-    )
-    return folder
+def encoder_dir(tiny_encoder_dir):
+    return Path(tiny_encoder_dir)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import TINY_ENCODER, TINY_WORDS
+from conftest import TINY_WORDS
 from safetensors.torch import load_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,22 +20,6 @@ sys.path.insert(0, REPO)
 
 import run_mtl  # noqa: E402
 from hydrabert.data import HydraBertDataError  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def tiny_encoder_dir(tmp_path_factory):
-    """A local BERT checkpoint + tokenizer: the 'any BERT-family checkpoint' path of run_mtl."""
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    folder = tmp_path_factory.mktemp("encoder")
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TINY_WORDS]
-    words += [f"w{i}" for i in range(TINY_ENCODER["vocab_size"] - len(words))]
-    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
-    BertTokenizerFast.from_pretrained(str(folder), model_max_length=64).save_pretrained(folder)
-    torch.manual_seed(0)
-    config = BertConfig(**{k: v for k, v in TINY_ENCODER.items() if k != "model_type"})
-    BertModel(config).save_pretrained(folder)
-    return str(folder)
 
 
 def _write_lines(path, n, labels, seed):

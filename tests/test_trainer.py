@@ -4,22 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_task_datasets, tiny_config, tiny_training_args
+from conftest import seeded_model, tiny_training_args
 from transformers import TrainerCallback
 
-from hydrabert import HydraBertModel
 from hydrabert.optim import layerwise_parameter_groups
 from hydrabert.trainer import MultiTaskTrainer, MultiTaskTrainingArguments
-
-
-def _model(**overrides):
-    torch.manual_seed(0)
-    return HydraBertModel(tiny_config(**overrides))
-
-
-@pytest.fixture
-def task_data(tiny_tokenizer):
-    return make_task_datasets(tiny_tokenizer)
 
 
 # ------------------------------------------------------------------------------- optimizer groups
@@ -32,7 +21,7 @@ def test_layerwise_groups_follow_the_formula_and_keep_their_ratios(tmp_path, tas
         "num_attention_heads": 4,
         "intermediate_size": 37,
     }
-    model = _model(encoder=encoder)
+    model = seeded_model(encoder=encoder)
     lr, xi, head_lr = 2e-4, 0.8, 1e-3
     args = tiny_training_args(
         tmp_path,
@@ -85,7 +74,7 @@ def test_layerwise_groups_follow_the_formula_and_keep_their_ratios(tmp_path, tas
 
 def test_layerwise_groups_reject_a_decay_outside_zero_one():
     with pytest.raises(ValueError, match="layerwise_lr_decay"):
-        layerwise_parameter_groups(_model(), 1e-3, layerwise_lr_decay=1.5)
+        layerwise_parameter_groups(seeded_model(), 1e-3, layerwise_lr_decay=1.5)
     with pytest.raises(ValueError, match="layerwise_lr_decay"):
         MultiTaskTrainingArguments(output_dir="unused", layerwise_lr_decay=0.0, report_to=[])
 
@@ -93,7 +82,7 @@ def test_layerwise_groups_reject_a_decay_outside_zero_one():
 def test_any_standard_optimizer_gets_the_groups(tmp_path, task_data, tiny_tokenizer):
     args = tiny_training_args(tmp_path, optim="sgd", layerwise_lr_decay=0.5, head_learning_rate=1e-2)
     trainer = MultiTaskTrainer(
-        model=_model(), args=args, train_dataset=task_data[0], processing_class=tiny_tokenizer
+        model=seeded_model(), args=args, train_dataset=task_data[0], processing_class=tiny_tokenizer
     )
     optimizer = trainer.create_optimizer()
     assert isinstance(optimizer, torch.optim.SGD)
@@ -117,7 +106,7 @@ FREEZE_CASES = {
 @pytest.mark.parametrize("case", list(FREEZE_CASES))
 def test_freeze_policy_keeps_frozen_parameters_bit_identical(case, tmp_path, task_data, tiny_tokenizer):
     settings, is_frozen = FREEZE_CASES[case]
-    model = _model(adapter_size=4)
+    model = seeded_model(adapter_size=4)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     args = tiny_training_args(tmp_path, max_steps=6, **settings)
     MultiTaskTrainer(
@@ -131,7 +120,7 @@ def test_freeze_policy_keeps_frozen_parameters_bit_identical(case, tmp_path, tas
 
 
 def test_freeze_all_refuses_to_train_but_evaluates(tmp_path, task_data, tiny_tokenizer):
-    model = _model()
+    model = seeded_model()
     args = tiny_training_args(tmp_path, freeze_policy="all")
     trainer = MultiTaskTrainer(
         model=model,
@@ -167,28 +156,28 @@ def test_invalid_argument_combinations_raise(settings, message):
 def test_unknown_task_names_raise_before_training(tmp_path, task_data, tiny_tokenizer):
     with pytest.raises(ValueError, match=r"frozen_tasks: unknown task\(s\) \['sport'\]"):
         MultiTaskTrainer(
-            model=_model(),
+            model=seeded_model(),
             args=tiny_training_args(tmp_path, frozen_tasks=["sport"]),
             train_dataset=task_data[0],
             processing_class=tiny_tokenizer,
         )
     with pytest.raises(ValueError, match=r"train_dataset: unknown task\(s\) \['sport'\]"):
         MultiTaskTrainer(
-            model=_model(),
+            model=seeded_model(),
             args=tiny_training_args(tmp_path),
             train_dataset={"sport": task_data[0]["topic"]},
             processing_class=tiny_tokenizer,
         )
     with pytest.raises(ValueError, match=r"task_weights: unknown task\(s\) \['sport'\]"):
         MultiTaskTrainer(
-            model=_model(),
+            model=seeded_model(),
             args=tiny_training_args(tmp_path, task_weights='{"sport": 2}'),
             train_dataset=task_data[0],
             processing_class=tiny_tokenizer,
         )
     with pytest.raises(ValueError, match=r"freeze_lower_layers must be in \[0, 2\]"):
         MultiTaskTrainer(
-            model=_model(),
+            model=seeded_model(),
             args=tiny_training_args(tmp_path, freeze_lower_layers=5),
             train_dataset=task_data[0],
             processing_class=tiny_tokenizer,
@@ -196,7 +185,7 @@ def test_unknown_task_names_raise_before_training(tmp_path, task_data, tiny_toke
 
 
 def test_task_weights_from_json_override_the_config(tmp_path, task_data, tiny_tokenizer):
-    model = _model()
+    model = seeded_model()
     args = tiny_training_args(tmp_path, task_weights='{"sentiment": 3}')
     MultiTaskTrainer(model=model, args=args, train_dataset=task_data[0], processing_class=tiny_tokenizer)
     assert model.config.tasks["sentiment"]["weight"] == 3.0
@@ -214,7 +203,7 @@ class _Snapshots(TrainerCallback):
 
 
 def test_gradual_unfreezing_follows_its_schedule(tmp_path, task_data, tiny_tokenizer):
-    model = _model()
+    model = seeded_model()
     snapshots = _Snapshots(model)
     args = tiny_training_args(tmp_path, gradual_unfreezing=True, unfreeze_every=1, num_train_epochs=4)
     trainer = MultiTaskTrainer(
@@ -248,7 +237,7 @@ def test_gradual_unfreezing_follows_its_schedule(tmp_path, task_data, tiny_token
 def test_evaluation_reports_each_task_and_the_average(tmp_path, task_data, tiny_tokenizer):
     args = tiny_training_args(tmp_path, max_steps=4)
     trainer = MultiTaskTrainer(
-        model=_model(),
+        model=seeded_model(),
         args=args,
         train_dataset=task_data[0],
         eval_dataset=task_data[1],
@@ -277,7 +266,7 @@ def test_evaluation_reports_each_task_and_the_average(tmp_path, task_data, tiny_
 def test_every_group_learning_rate_and_task_loss_is_logged_and_plotted(tmp_path, task_data, tiny_tokenizer):
     args = tiny_training_args(tmp_path, max_steps=6, layerwise_lr_decay=0.5)
     trainer = MultiTaskTrainer(
-        model=_model(), args=args, train_dataset=task_data[0], processing_class=tiny_tokenizer
+        model=seeded_model(), args=args, train_dataset=task_data[0], processing_class=tiny_tokenizer
     )
     trainer.train()
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
@@ -303,7 +292,7 @@ def test_non_finite_loss_stops_with_task_and_step(tmp_path, task_data, tiny_toke
     monkeypatch.setattr(modeling, "_task_loss", diverging_topic)
     args = tiny_training_args(tmp_path, max_steps=6)
     trainer = MultiTaskTrainer(
-        model=_model(), args=args, train_dataset=task_data[0], processing_class=tiny_tokenizer
+        model=seeded_model(), args=args, train_dataset=task_data[0], processing_class=tiny_tokenizer
     )
     with pytest.raises(FloatingPointError, match=r"at step \d+, task\(s\) \['topic'\]"):
         trainer.train()
