@@ -199,9 +199,9 @@ def render(doc: str) -> None:
     with open(path) as handle:
         text = handle.read()
     for name, block in BLOCKS.items():
-        pattern = re.compile(rf"(<!-- results:{name} -->\n).*?(\n<!-- /results:{name} -->)", re.S)
+        pattern = re.compile(rf"(<!-- results:{name} -->\n)(?:.*?\n)?(<!-- /results:{name} -->)", re.S)
         if pattern.search(text):
-            text = pattern.sub(lambda m, b=block: m.group(1) + b() + m.group(2), text)
+            text = pattern.sub(lambda m, b=block: m.group(1) + b() + "\n" + m.group(2), text)
     with open(path, "w") as handle:
         handle.write(text)
     print(f"rendered {path}")
