@@ -8,6 +8,14 @@ features (`HydraBertModel.get_encoder_features`: h_[CLS] for CLS pooling, the ma
 pooling, exactly what the projection reads) are stored; every later epoch, and evaluation during
 training, reads them back and runs only the layers above the encoder.
 
+In one process the cache is filled before the first step (`FrozenEncoder.fill`): every distinct
+training (and, when training evaluates, validation) example, sorted by length so that batches hardly
+pad, in batches of `per_device_eval_batch_size`, without autograd. That makes the first epoch cheaper
+than an epoch that runs the encoder, which is what lets 5 epochs cost less than a fifth of 5
+recomputed ones (benchmarks/bench_frozen.py). Under DDP each rank fills its cache lazily from the
+batches it is given instead: filling the whole data set on every rank would cost each rank more
+than its share.
+
 Keys are the example's tokens (input ids, attention mask and token types up to its last attended
 token), not dataset positions: a key cannot go stale or alias another example when datasets are
 shuffled, sharded, filtered or swapped, and no collator has to carry an id. Under DDP each rank
@@ -23,11 +31,12 @@ encoder output in its last bit; the cache returns the value of the example's fir
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
 logger = logging.getLogger(__name__)
@@ -84,6 +93,16 @@ class FeatureCache:
     def lookup(self, keys: list[bytes]) -> list[int | None]:
         return [self._index.get(key) for key in keys]
 
+    def to_encode(self, keys: list[bytes]) -> list[int]:
+        """Positions whose key is not cached, once per key (a batch can hold an example twice)."""
+        seen: set[bytes] = set()
+        positions = []
+        for position, key in enumerate(keys):
+            if key not in self._index and key not in seen:
+                seen.add(key)
+                positions.append(position)
+        return positions
+
     def add(self, keys: list[bytes], features: torch.Tensor) -> list[int]:
         """Stores `features[i]` under `keys[i]` (a key seen before keeps its first value); returns rows."""
         rows, fresh = [], []
@@ -133,19 +152,24 @@ class FrozenEncoder(TrainerCallback):
         unwrap: Callable[[torch.nn.Module], torch.nn.Module],
         autocast: Callable[[], AbstractContextManager],
         cache: bool = True,
+        prefill: Callable[[], Iterable[dict]] | None = None,
     ):
         self._unwrap = unwrap
         # The encoder pass of a miss runs outside the wrapped forward, where accelerate applies
         # mixed precision: the same autocast must be entered by hand, or the features' dtype differs.
         self._autocast = autocast
         self.cache_enabled = cache
+        # Batches of token inputs (on CPU) covering what training will see; None: fill lazily.
+        self.prefill = prefill
         self.cache = FeatureCache()
         self.active = False  # only between on_train_begin and on_train_end
-        self.hits = 0
-        self.misses = 0
+        self.hits = 0  # rows a forward took from the cache
+        self.misses = 0  # rows the encoder ran on (filling or lazily)
 
     @classmethod
-    def from_trainer(cls, trainer) -> FrozenEncoder | None:
+    def from_trainer(
+        cls, trainer, prefill: Callable[[], Iterable[dict]] | None = None
+    ) -> FrozenEncoder | None:
         """One for `trainer` when its model's encoder is frozen for the whole run, else None."""
         model = trainer.accelerator.unwrap_model(trainer.model)
         if getattr(trainer, "unfreezing", None) is not None or not encoder_is_frozen(
@@ -156,14 +180,17 @@ class FrozenEncoder(TrainerCallback):
             unwrap=trainer.accelerator.unwrap_model,
             autocast=trainer.accelerator.autocast,
             cache=getattr(trainer.args, "cache_frozen_encoder", True),
+            prefill=prefill,
         )
 
     # ------------------------------------------------------------------------------- callback
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
         # A fresh cache per run: the encoder may have been swapped or edited between runs.
         self.cache.clear()
         self.hits = self.misses = 0
         self.active = self.cache_enabled
+        if self.active and self.prefill is not None and model is not None:
+            self.fill(model, self.prefill(), progress=not args.disable_tqdm)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if self.active:
@@ -179,6 +206,32 @@ class FrozenEncoder(TrainerCallback):
         if model is not None:  # leave the encoder in the mode of the rest of the model
             self._unwrap(model).encoder.train(model.training)
 
+    def fill(self, model, batches: Iterable[dict], progress: bool = False) -> None:
+        """Encodes every example of `batches` not cached yet (token inputs, on any device)."""
+        unwrapped = self._unwrap(model)
+        encoder_was_training = unwrapped.encoder.training
+        unwrapped.encoder.eval()
+        device = next(unwrapped.encoder.parameters()).device
+        # no_grad, not inference_mode: the stored rows later feed layers that do record autograd.
+        with torch.no_grad(), self._autocast():
+            for batch in tqdm(
+                batches, desc="Caching frozen-encoder outputs", unit="batch", disable=not progress
+            ):
+                token_inputs = {
+                    name: batch[name].to(device) for name in _TOKEN_INPUTS if batch.get(name) is not None
+                }
+                keys = self.cache.keys(**token_inputs)
+                missing = self.cache.to_encode(keys)
+                if not missing:
+                    continue
+                if len(missing) < len(keys):
+                    select = torch.tensor(missing, device=device)
+                    token_inputs = {name: value[select] for name, value in token_inputs.items()}
+                self.cache.add([keys[p] for p in missing], unwrapped.get_encoder_features(**token_inputs))
+                self.misses += len(missing)
+        unwrapped.encoder.train(encoder_was_training)
+        logger.info("frozen-encoder cache filled: %d examples", len(self.cache))
+
     # -------------------------------------------------------------------------------- forward
     def __call__(self, model, inputs: dict):
         unwrapped = self._unwrap(model)
@@ -190,20 +243,17 @@ class FrozenEncoder(TrainerCallback):
         input_ids = inputs["input_ids"]
         token_inputs = {name: inputs[name] for name in _TOKEN_INPUTS if inputs.get(name) is not None}
         keys = self.cache.keys(**token_inputs)
-        rows = self.cache.lookup(keys)
-        missing = [position for position, row in enumerate(rows) if row is None]
-        self.hits += len(rows) - len(missing)
+        missing = self.cache.to_encode(keys)
+        self.hits += len(keys) - len(missing)
         self.misses += len(missing)
         if missing:
-            if len(missing) < len(rows):  # a partly cached batch: encode the new rows only
+            if len(missing) < len(keys):  # a partly cached batch: encode the new rows only
                 select = torch.tensor(missing, device=input_ids.device)
                 token_inputs = {name: value[select] for name, value in token_inputs.items()}
             with torch.no_grad(), self._autocast():
                 features = unwrapped.get_encoder_features(**token_inputs)
-            for position, row in zip(
-                missing, self.cache.add([keys[p] for p in missing], features), strict=True
-            ):
-                rows[position] = row
+            self.cache.add([keys[p] for p in missing], features)
+        rows = self.cache.lookup(keys)
         others = {name: value for name, value in inputs.items() if name not in _TOKEN_INPUTS}
         return model(**others, encoder_features=self.cache.gather(rows))
 

@@ -244,8 +244,11 @@ class MultiTaskTrainer(Trainer):
             data_collator=data_collator,
             **kwargs,
         )
-        # A frozen encoder runs without dropout, and computes each example once (feature_cache.py).
-        self.frozen_encoder = FrozenEncoder.from_trainer(self)
+        # A frozen encoder runs without dropout, and computes each example once (feature_cache.py):
+        # in one process all of them up front, length-sorted; under DDP lazily, as each rank meets them.
+        self.frozen_encoder = FrozenEncoder.from_trainer(
+            self, prefill=self._frozen_encoder_batches if self.args.world_size == 1 else None
+        )
         if self.frozen_encoder is not None:
             self.add_callback(self.frozen_encoder)
 
@@ -327,6 +330,31 @@ class MultiTaskTrainer(Trainer):
             pin_memory=self.args.dataloader_pin_memory,
         )
         return self.accelerator.prepare(dataloader)
+
+    def _frozen_encoder_batches(self):
+        """Every example training will encode (train rows, and validation rows when training evaluates),
+        longest first, in batches of `eval_batch_size`: sorted rows hardly pad, and the longest batch
+        comes first, so one that does not fit in memory fails at once."""
+        sources = [self.train_dataset]
+        if self.eval_datasets and self.args.eval_strategy != "no":
+            sources += [
+                build_multitask_dataset({task: dataset}, task_names=self.model.task_names)[0]
+                for task, dataset in self.eval_datasets.items()
+            ]
+        rows = []  # (token length, source, global index in the source)
+        for number, source in enumerate(sources):
+            lengths = [n for task_lengths in source.task_lengths().values() for n in task_lengths]
+            rows += [(length, number, index) for index, length in enumerate(lengths)]
+        rows.sort(key=lambda row: -row[0])
+        size = self.args.eval_batch_size
+        for start in range(0, len(rows), size):
+            batch = rows[start : start + size]
+            features = []
+            for number, source in enumerate(sources):  # one batched Arrow read per source
+                indices = [index for _, source_number, index in batch if source_number == number]
+                if indices:
+                    features += source.__getitems__(indices)
+            yield self.data_collator(features)
 
     # ---------------------------------------------------------------------------------- training
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):

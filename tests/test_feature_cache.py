@@ -79,7 +79,57 @@ def test_cached_training_gives_the_weights_and_metrics_of_recomputing(
                 assert entry_cached[key] == pytest.approx(entry_plain[key], abs=1e-5), key
 
 
-def test_each_example_is_encoded_once(tmp_path, task_data, tiny_tokenizer):
+def _distinct(*datasets_):
+    return len({tuple(row) for dataset in datasets_ for row in dataset["input_ids"]})
+
+
+def test_each_example_is_encoded_once_before_the_first_step(tmp_path, task_data, tiny_tokenizer):
+    model = seeded_model()
+    modes = []
+    model.encoder.register_forward_pre_hook(lambda module, args: modes.append(module.training))
+    steps = []
+    original_step = torch.optim.AdamW.step
+    encoder_calls_at_first_step = []
+
+    def step(optimizer, *args, **kwargs):
+        if not steps:
+            encoder_calls_at_first_step.append(len(modes))
+        steps.append(1)
+        return original_step(optimizer, *args, **kwargs)
+
+    args = tiny_training_args(
+        tmp_path, freeze_policy="encoder", num_train_epochs=3, per_device_eval_batch_size=7
+    )
+    trainer = MultiTaskTrainer(
+        model=model, args=args, train_dataset=task_data[0], processing_class=tiny_tokenizer
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.optim.AdamW, "step", step)
+        trainer.train()
+
+    frozen = trainer.frozen_encoder
+    examples = sum(len(dataset) for dataset in task_data[0].values())
+    assert frozen.misses == _distinct(*task_data[0].values())  # duplicate sentences share an entry
+    assert frozen.hits == 3 * examples  # every training row of every epoch came from the cache
+    # All encoder passes ran before the first optimizer step, in eval-batch-size chunks, in eval mode.
+    assert steps and encoder_calls_at_first_step == [len(modes)]
+    assert len(modes) == -(-examples // 7) and not any(modes)
+    # The cache is freed when training ends, and the encoder follows the model's mode again.
+    assert len(frozen.cache) == 0 and not frozen.active
+    assert trainer.model.encoder.training == trainer.model.training
+
+
+def test_the_fill_covers_validation_rows_when_training_evaluates(tmp_path, task_data, tiny_tokenizer):
+    trainer = _train(tmp_path, task_data, tiny_tokenizer, cache=True, epochs=2)
+    frozen = trainer.frozen_encoder
+    train_rows = sum(len(dataset) for dataset in task_data[0].values())
+    eval_rows = sum(len(dataset) for dataset in task_data[1].values())
+    assert frozen.misses == _distinct(*task_data[0].values(), *task_data[1].values())
+    assert frozen.hits == 2 * (train_rows + eval_rows)
+
+
+def test_without_a_fill_the_cache_fills_as_batches_come(tmp_path, task_data, tiny_tokenizer):
+    # What each DDP rank does: no up-front pass, each example encoded the first time a batch holds it.
     model = seeded_model()
     modes = []
     model.encoder.register_forward_pre_hook(lambda module, args: modes.append(module.training))
@@ -87,19 +137,24 @@ def test_each_example_is_encoded_once(tmp_path, task_data, tiny_tokenizer):
     trainer = MultiTaskTrainer(
         model=model, args=args, train_dataset=task_data[0], processing_class=tiny_tokenizer
     )
+    trainer.frozen_encoder.prefill = None
     trainer.train()
 
     frozen = trainer.frozen_encoder
-    distinct = len({tuple(row) for dataset in task_data[0].values() for row in dataset["input_ids"]})
     examples = sum(len(dataset) for dataset in task_data[0].values())
-    assert frozen.misses == distinct  # encoded once each (duplicate sentences share an entry)
+    assert frozen.misses == _distinct(*task_data[0].values())
     assert frozen.hits + frozen.misses == 3 * examples
-    # Only first-epoch batches ran the encoder, always in eval mode (dropout off).
     assert modes and not any(modes)
-    assert len(modes) <= len(trainer.get_train_dataloader())
-    # The cache is freed when training ends, and the encoder follows the model's mode again.
-    assert len(frozen.cache) == 0 and not frozen.active
-    assert trainer.model.encoder.training == trainer.model.training
+    assert len(modes) <= len(trainer.get_train_dataloader())  # first-epoch batches only
+
+
+def test_under_ddp_the_trainer_does_not_fill_up_front(tmp_path, task_data, tiny_tokenizer, monkeypatch):
+    args = tiny_training_args(tmp_path, freeze_policy="encoder")
+    monkeypatch.setattr(type(args), "world_size", property(lambda self: 2))
+    trainer = MultiTaskTrainer(
+        model=seeded_model(), args=args, train_dataset=task_data[0], processing_class=tiny_tokenizer
+    )
+    assert trainer.frozen_encoder is not None and trainer.frozen_encoder.prefill is None
 
 
 def test_without_the_cache_a_frozen_encoder_still_runs_without_dropout(tmp_path, task_data, tiny_tokenizer):
