@@ -26,6 +26,7 @@ RESULTS = os.path.join(REPO, "benchmarks", "results")
 
 DEMO = "configs/demo.json"
 SCI = "configs/transfer_scientific.json"
+CSABSTRUCT = "configs/transfer_csabstruct.json"
 
 
 def tasks_of(config: str, names: list[str], test_only: tuple[str, ...] = ()) -> str:
@@ -136,6 +137,25 @@ GROUPS: dict[str, dict[str, tuple[str, list[str]]]] = {
         # The transfer recipe as configured: top-down unfreezing, layer-wise decay, end-to-end finish.
         "recipe": ("configs/transfer_scientific.json", []),
         "recipe_adapter": ("configs/transfer_scientific.json", ["--adapter_size", "64"]),
+        # The same three on a second scientific set: CSAbstruct sentence roles.
+        **{
+            f"csabstruct_{name}": (CSABSTRUCT, overrides)
+            for name, overrides in (
+                (
+                    "full_finetuning",
+                    [
+                        "--gradual_unfreezing",
+                        "false",
+                        "--layerwise_lr_decay",
+                        "1.0",
+                        "--head_learning_rate",
+                        "1e-4",
+                    ],
+                ),
+                ("frozen_encoder", ["--gradual_unfreezing", "false", "--freeze_policy", "encoder"]),
+                ("recipe", []),
+            )
+        },
     },
 }
 

@@ -54,29 +54,40 @@ def commands(records: list[dict]) -> str:
     )
 
 
+# Task name in a transfer config -> the data set it reads.
+TRANSFER_SETS = {"citation_intent": "SciCite", "sentence_role": "CSAbstruct"}
+
+
 def transfer_block() -> str:
     records = load("transfer")
     if not records:
         return "_Not run yet: `python benchmarks/experiments.py transfer`._"
-    rows = []
-    for r in records:
-        rows.append(
+    sections = []
+    for task, data_set in TRANSFER_SETS.items():
+        runs = [r for r in records if metric(r, f"test_{task}_f1") is not None]
+        if not runs:
+            continue
+        rows = [
             [
                 f"`{r['name']}`",
-                fmt(metric(r, "test_citation_intent_f1")),
-                fmt(metric(r, "test_citation_intent_accuracy")),
-                fmt(metric(r, "eval_citation_intent_f1")),
+                fmt(metric(r, f"test_{task}_f1")),
+                fmt(metric(r, f"test_{task}_accuracy")),
+                fmt(metric(r, f"eval_{task}_f1")),
                 f"{metric(r, 'train_runtime'):.0f}" if metric(r, "train_runtime") else "–",
             ]
+            for r in runs
+        ]
+        body = table(["run", "test macro-F1", "test accuracy", "dev macro-F1", "train seconds"], rows)
+        plot = bar_plot(
+            "transfer.png" if data_set == "SciCite" else f"transfer_{data_set.lower()}.png",
+            [r["name"] for r in runs],
+            {"test macro-F1": [metric(r, f"test_{task}_f1") or 0 for r in runs]},
+            f"{data_set} test macro-F1 (MiniLM, same budget)",
         )
-    body = table(["run", "test macro-F1", "test accuracy", "dev macro-F1", "train seconds"], rows)
-    plot = bar_plot(
-        "transfer.png",
-        [r["name"] for r in records],
-        {"test macro-F1": [metric(r, "test_citation_intent_f1") or 0 for r in records]},
-        "SciCite test macro-F1 (MiniLM, same budget)",
-    )
-    return f"{body}\n\n![SciCite macro-F1 per run]({plot})\n\n{commands(records)}"
+        sections.append(
+            f"**{data_set}**\n\n{body}\n\n![{data_set} macro-F1 per run]({plot})\n\n{commands(runs)}"
+        )
+    return "\n\n".join(sections)
 
 
 def multitask_block() -> str:

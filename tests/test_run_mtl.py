@@ -455,3 +455,19 @@ def test_run_mtl_pushes_one_loadable_commit_and_pins_the_card(
     loaded = json.loads(result.stdout.split("RESULT", 1)[1])
     _same_predictions(loaded["predict"], expected)
     _same_predictions(loaded["pipeline"], expected)
+
+
+@pytest.mark.parametrize("config", sorted(os.listdir(os.path.join(REPO, "configs"))))
+def test_every_shipped_config_parses_and_names_data_that_exists(config, tmp_path):
+    # Catches a config broken by a renamed argument or task key before anyone trains with it.
+    path = os.path.join(REPO, "configs", config)
+    model_args, data_args, training_args = run_mtl.parse_args([path, "--output_dir", str(tmp_path)])
+    configs = run_mtl.task_configs(data_args)
+    assert configs and training_args.output_dir == str(tmp_path)
+    data_root = os.path.join(REPO, data_args.data_root) if data_args.data_root else None
+    if data_root is None or not os.path.isdir(data_root):
+        pytest.skip(f"{data_args.data_root} is not here: the local data files cannot be checked")
+    for task in configs:
+        for name in (task.train_file, task.validation_file, task.test_file):
+            if name:
+                assert os.path.isfile(os.path.join(REPO, task.data_dir, name)), (task.name, name)
