@@ -91,7 +91,7 @@ def transfer_block() -> str:
 
 
 def multitask_block() -> str:
-    records = load("multitask")
+    records = load("multitask") + load("multitask_3_epochs")
     if not records:
         return "_Not run yet: `python benchmarks/experiments.py multitask`._"
     by_kind: dict[str, list[dict]] = {}
@@ -114,8 +114,34 @@ def multitask_block() -> str:
                 else:
                     cells.append(f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}")
         rows.append(cells)
+    rows.append(paired_difference_row(records))
     header = ["model", "seeds", "SST-2 acc", "SST-2 macro-F1", "TREC-6 acc", "TREC-6 macro-F1"]
     return f"{table(header, rows)}\n\n{commands(records)}"
+
+
+def paired_difference_row(records: list[dict]) -> list[str]:
+    """Multi-task minus single-task, seed by seed (the same seed draws the same data order and head
+    initialisation on both sides), as mean ± standard deviation over the seeds run on both sides."""
+    by_name = {r["name"]: r for r in records}
+    single = {"sentiment": "sentiment_only", "question_type": "question_type_only"}
+    cells, seeds_used = [], set()
+    for task in ("sentiment", "question_type"):
+        for name in ("accuracy", "f1"):
+            key = f"test_{task}_{name}"
+            differences = []
+            for r in records:
+                kind, _, seed = r["name"].rpartition("_seed")
+                other = by_name.get(f"{single[task]}_seed{seed}")
+                if kind == "multitask" and other is not None and metric(other, key) is not None:
+                    differences.append(metric(r, key) - metric(other, key))
+                    seeds_used.add(seed)
+            if not differences:
+                cells.append("–")
+            elif len(differences) == 1:
+                cells.append(f"{differences[0]:+.4f}")
+            else:
+                cells.append(f"{statistics.mean(differences):+.4f} ± {statistics.stdev(differences):.4f}")
+    return ["multi-task − single-task, paired by seed", str(len(seeds_used)), *cells]
 
 
 def sweep_block(group: str, settings: list[str], label: str) -> str:
