@@ -207,30 +207,33 @@ class FrozenEncoder(TrainerCallback):
             self._unwrap(model).encoder.train(model.training)
 
     def fill(self, model, batches: Iterable[dict], progress: bool = False) -> None:
-        """Encodes every example of `batches` not cached yet (token inputs, on any device)."""
+        """Encodes every example of `batches` (token inputs, on any device) that is not cached yet."""
         unwrapped = self._unwrap(model)
         encoder_was_training = unwrapped.encoder.training
         unwrapped.encoder.eval()
         device = next(unwrapped.encoder.parameters()).device
-        # no_grad, not inference_mode: the stored rows later feed layers that do record autograd.
-        with torch.no_grad(), self._autocast():
-            for batch in tqdm(
-                batches, desc="Caching frozen-encoder outputs", unit="batch", disable=not progress
-            ):
-                token_inputs = {
-                    name: batch[name].to(device) for name in _TOKEN_INPUTS if batch.get(name) is not None
-                }
-                keys = self.cache.keys(**token_inputs)
-                missing = self.cache.to_encode(keys)
-                if not missing:
-                    continue
-                if len(missing) < len(keys):
-                    select = torch.tensor(missing, device=device)
-                    token_inputs = {name: value[select] for name, value in token_inputs.items()}
-                self.cache.add([keys[p] for p in missing], unwrapped.get_encoder_features(**token_inputs))
-                self.misses += len(missing)
+        for batch in tqdm(batches, desc="Caching frozen-encoder outputs", unit="batch", disable=not progress):
+            token_inputs = {
+                name: batch[name].to(device) for name in _TOKEN_INPUTS if batch.get(name) is not None
+            }
+            self._encode_new(unwrapped, token_inputs)
         unwrapped.encoder.train(encoder_was_training)
         logger.info("frozen-encoder cache filled: %d examples", len(self.cache))
+
+    def _encode_new(self, unwrapped, token_inputs: dict) -> list[bytes]:
+        """Runs the encoder on the rows whose key is not cached yet, stores them; returns all rows' keys."""
+        keys = self.cache.keys(**token_inputs)
+        missing = self.cache.to_encode(keys)
+        if missing:
+            if len(missing) < len(keys):  # a partly cached batch: encode the new rows only
+                select = torch.tensor(missing, device=token_inputs["input_ids"].device)
+                token_inputs = {name: value[select] for name, value in token_inputs.items()}
+            # no_grad, not inference_mode: the stored rows later feed layers that record autograd.
+            with torch.no_grad(), self._autocast():
+                features = unwrapped.get_encoder_features(**token_inputs)
+            self.cache.add([keys[p] for p in missing], features)
+            self.misses += len(missing)
+        return keys
 
     # -------------------------------------------------------------------------------- forward
     def __call__(self, model, inputs: dict):
@@ -240,22 +243,12 @@ class FrozenEncoder(TrainerCallback):
             unwrapped.encoder.eval()
         if not self.active or not _cacheable(inputs):
             return model(**inputs)
-        input_ids = inputs["input_ids"]
         token_inputs = {name: inputs[name] for name in _TOKEN_INPUTS if inputs.get(name) is not None}
-        keys = self.cache.keys(**token_inputs)
-        missing = self.cache.to_encode(keys)
-        self.hits += len(keys) - len(missing)
-        self.misses += len(missing)
-        if missing:
-            if len(missing) < len(keys):  # a partly cached batch: encode the new rows only
-                select = torch.tensor(missing, device=input_ids.device)
-                token_inputs = {name: value[select] for name, value in token_inputs.items()}
-            with torch.no_grad(), self._autocast():
-                features = unwrapped.get_encoder_features(**token_inputs)
-            self.cache.add([keys[p] for p in missing], features)
-        rows = self.cache.lookup(keys)
+        misses_before = self.misses
+        keys = self._encode_new(unwrapped, token_inputs)
+        self.hits += len(keys) - (self.misses - misses_before)
         others = {name: value for name, value in inputs.items() if name not in _TOKEN_INPUTS}
-        return model(**others, encoder_features=self.cache.gather(rows))
+        return model(**others, encoder_features=self.cache.gather(self.cache.lookup(keys)))
 
 
 def _cacheable(inputs: dict) -> bool:
