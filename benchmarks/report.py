@@ -141,7 +141,7 @@ def paired_difference_row(records: list[dict]) -> list[str]:
                 cells.append(f"{differences[0]:+.4f}")
             else:
                 cells.append(f"{statistics.mean(differences):+.4f} ± {statistics.stdev(differences):.4f}")
-    return ["multi-task − single-task, paired by seed", str(len(seeds_used)), *cells]
+    return ["`multitask` − single-task, paired by seed", str(len(seeds_used)), *cells]
 
 
 def sweep_block(group: str, settings: list[str], label: str) -> str:
