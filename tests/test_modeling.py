@@ -240,7 +240,8 @@ def test_encode_restores_training_mode(tiny_model, tiny_tokenizer):
 def test_predict_names_labels_per_task(tiny_model, tiny_tokenizer):
     sentences = ["good film", "what is the answer", "bad"]
     predictions = tiny_model.predict(sentences, tiny_tokenizer)
-    logits = tiny_model(**_batch(tiny_tokenizer, sentences)).logits
+    with torch.no_grad():
+        logits = tiny_model(**_batch(tiny_tokenizer, sentences)).logits
     for row, prediction in enumerate(predictions):
         assert set(prediction) == {"sentiment", "topic"}
         probs = logits["sentiment"][row].softmax(-1)
