@@ -232,7 +232,7 @@ def main():
 
     sys.path.insert(0, str(HERE.parent))
     from hydrabert import HydraBertConfig, HydraBertModel
-    from hydrabert.data import MultiTaskBatchSampler, MultiTaskCollator
+    from hydrabert.data import MultiTaskCollator
     from hydrabert.trainer import MultiTaskTrainer, MultiTaskTrainingArguments
 
     datasets.disable_progress_bars()
@@ -280,16 +280,8 @@ def main():
         data_collator=hydra_collator,
         callbacks=[hydra_clock],
     )
-    sampler = MultiTaskBatchSampler(
-        trainer.train_dataset.task_lengths(),
-        batch_size=args.batch_size,
-        strategy=hydra_args.task_sampling,
-        temperature=hydra_args.sampling_temperature,
-        seed=hydra_args.seed,
-        group_by_length=hydra_args.group_by_length,
-    )
     rows_per_task = {name: [] for name in TASKS}
-    for batch in sampler.epoch_batches(0)[: args.steps]:
+    for batch in trainer.get_train_batch_sampler().epoch_batches(0)[: args.steps]:
         for index in batch:
             name, row = trainer.train_dataset.locate(index)
             rows_per_task[name].append(row)

@@ -73,7 +73,7 @@ def main():
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments
 
     from hydrabert import HydraBertModel
-    from hydrabert.data import MultiTaskBatchSampler, tokenize_task
+    from hydrabert.data import tokenize_task
     from hydrabert.trainer import MultiTaskTrainer, MultiTaskTrainingArguments
 
     path = _speed.minilm_path()
@@ -108,16 +108,8 @@ def main():
     trainer = MultiTaskTrainer(
         model=hydra, args=hydra_args, train_dataset=train_sets, processing_class=tokenizer
     )
-    # The batches hydrabert will train on: epoch 0 of its sampler, built as get_train_dataloader builds it.
-    sampler = MultiTaskBatchSampler(
-        trainer.train_dataset.task_lengths(),
-        batch_size=args.batch_size,
-        strategy=hydra_args.task_sampling,
-        temperature=hydra_args.sampling_temperature,
-        seed=hydra_args.seed,
-        group_by_length=hydra_args.group_by_length,
-    )
-    batches = sampler.epoch_batches(0)[: args.steps or None]
+    # The batches hydrabert will train on: epoch 0 of the trainer's own sampler.
+    batches = trainer.get_train_batch_sampler().epoch_batches(0)[: args.steps or None]
     rows_per_task = {name: [] for name in train_sets}
     steps_per_task = dict.fromkeys(train_sets, 0)
     for batch in batches:

@@ -285,10 +285,12 @@ class MultiTaskTrainer(Trainer):
         return self.optimizer
 
     # ------------------------------------------------------------------------------------ data
-    def get_train_dataloader(self) -> DataLoader:
+    def get_train_batch_sampler(self) -> MultiTaskBatchSampler:
+        """The sampler that decides training's batches (before DDP sharding): benchmarks call it to see
+        exactly the batches `train()` will run."""
         if self.train_dataset is None:
             raise ValueError("MultiTaskTrainer: training requires a train_dataset")
-        batch_sampler = MultiTaskBatchSampler(
+        return MultiTaskBatchSampler(
             self.train_dataset.task_lengths(),
             batch_size=self._train_batch_size,
             strategy=self.args.task_sampling,
@@ -298,6 +300,9 @@ class MultiTaskTrainer(Trainer):
             group_by_length=self.args.group_by_length,
             mixed=self.args.mixed_task_batches,
         )
+
+    def get_train_dataloader(self) -> DataLoader:
+        batch_sampler = self.get_train_batch_sampler()
         probabilities = batch_sampler.task_probabilities()
         logger.info(
             "task sampling %s: %s",
