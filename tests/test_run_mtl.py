@@ -16,6 +16,16 @@ from conftest import TINY_WORDS
 from safetensors.torch import load_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# What a saved hydrabert model folder holds: weights, the code that travels with them, tokenizer, card.
+MODEL_FILES = (
+    "config.json",
+    "model.safetensors",
+    "configuration_hydrabert.py",
+    "modeling_hydrabert.py",
+    "pipeline_hydrabert.py",
+    "tokenizer.json",
+    "README.md",
+)
 sys.path.insert(0, REPO)
 
 import run_mtl  # noqa: E402
@@ -129,18 +139,7 @@ def test_run_mtl_trains_evaluates_and_writes_a_loadable_model(tmp_path, tiny_enc
             assert f"{split}_{task}_f1" in results
     all_results = json.loads((out / "all_results.json").read_text())
     assert all_results["test_question_accuracy"] == results["test_question_accuracy"]
-    for name in (
-        "config.json",
-        "model.safetensors",
-        "configuration_hydrabert.py",
-        "modeling_hydrabert.py",
-        "pipeline_hydrabert.py",
-        "tokenizer.json",
-        "README.md",
-        "trainer_state.json",
-        "learning_rates.png",
-        "task_metrics.png",
-    ):
+    for name in (*MODEL_FILES, "trainer_state.json", "learning_rates.png", "task_metrics.png"):
         assert (out / name).exists(), name
     card = (out / "README.md").read_text()
     assert "model-index" in card and "trust_remote_code=True" in card
@@ -417,16 +416,7 @@ def test_run_mtl_pushes_one_loadable_commit_and_pins_the_card(
     # initial commit (.gitattributes), the push, and the README-only commit that pins the card.
     assert len(commits) == 3, [c.title for c in commits]
     pushed, pin = commits[1], commits[2]
-    for name in (
-        "config.json",
-        "model.safetensors",
-        "configuration_hydrabert.py",
-        "modeling_hydrabert.py",
-        "pipeline_hydrabert.py",
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "README.md",
-    ):
+    for name in (*MODEL_FILES, "tokenizer_config.json"):
         assert name in pushed.files, name
     assert not any(name.startswith("checkpoint-") for name in pushed.files)
     changed = {p for p in pin.files if pin.files[p] != pushed.files.get(p)}
