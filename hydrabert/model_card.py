@@ -140,10 +140,10 @@ class HydraBertCardData(CardData):
             prefix, rest = key.split("_", 1)
             split = _SPLIT_NAMES.get(prefix, prefix)
             task = next((t for t in tasks if rest.startswith(t + "_")), None)
-            metric = rest[len(task) + 1 :] if task is not None else None
-            if task is not None and metric not in _RUN_METRICS:
-                self.results.setdefault(split, {}).setdefault(task, {})[metric] = float(value)
             if task is not None:
+                metric = rest[len(task) + 1 :]
+                if metric not in _RUN_METRICS:
+                    self.results.setdefault(split, {}).setdefault(task, {})[metric] = float(value)
                 continue
             if rest.startswith("average_"):
                 self.average_results.setdefault(split, {})[rest[len("average_") :]] = float(value)
@@ -457,21 +457,17 @@ def _duration(seconds: float) -> str:
 
 
 def _describe_prediction(prediction: dict) -> str:
-    """`sentiment: positive (0.981), topic: DESC (0.412)` for one sentence's `predict` output (a
-    multi-label task: lists of labels and scores; regression: scores only)."""
+    """`sentiment: positive (0.981), topic: DESC (0.412)` for one sentence's `predict` output."""
     parts = []
     for task, value in prediction.items():
-        labels, scores = value.get("label"), value.get("score")
-        scores = scores if isinstance(scores, list) else [scores]
-        labels = (
-            (labels if isinstance(labels, list) else [labels]) if labels is not None else [None] * len(scores)
-        )
-        shown = [
-            _fmt(s) if label is None else f"{label} ({_fmt(s)})"
-            for label, s in zip(labels, scores, strict=True)
-        ]
-        listed = isinstance(value.get("label"), list)
-        parts.append(f"{task}: " + ("[" + ", ".join(shown) + "]" if listed else ", ".join(shown)))
+        label, score = value.get("label"), value.get("score")
+        if label is None:  # regression
+            shown = _fmt(score) if not isinstance(score, list) else ", ".join(_fmt(s) for s in score)
+        elif isinstance(label, list):  # multi-label
+            shown = "[" + ", ".join(f"{name} ({_fmt(s)})" for name, s in zip(label, score, strict=True)) + "]"
+        else:
+            shown = f"{label} ({_fmt(score)})"
+        parts.append(f"{task}: {shown}")
     return ", ".join(parts)
 
 

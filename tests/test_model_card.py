@@ -6,6 +6,7 @@ import dataclasses
 import re
 
 import pytest
+import torch
 from conftest import tiny_config
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, metadata_load
 from transformers import TrainerControl, TrainerState, TrainingArguments
@@ -425,3 +426,25 @@ def test_one_epoch_one_step_are_singular(tiny_model, tmp_path):
     assert "- **Length**: 1 epoch\n" in text and "- **Length**: 1 step (1 epoch)\n" in text
     assert "1 epochs" not in text and "1 steps" not in text
     assert "× 1 accumulation step × 1 process = 8" in text
+
+
+def test_mean_pooling_adapter_regression_and_multi_label_render_cleanly(tmp_path, tiny_tokenizer):
+    tasks = {
+        "score": {"num_labels": 1, "problem_type": "regression"},
+        "tags": {"labels": ["a", "b", "c"], "problem_type": "multi_label_classification"},
+    }
+    torch.manual_seed(0)
+    model = HydraBertModel(tiny_config(tasks=tasks, pooling="mean", adapter_size=8)).eval()
+    text = str(
+        generate_model_card(model, tmp_path, tokenizer=tiny_tokenizer, example_sentences=["good film"])
+    )
+    _assert_clean_markdown(text.split("---\n", 2)[2])
+    assert "`tanh(Linear(masked mean of the token states))`" in text
+    assert "- **Adapter**: residual bottleneck of width 8 between embedding and heads" in text
+    assert (
+        "| `score` | regression | - | 1 |" in text and "| `tags` | multi-label | `a`, `b`, `c` | 1 |" in text
+    )
+    assert 'sentences = ["good film"]' in text and "shape (1, 32)" in text
+    prediction = model.predict(["good film"], tiny_tokenizer)[0]
+    score = round(prediction["score"]["score"], 4)
+    assert f"# score: {score:g}, tags: [" in text
