@@ -29,7 +29,6 @@ from hydrabert import HydraBertModel
 from hydrabert.checkpoints import last_complete_checkpoint, resolve_resume_checkpoint
 from hydrabert.data import HydraBertDataError, TaskDataConfig, load_tasks, tokenize_task
 from hydrabert.freezing import frozen_parameter_names
-from hydrabert.plots import save_training_plots
 from hydrabert.trainer import MultiTaskTrainer, MultiTaskTrainingArguments
 
 logger = logging.getLogger("run_mtl")
@@ -347,10 +346,9 @@ def main(argv: list[str] | None = None) -> dict:
             results.update(metrics)
 
     if trainer.is_world_process_zero():
-        trainer.plot_files = save_training_plots(trainer.state.log_history, training_args.output_dir)
-        trainer.save_state()
+        trainer.save_state()  # with the final evaluations (PlotsCallback has drawn them)
 
-    card = card_overrides(model_args, configs)
+    card = card_overrides(model_args, configs, splits, max_length)
     if training_args.push_to_hub:
         commit = trainer.push_to_hub(commit_message="hydrabert: end of training", **card)
         if trainer.is_world_process_zero():
@@ -360,9 +358,26 @@ def main(argv: list[str] | None = None) -> dict:
     return results
 
 
-def card_overrides(model_args: ModelArguments, configs: list[TaskDataConfig]) -> dict:
-    """What the card cannot learn from the model: the Hub names of the base model and datasets."""
-    overrides = {}
+def card_overrides(
+    model_args: ModelArguments, configs: list[TaskDataConfig], splits: dict, max_length: int
+) -> dict:
+    """What the card cannot learn from the model: the Hub names of the base model and datasets, the
+    examples per split, which validation splits were held out of train, and the length inputs were
+    truncated to."""
+    overrides = {
+        "max_seq_length": max_length,
+        "dataset_sizes": {
+            name: {split: len(ds) for split, ds in parts.items() if ds is not None}
+            for name, parts in splits.items()
+        },
+        # The loader carves one only when the data bring none; local files bring one only with a
+        # validation_file (a Hub dataset's own validation split is the case this cannot see).
+        "validation_split_percentage": {
+            cfg.name: cfg.validation_split_percentage
+            for cfg in configs
+            if cfg.validation_split_percentage is not None and not cfg.validation_file
+        },
+    }
     if not os.path.isdir(model_args.model_name_or_path):
         overrides["base_model"] = model_args.model_name_or_path
     hub_datasets = {cfg.name: cfg.dataset_name for cfg in configs if cfg.dataset_name}

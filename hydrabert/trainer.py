@@ -36,7 +36,7 @@ from .metrics import load_metric
 from .model_card import ModelCardCallback, generate_model_card
 from .optim import layerwise_parameter_groups
 from .pipeline_registration import save_pipeline_files
-from .plots import save_training_plots
+from .plots import PlotsCallback
 
 logger = logging.getLogger(__name__)
 
@@ -231,10 +231,10 @@ class MultiTaskTrainer(Trainer):
             data_collator = MultiTaskCollator(processing_class)
         self.task_compute_metrics = compute_metrics or default_task_metrics(model)
         self._task_loss_sums: dict[str, list[float]] = {}
-        self.plot_files: list[str] = []
-        # Fills the model card (recipe, per-task results) as training runs.
+        # Fill the model card (recipe, per-task results) and draw the plots as training runs.
         self.card_callback = ModelCardCallback()
-        kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), self.card_callback]
+        self.plots_callback = PlotsCallback()
+        kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), self.card_callback, self.plots_callback]
         super().__init__(
             model=model,
             args=args,
@@ -375,10 +375,12 @@ class MultiTaskTrainer(Trainer):
         # True: the last *complete* checkpoint (transformers takes the highest-numbered folder, even one
         # whose write was interrupted); a path must hold a complete checkpoint.
         resume_from_checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
-        output = super().train(resume_from_checkpoint, *args, **kwargs)
-        if self.is_world_process_zero() and self.args.output_dir:
-            self.plot_files = save_training_plots(self.state.log_history, self.args.output_dir)
-        return output
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    @property
+    def plot_files(self) -> list[str]:
+        """The plot files (names in `args.output_dir`) that `PlotsCallback` wrote last."""
+        return self.plots_callback.files
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         if self.unfreezing is not None:
@@ -476,15 +478,21 @@ class MultiTaskTrainer(Trainer):
         (`Trainer.push_to_hub` calls this before it uploads the folder)."""
         if not self.is_world_process_zero():
             return None
+        # What a run can tell the card; not `tasks`: Trainer.push_to_hub's own card arguments (finetuned_from,
+        # tasks, dataset...) are a string's worth each, where the card reads the model.
         known = {
             "model_name",
             "language",
             "license",
             "tags",
             "datasets",
+            "dataset_sizes",
+            "validation_split_percentage",
+            "max_seq_length",
             "base_model",
             "revision",
             "model_id",
+            "example_sentences",
         }
         overrides = {k: v for k, v in overrides.items() if k in known and v is not None}
         if "model_id" not in overrides and self.args.hub_model_id:

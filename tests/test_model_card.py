@@ -6,6 +6,7 @@ import dataclasses
 import re
 
 import pytest
+import torch
 from conftest import tiny_config
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, metadata_load
 from transformers import TrainerControl, TrainerState, TrainingArguments
@@ -15,10 +16,10 @@ from hydrabert.model_card import (
     TEMPLATE_PATH,
     HydraBertCardData,
     ModelCardCallback,
+    check_metadata_round_trip,
     generate_model_card,
     non_default_arguments,
     render_model_card,
-    validate_model_card_metadata,
 )
 
 FAKE_EVAL = {
@@ -107,16 +108,18 @@ def _assert_clean_markdown(text: str) -> None:
     assert not in_fence
 
 
-def _assert_metadata_valid_offline(readme) -> dict:
-    """What the Hub's /api/validate-yaml would check, done locally with huggingface_hub's own parsers."""
+def _assert_metadata_round_trips(readme, card_data=None) -> dict:
+    """The YAML block read back by huggingface_hub's own classes (what the Hub parses) is what was meant."""
     metadata = metadata_load(readme)
     assert isinstance(metadata, dict)
-    data = ModelCardData(**metadata)  # strict: raises on a model-index it cannot parse
+    data = ModelCard(readme.read_text()).data  # strict: raises on a model-index it cannot parse
     assert data.to_dict() == metadata  # a lossless round trip
     for result in data.eval_results or []:
         assert isinstance(result, EvalResult)
         EvalResult(**dataclasses.asdict(result))  # every field is constructible as is
-    assert validate_model_card_metadata(readme.read_text()) == metadata
+    if card_data is not None:
+        assert (data.eval_results or []) == card_data.eval_results()
+        assert data.to_dict() == card_data.metadata().to_dict()
     return metadata
 
 
@@ -191,7 +194,7 @@ def test_plain_training_arguments_give_the_default_recipe(tiny_model, tmp_path):
     args = TrainingArguments(output_dir=str(tmp_path), report_to=[], learning_rate=1e-4)
     card = _run_callback(tiny_model, args).card_data
     assert card.training["layerwise_lr_decay"] == 1.0 and card.training["task_sampling"] == "proportional"
-    text = render_model_card(card)
+    text = str(render_model_card(card))
     assert "no layer-wise decay" in text and "Gradual unfreezing" not in text
     _assert_clean_markdown(text)
 
@@ -216,7 +219,7 @@ def test_two_task_card_renders_every_section(tiny_model, tmp_path):
     text = readme.read_text()
     assert str(card) == text
     _assert_clean_markdown(text)
-    metadata = _assert_metadata_valid_offline(readme)
+    metadata = _assert_metadata_round_trips(readme)
 
     assert metadata["library_name"] == "transformers" and metadata["pipeline_tag"] == "text-classification"
     assert metadata["tags"] == ["hydrabert", "multi-task", "sentence-embeddings", "text-classification"]
@@ -260,7 +263,7 @@ def test_one_task_card_without_training_drops_optional_sections(one_task_model, 
     card = generate_model_card(one_task_model, tmp_path)
     text = (tmp_path / "README.md").read_text()
     _assert_clean_markdown(text)
-    metadata = _assert_metadata_valid_offline(tmp_path / "README.md")
+    metadata = _assert_metadata_round_trips(tmp_path / "README.md")
     assert "model-index" not in metadata and "datasets" not in metadata and "metrics" not in metadata
     assert "base_model" not in metadata  # a random model has no encoder checkpoint
     for gone in ("## Training data", "## Training procedure", "### Hyperparameters", "### Training history",
@@ -279,10 +282,10 @@ def test_one_task_card_with_results_lists_them(one_task_model, tmp_path):
         eval_metrics={k: v for k, v in FAKE_EVAL.items() if "topic" not in k},
         test_metrics={"test_sentiment_accuracy": 0.86},
     )
-    text = render_model_card(callback.card_data)
+    text = str(render_model_card(callback.card_data))
     _assert_clean_markdown(text)
     (tmp_path / "README.md").write_text(text)
-    metadata = _assert_metadata_valid_offline(tmp_path / "README.md")
+    metadata = _assert_metadata_round_trips(tmp_path / "README.md", callback.card_data)
     assert "base_model" not in metadata  # a local path is named in the text only
     assert f"`{tmp_path / 'local-bert'}` (local)" in text
     (entry,) = metadata["model-index"]
@@ -305,7 +308,7 @@ def test_labels_are_escaped_and_long_label_lists_shortened(tmp_path):
     model = HydraBertModel(tiny_config(tasks={"intent": {"labels": labels}}))
     card_data = HydraBertCardData()
     card_data.update_from_model(model)
-    text = render_model_card(card_data)
+    text = str(render_model_card(card_data))
     assert "`a\\|b`" in text and "... (150 labels)" in text and "intent_148" not in text
 
 
@@ -314,18 +317,134 @@ def test_unknown_override_is_rejected(tiny_model, tmp_path):
         generate_model_card(tiny_model, tmp_path, revison="abc")
 
 
-def test_offline_validation_rejects_what_the_hub_would(tmp_path):
-    good = ModelCard(render_model_card(HydraBertCardData(model_id="u/m")))
-    validate_model_card_metadata(str(good))
-    bad_base = str(good).replace("library_name:", "base_model: /tmp/my-bert\nlibrary_name:", 1)
-    with pytest.raises(ValueError, match="base_model: '/tmp/my-bert' is not a Hub repo id"):
-        validate_model_card_metadata(bad_base)
-    bad_index = "---\nmodel-index:\n- name: m\n  results:\n  - task: {type: text-classification}\n---\n"
-    with pytest.raises(ValueError, match="model-index"):
-        validate_model_card_metadata(bad_index)
-    bad_value = (
-        "---\nmodel-index:\n- name: m\n  results:\n  - task: {type: text-classification}\n"
-        "    dataset: {type: t, name: t}\n    metrics:\n    - {type: accuracy, value: high}\n---\n"
+def test_metadata_round_trips_through_huggingface_hub(tiny_model, tmp_path):
+    """`model-index` written from the card data parses back, through the Hub's classes, into equal
+    `EvalResult`s, and the card data's YAML is exactly what `ModelCard` reads."""
+    card_data = _run_callback(
+        tiny_model, _args(tmp_path), card_data=HydraBertCardData(model_id="u/m")
+    ).card_data
+    card = render_model_card(card_data)
+    parsed = ModelCard(str(card)).data
+    assert parsed.eval_results == card_data.eval_results() and len(parsed.eval_results) == 6
+    assert parsed.to_dict()["model-index"] == card_data.metadata().to_dict()["model-index"]
+    assert parsed.model_name == "m" and parsed.to_dict() == card.data.to_dict()
+
+
+def test_metadata_that_does_not_read_back_is_rejected(tiny_model, tmp_path):
+    card_data = _run_callback(tiny_model, _args(tmp_path)).card_data
+    card = render_model_card(card_data)
+    changed = ModelCard(str(card).replace("value: 0.875", "value: 0.9", 1))
+    with pytest.raises(ValueError, match="does not read back the same"):
+        check_metadata_round_trip(changed, card_data.metadata())
+    # A model-index the Hub cannot parse fails in huggingface_hub itself.
+    with pytest.raises(ValueError, match="model_index"):
+        ModelCard("---\nmodel-index:\n- name: m\n  results:\n  - task: {type: text-classification}\n---\n")
+
+
+def test_card_states_the_training_sequence_length_not_the_encoders(tiny_model, tmp_path):
+    card = str(generate_model_card(tiny_model, tmp_path, max_seq_length=16))
+    assert (
+        "- **Maximum sequence length**: 16 tokens in training (the encoder's position embeddings allow 64)"
+        in card
     )
-    with pytest.raises(ValueError, match="not a finite number"):
-        validate_model_card_metadata(bad_value)
+    assert "Training truncated inputs to 16 tokens" in card and "Inputs longer than 64 tokens" not in card
+    # Without the run's length, the encoder's limit, said to be that.
+    card = str(generate_model_card(tiny_model, tmp_path))
+    assert "- **Maximum sequence length**: 64 tokens (the encoder's position embeddings)" in card
+
+
+def test_learning_rate_is_the_top_layers_peak_with_decay_and_head_rate(tiny_model, tmp_path):
+    """The configured learning_rate is the top encoder layer's peak; the card names ξ, the embeddings'
+    and the heads' rates, and the history follows the top layer's logged rate, not group 0's."""
+    callback = ModelCardCallback()
+    args = _args(tmp_path, learning_rate=1e-4, layerwise_lr_decay=0.5, head_learning_rate=1e-3)
+    state, control = TrainerState(), TrainerControl()
+    callback.on_train_begin(args, state, control, model=tiny_model)
+    state.global_step, state.epoch = 4, 0.5
+    # group 0 (the embeddings) is what the Trainer logs as learning_rate
+    logs = {
+        "loss": 0.7,
+        "learning_rate": 2.5e-5,
+        "lr/embeddings": 2.5e-5,
+        "lr/layer_0": 5e-5,
+        "lr/layer_1": 1e-4,
+    }
+    callback.on_log(args, state, control, logs=logs)
+    text = str(render_model_card(callback.card_data))
+    assert (
+        "- **Learning rate**: peak 1.00e-04 for the top encoder layer, with layer-wise decay ξ = 0.5" in text
+    )
+    assert "the embeddings at lr·ξ^L = 2.50e-05 (L = 2); `linear` schedule" in text
+    assert "- **Head learning rate** (projection, adapter, heads): 0.001\n" in text
+    assert "**Learning rate of the top encoder layer** (logged): highest 1.00e-04, final 1.00e-04" in text
+    assert (
+        "| 4 | 0.5 | 0.7 | 1.00e-04 |" in text and "2.50e-05 |" not in text.split("### Training history")[1]
+    )
+    plain = _run_callback(
+        tiny_model, TrainingArguments(output_dir=str(tmp_path), report_to=[], learning_rate=3e-5)
+    )
+    text = str(render_model_card(plain.card_data))
+    assert "peak 3.00e-05 for the whole encoder (no layer-wise decay)" in text
+    assert "(projection, adapter, heads): 3.00e-05 (same as the top encoder layer)" in text
+
+
+def test_validation_held_out_of_train_is_described_as_such(tiny_model, tmp_path):
+    seed = HydraBertCardData(
+        datasets={"sentiment": "stanfordnlp/sst2", "topic": "CogComp/trec"},
+        dataset_sizes={
+            "sentiment": {"train": 60, "validation": 16},
+            "topic": {"train": 45, "validation": 5, "test": 9},
+        },
+        validation_split_percentage={"topic": 10},
+    )
+    callback = _run_callback(tiny_model, _args(tmp_path), card_data=seed)
+    card = generate_model_card(tiny_model, tmp_path, card_data=callback.card_data)
+    text = (tmp_path / "README.md").read_text()
+    _assert_clean_markdown(text)
+    assert "| Task | Dataset | train examples | validation examples | test examples |" in text
+    assert "| 45 | 5 (10% of train, held out) | 9 |" in text and "| 60 | 16 | - |" in text
+    assert (
+        "`topic` has no validation split of its own: its validation rows are 10% of its train split" in text
+    )
+    results = {(r.task_name, r.metric_type, r.dataset_split): r for r in card.data.eval_results}
+    held_out = results[("topic", "accuracy", "train")]
+    assert held_out.dataset_args == {"validation_split_percentage": 10} and held_out.metric_value == 0.61
+    assert held_out.metric_name == "topic accuracy (validation: 10% of train held out)"
+    assert ("topic", "accuracy", "validation") not in results  # CogComp/trec has no validation split
+    assert results[("sentiment", "accuracy", "validation")].dataset_args is None
+    _assert_metadata_round_trips(tmp_path / "README.md")
+
+
+def test_one_epoch_one_step_are_singular(tiny_model, tmp_path):
+    callback = ModelCardCallback()
+    args = _args(tmp_path, num_train_epochs=1)
+    state, control = TrainerState(), TrainerControl()
+    callback.on_train_begin(args, state, control, model=tiny_model)
+    state.global_step, state.epoch = 1, 1.0
+    callback.on_log(args, state, control, logs={"loss": 0.5, "learning_rate": 1e-5})
+    text = str(render_model_card(callback.card_data))
+    assert "- **Length**: 1 epoch\n" in text and "- **Length**: 1 step (1 epoch)\n" in text
+    assert "1 epochs" not in text and "1 steps" not in text
+    assert "× 1 accumulation step × 1 process = 8" in text
+
+
+def test_mean_pooling_adapter_regression_and_multi_label_render_cleanly(tmp_path, tiny_tokenizer):
+    tasks = {
+        "score": {"num_labels": 1, "problem_type": "regression"},
+        "tags": {"labels": ["a", "b", "c"], "problem_type": "multi_label_classification"},
+    }
+    torch.manual_seed(0)
+    model = HydraBertModel(tiny_config(tasks=tasks, pooling="mean", adapter_size=8)).eval()
+    text = str(
+        generate_model_card(model, tmp_path, tokenizer=tiny_tokenizer, example_sentences=["good film"])
+    )
+    _assert_clean_markdown(text.split("---\n", 2)[2])
+    assert "`tanh(Linear(masked mean of the token states))`" in text
+    assert "- **Adapter**: residual bottleneck of width 8 between embedding and heads" in text
+    assert (
+        "| `score` | regression | - | 1 |" in text and "| `tags` | multi-label | `a`, `b`, `c` | 1 |" in text
+    )
+    assert 'sentences = ["good film"]' in text and "shape (1, 32)" in text
+    prediction = model.predict(["good film"], tiny_tokenizer)[0]
+    score = round(prediction["score"]["score"], 4)
+    assert f"# score: {score:g}, tags: [" in text
