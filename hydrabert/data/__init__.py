@@ -18,7 +18,7 @@ label set, an empty split...) raises `HydraBertDataError` while loading, before 
 starts, with a message that names the task, the split, the file and the row or line.
 """
 
-from .collation import MultiTaskCollator
+from .collation import MultiTaskCollator, check_padded
 from .loading import load_task_splits, load_tasks
 from .multitask_dataset import MultiTaskDataset, build_multitask_dataset
 from .sampling import SAMPLING_STRATEGIES, MultiTaskBatchSampler, TaskBatchSampler
@@ -37,6 +37,7 @@ __all__ = [
     "TaskBatchSampler",
     "TaskDataConfig",
     "build_multitask_dataset",
+    "check_padded",
     "load_task_splits",
     "load_tasks",
     "token_lengths",
