@@ -422,16 +422,13 @@ def test_error_unknown_extension_hints_at_json_lines(tmp_path):
 
 def test_error_invalid_json_line(tmp_path):
     (tmp_path / "train.jsonl").write_text('{"text": "a", "label": 1}\n{"text": \n', encoding="utf-8")
-    with pytest.raises(HydraBertDataError, match=r"train\.jsonl\): is not a readable json file .*in row 1"):
+    with pytest.raises(HydraBertDataError, match=r"line 2 is not valid JSON"):
         load_task_splits(TaskDataConfig(name="t", data_dir=str(tmp_path), train_file="train.jsonl"))
 
 
 def test_error_csv_row_with_wrong_field_count(tmp_path):
     (tmp_path / "train.csv").write_text("text,label\na,1\nb,0,extra\n", encoding="utf-8")
-    with pytest.raises(
-        HydraBertDataError,
-        match=r"train\.csv\): is not a readable csv file .*Expected 2 fields in line 3, saw 3",
-    ):
+    with pytest.raises(HydraBertDataError, match=r"row 1 has 3 fields but the header has 2"):
         load_task_splits(TaskDataConfig(name="t", data_dir=str(tmp_path), train_file="train.csv"))
 
 
@@ -446,6 +443,28 @@ def test_error_missing_data_dir_without_hub_name(tmp_path):
     cfg = TaskDataConfig(name="t", data_dir=str(tmp_path / "absent"), train_file="train.csv")
     with pytest.raises(HydraBertDataError, match=r"data_dir .*absent' does not exist and no dataset_name"):
         load_task_splits(cfg)
+
+
+def test_missing_data_dir_offline_names_the_folder_and_the_hub_dataset(tmp_path):
+    # conftest sets HF_HUB_OFFLINE=1: load_dataset answers at once (from the cache, or not at all).
+    cfg = TaskDataConfig(name="sst2", dataset_name="SetFit/sst2", data_dir=str(tmp_path / "absent"))
+    message = load_error(cfg)
+    assert f"no local folder {tmp_path / 'absent'} (data_dir)" in message
+    assert "the Hub dataset 'SetFit/sst2' cannot be loaded" in message and "--data_root" in message
+
+
+def test_missing_data_dir_with_the_hub_unreachable_fails_at_once(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens
+    # load_dataset would retry for ~25 s; one failed request must be enough.
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("load_dataset was called"))
+    cfg = TaskDataConfig(name="sst2", dataset_name="SetFit/sst2", data_dir=str(tmp_path / "absent"))
+    message = load_error(cfg)
+    assert f"no local folder {tmp_path / 'absent'} (data_dir)" in message
+    assert "the Hub dataset 'SetFit/sst2' cannot be loaded (ConnectError" in message
 
 
 def test_config_rejects_unknown_keys_by_name():

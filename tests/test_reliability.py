@@ -88,7 +88,7 @@ DATA_CASES = {
         "train.csv",
         b'text,label\n"a good film,pos\n',
         {},
-        r"is not a readable csv file \(ParserError: .*EOF inside string starting at row 1",
+        r"row 0 has 1 fields but the header has 2 \(an unclosed quote\?\)",
     ),
     "truncated csv (short row)": (
         "train.csv",
@@ -186,6 +186,18 @@ def test_utf16_file_loads_when_its_encoding_is_given(tmp_path):
         TaskDataConfig(name="t", data_dir=str(tmp_path), train_file="train.csv", encoding="utf-16")
     )
     assert task.splits["train"]["text"] == ["a good film", "bad"]
+
+
+def test_missing_data_folder_names_the_folder_and_the_hub_dataset(tmp_path):
+    """A wrong data_root: the task's folder is not there and the Hub is offline (as in these tests);
+    no retries, and the message names both places looked in."""
+    cfg = TaskDataConfig(name="sentiment", dataset_name="SetFit/sst2", data_dir=str(tmp_path / "sst2"))
+    expect(
+        "data: data_dir missing and the Hub offline",
+        HydraBertDataError,
+        r"no local folder .*sst2 \(data_dir\), and the Hub dataset 'SetFit/sst2' cannot be loaded .*--data_root",
+        lambda: load_task_splits(cfg),
+    )
 
 
 # ----------------------------------------------------------------------------- tasks and labels

@@ -200,12 +200,28 @@ def _read_delimited(
         _builder,
         "csv",
         path,
+        diagnose=lambda: _csv_problem(text, delimiter, len(header), skip_header=cfg.column_names is None),
         delimiter=delimiter,
         encoding=codec,
         features=features,
         keep_default_na=False,
         **options,
     )
+
+
+def _csv_problem(text: str, delimiter: str, width: int, skip_header: bool) -> str | None:
+    """The first row (0 = the first after the header, as in every other message) whose field count
+    is wrong: pandas counts lines and rows its own way, and says nothing of open quotes."""
+    rows = (row for row in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter) if row)
+    try:
+        for index, row in enumerate(itertools.islice(rows, 1 if skip_header else 0, None)):
+            if len(row) != width:
+                # A quote left open swallows the rest of the file into one field (a truncated file?).
+                hint = " (an unclosed quote?)" if "\n" in row[-1] else ""
+                return f"row {index} has {len(row)} fields but the header has {width}{hint}: {row!r}"
+    except csv.Error as err:
+        return f"is not a readable csv file ({err})"
+    return None
 
 
 def _split_labeled_lines(cfg: TaskDataConfig, source: Source, lines: datasets.Dataset) -> datasets.Dataset:
