@@ -23,7 +23,14 @@ from transformers import EvalPrediction, Trainer, TrainingArguments
 from transformers.trainer_utils import speed_metrics
 
 from .checkpoints import TRAINER_STATE_NAME, incomplete_checkpoints, resolve_resume_checkpoint
-from .data import SAMPLING_STRATEGIES, MultiTaskBatchSampler, MultiTaskCollator, build_multitask_dataset
+from .data import (
+    SAMPLING_STRATEGIES,
+    MultiTaskBatchSampler,
+    MultiTaskCollator,
+    build_multitask_dataset,
+    check_padded,
+    token_lengths,
+)
 from .feature_cache import FrozenEncoder
 from .freezing import (
     FREEZE_POLICIES,
@@ -228,6 +235,11 @@ class MultiTaskTrainer(Trainer):
         if train_dataset is not None:
             combined, _ = build_multitask_dataset(train_dataset, task_names=model.task_names)
         if data_collator is None:
+            # Padded data needs no tokenizer (as default_data_collator); unpadded data fails here, not mid-run.
+            if processing_class is None:
+                for what, task_datasets in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
+                    for task, dataset in (task_datasets or {}).items():
+                        check_padded(token_lengths(dataset), f"{what}[{task!r}]")
             data_collator = MultiTaskCollator(processing_class)
         self.task_compute_metrics = compute_metrics or default_task_metrics(model)
         self._task_loss_sums: dict[str, list[float]] = {}

@@ -287,10 +287,14 @@ def test_validation_split_is_carved_from_train_with_the_seed(tmp_path):
 
 
 def test_existing_data_dir_wins_over_the_hub(tmp_path, monkeypatch):
-    def no_network(*args, **kwargs):
-        raise AssertionError("the Hub must not be used when data_dir exists")
+    load_dataset = datasets.load_dataset
 
-    monkeypatch.setattr(datasets, "load_dataset", no_network)
+    def local_builders_only(path, *args, **kwargs):
+        # Local files go through datasets' own builders; a Hub name must never reach load_dataset.
+        assert path in ("csv", "json", "parquet", "text"), "the Hub must not be used when data_dir exists"
+        return load_dataset(path, *args, **kwargs)
+
+    monkeypatch.setattr(datasets, "load_dataset", local_builders_only)
     task = load_rows(tmp_path, ROWS, dataset_name="someone/sentiment")
     assert len(task.splits["train"]) == len(ROWS)
 
@@ -441,6 +445,28 @@ def test_error_missing_data_dir_without_hub_name(tmp_path):
         load_task_splits(cfg)
 
 
+def test_missing_data_dir_offline_names_the_folder_and_the_hub_dataset(tmp_path):
+    # conftest sets HF_HUB_OFFLINE=1: load_dataset answers at once (from the cache, or not at all).
+    cfg = TaskDataConfig(name="sst2", dataset_name="SetFit/sst2", data_dir=str(tmp_path / "absent"))
+    message = load_error(cfg)
+    assert f"no local folder {tmp_path / 'absent'} (data_dir)" in message
+    assert "the Hub dataset 'SetFit/sst2' cannot be loaded" in message and "--data_root" in message
+
+
+def test_missing_data_dir_with_the_hub_unreachable_fails_at_once(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens
+    # load_dataset would retry for ~25 s; one failed request must be enough.
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("load_dataset was called"))
+    cfg = TaskDataConfig(name="sst2", dataset_name="SetFit/sst2", data_dir=str(tmp_path / "absent"))
+    message = load_error(cfg)
+    assert f"no local folder {tmp_path / 'absent'} (data_dir)" in message
+    assert "the Hub dataset 'SetFit/sst2' cannot be loaded (ConnectError" in message
+
+
 def test_config_rejects_unknown_keys_by_name():
     with pytest.raises(
         HydraBertDataError, match=r"unknown key\(s\) 'txt_column' \(did you mean 'text_column'\?\)"
@@ -494,7 +520,8 @@ def test_tokenize_task_caches_by_fingerprint(tmp_path, tokenizer):
     first = tokenize_task(task.splits, tokenizer, max_length=8, cache_dir=str(cache))["train"]
     files = sorted(os.listdir(cache))
     assert len(files) == 1 and first.cache_files[0]["filename"] == str(cache / files[0])
-    reloaded = load_rows(tmp_path, ROWS)  # a fresh load of the same content: same cache file
+    # A fresh load of the same file: same cache file.
+    reloaded = load_task_splits(config_for("labeled_lines", tmp_path, "train.txt"))
     again = tokenize_task(reloaded.splits, tokenizer, max_length=8, cache_dir=str(cache))["train"]
     assert sorted(os.listdir(cache)) == files and again.to_dict() == first.to_dict()
     tokenize_task(task.splits, tokenizer, max_length=4, cache_dir=str(cache))

@@ -94,7 +94,7 @@ DATA_CASES = {
         "train.csv",
         b"text,label\na good film,pos\nbad",
         {},
-        r"row 1 has 1 fields",
+        r"row 1: label '' is missing",
     ),
     "truncated parquet": ("train.parquet", None, {}, r"not a readable parquet file .*magic bytes"),
     "truncated utf-8": (
@@ -138,13 +138,13 @@ DATA_CASES = {
         "train.jsonl",
         b'{"text": "a good film", "label": "pos"}\n{"label": "neg"}\n',
         {},
-        r"line 2: the text in column 'text' is missing",
+        r"row 1: the text in column 'text' is missing",
     ),
     "lone surrogate escaped in JSON": (
         "train.jsonl",
         b'{"text": "bad \\ud800 film", "label": "pos"}\n',
         {},
-        r"line 1: the text in column 'text' is not valid Unicode \(lone surrogate '\\ud800' at position 4\)",
+        r"is not a readable json file \(ArrowInvalid: .*surrogate pair in string is invalid\. in row 0\)",
     ),
     "unknown label name": (
         "train.csv",
@@ -186,6 +186,18 @@ def test_utf16_file_loads_when_its_encoding_is_given(tmp_path):
         TaskDataConfig(name="t", data_dir=str(tmp_path), train_file="train.csv", encoding="utf-16")
     )
     assert task.splits["train"]["text"] == ["a good film", "bad"]
+
+
+def test_missing_data_folder_names_the_folder_and_the_hub_dataset(tmp_path):
+    """A wrong data_root: the task's folder is not there and the Hub is offline (as in these tests);
+    no retries, and the message names both places looked in."""
+    cfg = TaskDataConfig(name="sentiment", dataset_name="SetFit/sst2", data_dir=str(tmp_path / "sst2"))
+    expect(
+        "data: data_dir missing and the Hub offline",
+        HydraBertDataError,
+        r"no local folder .*sst2 \(data_dir\), and the Hub dataset 'SetFit/sst2' cannot be loaded .*--data_root",
+        lambda: load_task_splits(cfg),
+    )
 
 
 # ----------------------------------------------------------------------------- tasks and labels

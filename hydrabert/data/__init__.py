@@ -1,0 +1,45 @@
+"""Task data for hydrabert: specs, loading, tokenising, task sampling and collation.
+
+The pipeline, one task at a time, then all tasks together:
+
+    cfg = TaskDataConfig.from_dict({"name": "trec", "data_dir": "../shared/data/trec", ...})
+    task = load_task_splits(cfg, seed=42)                   # DatasetDict: text, [text_pair], label
+    tokenized = tokenize_task(task.splits, tokenizer, 128)   # input_ids, ..., labels, length
+    train, offsets = build_multitask_dataset({"trec": tokenized["train"], ...})
+    sampler = MultiTaskBatchSampler(train.task_lengths(), batch_size=32, strategy="temperature")
+    loader = DataLoader(train, batch_sampler=sampler, collate_fn=MultiTaskCollator(tokenizer))
+
+Modules: `tasks` (TaskDataConfig, LoadedTask), `loading` (datasets' builders, Hub datasets, the
+error wrapper), `rows` (text and label checks, label encoding), `tokenizing`, `multitask_dataset`,
+`sampling` (per-task batch samplers and the strategies that interleave them), `collation`.
+
+Every problem with the data (missing file or column, undecodable bytes, a label outside the
+label set, an empty split...) raises `HydraBertDataError` while loading, before any training
+starts, with a message that names the task, the split, the file and the row or line.
+"""
+
+from .collation import MultiTaskCollator, check_padded
+from .loading import load_task_splits, load_tasks
+from .multitask_dataset import MultiTaskDataset, build_multitask_dataset
+from .sampling import SAMPLING_STRATEGIES, MultiTaskBatchSampler, TaskBatchSampler
+from .tasks import FILE_FORMATS, PROBLEM_TYPES, HydraBertDataError, LoadedTask, TaskDataConfig
+from .tokenizing import token_lengths, tokenize_task
+
+__all__ = [
+    "FILE_FORMATS",
+    "PROBLEM_TYPES",
+    "SAMPLING_STRATEGIES",
+    "HydraBertDataError",
+    "LoadedTask",
+    "MultiTaskBatchSampler",
+    "MultiTaskCollator",
+    "MultiTaskDataset",
+    "TaskBatchSampler",
+    "TaskDataConfig",
+    "build_multitask_dataset",
+    "check_padded",
+    "load_task_splits",
+    "load_tasks",
+    "token_lengths",
+    "tokenize_task",
+]

@@ -1,0 +1,83 @@
+"""Collation: a batch of tokenised rows to the model's tensors, with the task of each row."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# The names transformers' own collators accept for the targets (`label` from `datasets`, as run_glue).
+LABEL_KEYS = ("labels", "label", "label_ids")
+
+
+def _stack_labels(values: list) -> torch.Tensor:
+    """Class ids -> LongTensor (B,); scores -> FloatTensor (B,); multi-hot -> FloatTensor (B, K).
+
+    A mixed batch of class ids and scores gives floats (the model casts class ids back to long
+    per task); multi-hot rows cannot share a batch with scalars or other widths.
+    """
+    if all(isinstance(v, (list, tuple)) for v in values):
+        if len({len(v) for v in values}) != 1:
+            raise ValueError("multi-label rows of different widths in one batch: use one task per batch")
+        return torch.tensor(values, dtype=torch.float32)
+    if any(isinstance(v, (list, tuple)) for v in values):
+        raise ValueError(
+            "a batch mixes multi-label rows with single-label/regression rows: use one task per batch"
+        )
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return torch.tensor(values, dtype=torch.long)
+    return torch.tensor(values, dtype=torch.float32)
+
+
+def _row_label(row: Mapping[str, Any]):
+    return next((row[key] for key in LABEL_KEYS if key in row), None)
+
+
+@dataclass
+class MultiTaskCollator:
+    """Pads a batch to its longest row, stacks the labels (`labels`, or `label` / `label_ids` as
+    transformers' collators accept them) with the dtype their task needs, and adds `task_ids` (one
+    per row) from the rows' `task_id`. Other columns (`text`, `length`, ...) are left out.
+
+    Without a tokenizer, rows that are already padded are stacked as they are (as
+    `default_data_collator` would); rows of different lengths then raise, naming `processing_class`.
+    """
+
+    tokenizer: Any = None
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, features: list[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        inputs = [{key: row[key] for key in MODEL_INPUTS if key in row} for row in features]
+        if self.tokenizer is not None:
+            batch = dict(
+                self.tokenizer.pad(
+                    inputs, padding=True, pad_to_multiple_of=self.pad_to_multiple_of, return_tensors="pt"
+                )
+            )
+        else:
+            check_padded([len(row["input_ids"]) for row in inputs])
+            batch = {key: torch.tensor([row[key] for row in inputs]) for key in inputs[0]}
+        labels = [_row_label(row) for row in features]
+        if any(label is not None for label in labels):
+            if any(label is None for label in labels):
+                raise ValueError("some rows of the batch have labels and some do not")
+            batch["labels"] = _stack_labels(labels)
+        if "task_id" in features[0]:
+            batch["task_ids"] = torch.tensor([row["task_id"] for row in features], dtype=torch.long)
+        return batch
+
+
+def check_padded(lengths, what: str = "the batch") -> None:
+    """Rows can be stacked without a tokenizer only when they are all as long."""
+    if len(set(lengths)) > 1:
+        raise ValueError(
+            f"{what} has rows of {min(lengths)} to {max(lengths)} tokens and there is no processing_class "
+            "to pad them: pass processing_class=tokenizer to MultiTaskTrainer (or pad the data, "
+            "e.g. tokenizer(..., padding='max_length'))"
+        )
+
+
+__all__ = ["LABEL_KEYS", "MODEL_INPUTS", "MultiTaskCollator", "check_padded"]

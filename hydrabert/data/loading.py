@@ -1,0 +1,344 @@
+"""Loading one task's splits: local files through `datasets`' own builders (csv, json, parquet,
+text), or a Hub dataset through `load_dataset(name)`; then checked and normalised by `rows.py`.
+
+Every problem becomes a `HydraBertDataError` that names the task, the split, the file (or Hub
+dataset) and, where one is at fault, the row or line.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import itertools
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import datasets
+import pyarrow as pa
+from datasets.exceptions import DatasetGenerationError
+from huggingface_hub import HfApi
+from huggingface_hub.errors import HTTPError
+
+from .rows import LOCATION, class_names, encode_labels, normalized_rows, resolve_labels
+from .tasks import FILE_FORMATS, SPLITS, HydraBertDataError, LoadedTask, TaskDataConfig
+
+logger = logging.getLogger(__name__)
+
+_EXTENSION_FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".parquet": "parquet"}
+# Hub datasets name their splits freely; these are the names we map onto ours.
+_SPLIT_ALIASES = {"train": "train", "validation": "validation", "valid": "validation", "val": "validation"}
+_SPLIT_ALIASES.update(dev="validation", test="test")
+# What the builders raise on a file they cannot parse (DatasetGenerationError wraps the parser's own).
+_READ_ERRORS = (DatasetGenerationError, ValueError, KeyError, OSError, pa.ArrowException, StopIteration)
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a split comes from; turns a problem into an error message that says so."""
+
+    task: str
+    split: str
+    origin: str  # "file /path/x.csv" or "Hub dataset 'sst2', split 'validation'"
+
+    def error(self, problem: str) -> HydraBertDataError:
+        return HydraBertDataError(f"Task {self.task!r}, {self.split} split ({self.origin}): {problem}")
+
+    def read(self, what: str, load: Callable[..., datasets.Dataset], *args, diagnose=None, **kwargs):
+        """The one wrapper around the builders: a parser's failure becomes an error that names the
+        task, the split and the file, and the row or line: the parser's message names it, or
+        `diagnose()` (which returns the problem, or None) finds it when that message does not."""
+        try:
+            return load(*args, **kwargs)
+        except HydraBertDataError:
+            raise
+        except _READ_ERRORS as err:
+            cause = err.__cause__ if isinstance(err, DatasetGenerationError) and err.__cause__ else err
+            problem = diagnose() if diagnose is not None else None
+            raise self.error(
+                problem or f"is not a readable {what} ({type(cause).__name__}: {cause})"
+            ) from None
+
+
+def _builder(name: str, path: str, **options) -> datasets.Dataset:
+    return datasets.load_dataset(name, data_files=path, split="train", **options)
+
+
+# ------------------------------------------------------------------------------- local files
+def _uses_local_files(cfg: TaskDataConfig) -> bool:
+    """The precedence rule: an existing data_dir, else the Hub name, else files by path."""
+    if cfg.data_dir is not None and os.path.isdir(cfg.data_dir):
+        return True
+    if cfg.dataset_name:
+        if cfg.data_dir is not None:
+            logger.warning(
+                "Task %r: data_dir %s not found; trying Hub dataset %r",
+                cfg.name,
+                cfg.data_dir,
+                cfg.dataset_name,
+            )
+        return False
+    if cfg.data_dir is not None:
+        raise cfg.error(f"data_dir {cfg.data_dir!r} does not exist and no dataset_name is given")
+    return True
+
+
+def _local_splits(cfg: TaskDataConfig) -> dict[str, tuple[Source, datasets.Dataset]]:
+    files = {split: getattr(cfg, f"{split}_file") for split in SPLITS if getattr(cfg, f"{split}_file")}
+    if not files:
+        raise cfg.error(f"no train_file, validation_file or test_file given for data_dir {cfg.data_dir!r}")
+    splits = {}
+    for split, name in files.items():
+        path = name if os.path.isabs(name) or cfg.data_dir is None else os.path.join(cfg.data_dir, name)
+        source = Source(cfg.name, split, f"file {path}")
+        splits[split] = (source, _read_file(cfg, source, path, split))
+    return splits
+
+
+def _read_file(cfg: TaskDataConfig, source: Source, path: str, split: str) -> datasets.Dataset:
+    if not os.path.isfile(path):
+        raise source.error("file not found" if not os.path.exists(path) else "is not a file")
+    file_format = cfg.file_format or _infer_format(source, path)
+    if file_format == "parquet":  # datasets keeps its Features (ClassLabel names) in the file
+        return source.read("parquet file", _builder, "parquet", path)
+    text = _decoded_text(source, path, cfg.encoding)
+    if not text.strip():  # before the builders, which fail on empty files in their own ways
+        raise source.error("the split is empty")
+    # utf-8-sig reads plain UTF-8 identically and drops a byte-order mark if there is one.
+    codec = "utf-8-sig" if codecs.lookup(cfg.encoding).name == "utf-8" else cfg.encoding
+    if file_format == "labeled_lines":
+        lines = source.read("text file", _builder, "text", path, encoding=codec)
+        return _split_labeled_lines(cfg, source, lines)
+    if file_format in ("csv", "tsv"):
+        return _read_delimited(cfg, source, path, text, codec, "," if file_format == "csv" else "\t")
+    key = cfg.json_field.get(split) if isinstance(cfg.json_field, dict) else cfg.json_field
+    what = "json file" if key is None else f"json file with the key json_field={key!r}"
+    options = {"field": key} if key else {}
+    dataset = source.read(
+        what, _builder, "json", path, encoding=codec, diagnose=lambda: _json_problem(text), **options
+    )
+    if cfg.column_names and dataset.column_names == [str(i) for i in range(len(cfg.column_names))]:
+        dataset = dataset.rename_columns(dict(zip(dataset.column_names, cfg.column_names, strict=True)))
+    return dataset
+
+
+def _infer_format(source: Source, path: str) -> str:
+    extension = os.path.splitext(path)[1].lower()
+    if extension in _EXTENSION_FORMATS:
+        return _EXTENSION_FORMATS[extension]
+    with open(path, "rb") as handle:
+        looks_like_json = handle.read(64).lstrip().startswith(b"{")
+    hint = " (its first line looks like JSON: file_format='jsonl'?)" if looks_like_json else ""
+    raise source.error(
+        f"cannot infer the file format from the extension {extension or '(none)'!r}{hint}; "
+        f"set file_format to one of {list(FILE_FORMATS)}"
+    )
+
+
+def _decoded_text(source: Source, path: str, encoding: str) -> str:
+    """The file decoded, or an error that says which byte of which line failed and what to do: the
+    builders' own decoding errors name neither."""
+    with open(path, "rb") as handle:
+        raw = handle.read()
+    binary = source.error(
+        f"contains NUL bytes: not a text file in encoding {encoding!r} (a binary file? UTF-16? "
+        "set the task's `encoding` or `file_format` option)"
+    )
+    # UTF-16/32 text is full of NUL bytes; in other encodings they mean a binary file (checked
+    # before decoding, so that the message says so rather than pointing at some undecodable byte).
+    if b"\x00" in raw and not codecs.lookup(encoding).name.startswith(("utf-16", "utf-32")):
+        raise binary
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise source.error(
+            f"cannot be decoded as {encoding!r} (byte 0x{raw[err.start]:02x} on line {line}); set the "
+            "task's `encoding` option (e.g. 'latin-1' or 'cp1252')"
+        ) from None
+    if "\x00" in text:
+        raise binary
+    return text
+
+
+def _json_problem(text: str) -> str | None:
+    """Where a JSON document or JSON-lines file breaks (the json builder reports a byte position or
+    an Arrow block row); None when Python's parser accepts it."""
+    try:
+        json.loads(text)
+        return None
+    except json.JSONDecodeError as err:
+        if err.msg != "Extra data":  # "Extra data": a second value follows, so this is JSON lines
+            return f"is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})"
+    for number, line in enumerate(io.StringIO(text, newline=None), start=1):
+        try:
+            json.loads(line) if line.strip() else None
+        except json.JSONDecodeError as err:
+            return f"line {number} is not valid JSON ({err.msg})"
+    return None
+
+
+def _read_delimited(
+    cfg, source: Source, path: str, text: str, codec: str, delimiter: str
+) -> datasets.Dataset:
+    """Every cell read as a string, so nothing is type-guessed ("1.0", "NA" and "007" stay as written)."""
+    options = {}
+    if cfg.column_names is not None:
+        header = options["column_names"] = list(cfg.column_names)
+    else:  # the first two records: the header, and whether any row follows it
+        records = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+        header, *first_row = itertools.islice((row for row in records if row), 2)
+        if not first_row:
+            raise source.error("the split is empty")
+    features = datasets.Features({name: datasets.Value("string") for name in header})
+    what = "csv file" if delimiter == "," else "tsv file"
+    return source.read(
+        what,
+        _builder,
+        "csv",
+        path,
+        diagnose=lambda: _csv_problem(text, delimiter, len(header), skip_header=cfg.column_names is None),
+        delimiter=delimiter,
+        encoding=codec,
+        features=features,
+        keep_default_na=False,
+        **options,
+    )
+
+
+def _csv_problem(text: str, delimiter: str, width: int, skip_header: bool) -> str | None:
+    """The first row (0 = the first after the header, as in every other message) whose field count
+    is wrong: pandas counts lines and rows its own way, and says nothing of open quotes."""
+    rows = (row for row in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter) if row)
+    try:
+        for index, row in enumerate(itertools.islice(rows, 1 if skip_header else 0, None)):
+            if len(row) != width:
+                # A quote left open swallows the rest of the file into one field (a truncated file?).
+                hint = " (an unclosed quote?)" if "\n" in row[-1] else ""
+                return f"row {index} has {len(row)} fields but the header has {width}{hint}: {row!r}"
+    except csv.Error as err:
+        return f"is not a readable csv file ({err})"
+    return None
+
+
+def _split_labeled_lines(cfg: TaskDataConfig, source: Source, lines: datasets.Dataset) -> datasets.Dataset:
+    """`label<sep>text` lines into two columns. The text builder gives one row per line, blank
+    lines included, so row i is line i + 1; blank lines are dropped here, text is stripped."""
+    features = {cfg.label_column: "string", cfg.text_column: "string", LOCATION: "string"}
+    return lines.map(
+        _split_label,
+        batched=True,
+        with_indices=True,
+        remove_columns=lines.column_names,
+        features=datasets.Features({name: datasets.Value(kind) for name, kind in features.items()}),
+        fn_kwargs={"cfg": cfg, "source": source},
+        desc="Splitting labels",
+    )
+
+
+def _split_label(batch, indices: Sequence[int], cfg: TaskDataConfig, source: Source):
+    out = {cfg.label_column: [], cfg.text_column: [], LOCATION: []}
+    for index, line in zip(indices, batch["text"], strict=True):
+        if not line.strip():
+            continue
+        label, separator, sentence = line.partition(cfg.label_separator)
+        if not separator or not sentence.strip():
+            raise source.error(f"line {index + 1} has no text after the label: {line.rstrip()!r}")
+        if not label.strip():
+            raise source.error(f"line {index + 1} has no label before the text: {line.rstrip()!r}")
+        out[cfg.label_column].append(label.strip())
+        out[cfg.text_column].append(sentence.strip())
+        out[LOCATION].append(f"line {index + 1}")
+    return out
+
+
+# ------------------------------------------------------------------------------------------ Hub
+def _hub_splits(cfg: TaskDataConfig) -> dict[str, tuple[Source, datasets.Dataset]]:
+    splits = {}
+    for hub_split, dataset in _load_hub_dataset(cfg).items():
+        split = _SPLIT_ALIASES.get(hub_split)
+        if split is None:
+            logger.info("Task %r: ignoring Hub split %r", cfg.name, hub_split)
+            continue
+        splits[split] = (
+            Source(cfg.name, split, f"Hub dataset {cfg.dataset_name!r}, split {hub_split!r}"),
+            dataset,
+        )
+    return splits
+
+
+def _load_hub_dataset(cfg: TaskDataConfig) -> datasets.DatasetDict:
+    """`load_dataset(dataset_name)`, after one request to the Hub when online: an unreachable Hub then
+    fails at once (load_dataset would retry for ~25 s, warning each time). Offline, load_dataset
+    itself answers at once, from the cache or with a ConnectionError."""
+
+    def unreachable(err: Exception) -> HydraBertDataError:
+        local = f"no local folder {cfg.data_dir} (data_dir), and " if cfg.data_dir else ""
+        return cfg.error(
+            f"{local}the Hub dataset {cfg.dataset_name!r} cannot be loaded ({type(err).__name__}: {err}). "
+            "Point data_dir at the data (run_mtl.py resolves it under --data_root), or go online."
+        )
+
+    logger.info("Task %r: loading Hub dataset %r (%s)", cfg.name, cfg.dataset_name, cfg.dataset_config_name)
+    if not datasets.config.HF_HUB_OFFLINE:
+        try:
+            HfApi().dataset_info(cfg.dataset_name, timeout=10)
+        except (HTTPError, OSError) as err:  # HTTPError: connection failures and 404s alike
+            raise unreachable(err) from None
+    try:
+        return datasets.load_dataset(cfg.dataset_name, cfg.dataset_config_name)
+    except (ConnectionError, FileNotFoundError) as err:
+        raise unreachable(err) from None
+
+
+# ---------------------------------------------------------------------------------- the pipeline
+def load_task_splits(cfg: TaskDataConfig, seed: int = 42) -> LoadedTask:
+    """Load, validate and normalise one task's splits.
+
+    Columns: `text` (str), `text_pair` (when `text_pair_column` is set) and `label`: a
+    `ClassLabel` id (single-label), a float (regression) or a multi-hot float list
+    (multi-label). Raises `HydraBertDataError` on any problem with the data.
+    """
+    raw = _local_splits(cfg) if _uses_local_files(cfg) else _hub_splits(cfg)
+    if not raw:
+        raise cfg.error("the data have no train, validation or test split")
+    rows = {split: normalized_rows(cfg, source, dataset) for split, (source, dataset) in raw.items()}
+    names = [class_names(dataset.features).get(cfg.label_column) for _, dataset in raw.values()]
+    labels = resolve_labels(cfg, list(rows.values()), names)
+    splits = datasets.DatasetDict()
+    for split in SPLITS:
+        if split in rows:
+            splits[split] = encode_labels(cfg, raw[split][0], rows[split], labels).remove_columns(LOCATION)
+    _carve_validation(cfg, splits, seed)
+    return LoadedTask(config=cfg, splits=splits, labels=labels)
+
+
+def _carve_validation(cfg: TaskDataConfig, splits: datasets.DatasetDict, seed: int):
+    """A seeded validation split cut from train, only when the data bring none."""
+    pct = cfg.validation_split_percentage
+    if pct is None or "validation" in splits or "train" not in splits:
+        return
+    size = len(splits["train"])
+    n_validation = max(1, round(size * pct / 100))
+    if n_validation >= size:
+        raise cfg.error(f"train has {size} rows: too few to carve a {pct}% validation split")
+    parts = splits["train"].train_test_split(test_size=n_validation, shuffle=True, seed=seed)
+    splits["train"], splits["validation"] = parts["train"], parts["test"]
+    if "test" in splits:  # keep the train, validation, test order
+        splits["test"] = splits.pop("test")
+
+
+def load_tasks(configs: Sequence[TaskDataConfig], seed: int = 42) -> dict[str, LoadedTask]:
+    """Load several tasks, keyed by name (names must be unique)."""
+    loaded: dict[str, LoadedTask] = {}
+    for cfg in configs:
+        if cfg.name in loaded:
+            raise cfg.error("two tasks have this name")
+        loaded[cfg.name] = load_task_splits(cfg, seed=seed)
+    return loaded
+
+
+__all__ = ["Source", "load_task_splits", "load_tasks"]

@@ -1,0 +1,226 @@
+"""Checking and normalising a split as read into `text`, [`text_pair`] and `label` columns: texts
+must be non-empty strings, labels map onto the task's label set (a `ClassLabel` for single-label
+tasks). Each problem names the row (or line) it is in."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import datasets
+
+from .tasks import TaskDataConfig, label_str
+
+if TYPE_CHECKING:
+    from .loading import Source
+
+# Where a row came from ("line 12", "row 3, item 1"), carried until the labels are checked.
+LOCATION = "__location__"
+# A multi-label value given as one string ("sports,politics") is split on this.
+MULTI_LABEL_SEPARATOR = ","
+
+
+def class_names(features: datasets.Features) -> dict[str, list[str]]:
+    """ClassLabel names per column, also inside a list (multi-label ids)."""
+    names = {}
+    for column, feature in features.items():
+        for candidate in (feature, getattr(feature, "feature", None)):  # List(ClassLabel(...))
+            if isinstance(candidate, datasets.ClassLabel):
+                names[column] = list(candidate.names)
+    return names
+
+
+def normalized_rows(cfg: TaskDataConfig, source: Source, raw: datasets.Dataset) -> datasets.Dataset:
+    """text, [text_pair], label (its name; names for multi-label; a float for regression) and
+    LOCATION. A row whose text is a list (CSAbstruct: an abstract's sentences, with a parallel list
+    of labels) becomes one row per item."""
+    if len(raw) == 0:
+        raise source.error("the split is empty")
+    for option in ("text_column", "text_pair_column", "label_column"):
+        column = getattr(cfg, option)
+        if column is not None and column not in raw.column_names:
+            raise source.error(
+                f"column {column!r} ({option}) not found; available columns: {raw.column_names}"
+            )
+    features = datasets.Features({"text": datasets.Value("string")})
+    if cfg.text_pair_column:
+        features["text_pair"] = datasets.Value("string")
+    features["label"] = {
+        "regression": datasets.Value("float32"),
+        "multi_label_classification": datasets.List(datasets.Value("string")),
+    }.get(cfg.problem_type, datasets.Value("string"))
+    features[LOCATION] = datasets.Value("string")
+    rows = raw.map(
+        _normalize_batch,
+        batched=True,
+        with_indices=True,
+        remove_columns=raw.column_names,
+        features=features,
+        fn_kwargs={"cfg": cfg, "source": source, "names": class_names(raw.features).get(cfg.label_column)},
+        desc="Checking rows",
+    )
+    if len(rows) == 0:
+        raise source.error("the split is empty")
+    return rows
+
+
+def _normalize_batch(batch, indices: Sequence[int], cfg: TaskDataConfig, source: Source, names):
+    pairs = batch[cfg.text_pair_column] if cfg.text_pair_column else [None] * len(indices)
+    locations = batch.get(LOCATION) or [f"row {index}" for index in indices]
+    out = {"text": [], "label": [], LOCATION: []} | ({"text_pair": []} if cfg.text_pair_column else {})
+    rows = zip(batch[cfg.text_column], pairs, batch[cfg.label_column], locations, strict=True)
+    for row in rows:
+        for text, pair, label, where in _items(cfg, source, *row):
+            out["text"].append(_checked_text(source, text, where, cfg.text_column))
+            if cfg.text_pair_column:
+                out["text_pair"].append(_checked_text(source, pair, where, cfg.text_pair_column))
+            out["label"].append(_label_value(cfg, source, label, where, names))
+            out[LOCATION].append(where)
+    return out
+
+
+def _items(cfg: TaskDataConfig, source: Source, text, pair, label, where: str) -> list[tuple]:
+    if not isinstance(text, list):
+        return [(text, pair, label, where)]
+    for name, value in ((cfg.label_column, label), (cfg.text_pair_column, pair)):
+        if name is not None and (not isinstance(value, list) or len(value) != len(text)):
+            raise source.error(
+                f"{where}: column {cfg.text_column!r} holds a list of {len(text)} texts, "
+                f"so {name!r} must hold a list as long, got {value!r}"
+            )
+    pairs = pair if pair is not None else [None] * len(text)
+    return [(t, pairs[i], label[i], f"{where}, item {i}") for i, t in enumerate(text)]
+
+
+def _checked_text(source: Source, value, where: str, column: str) -> str:
+    if not isinstance(value, str):
+        problem = "is missing" if value is None else f"is a {type(value).__name__}, not a string: {value!r}"
+        raise source.error(f"{where}: the text in column {column!r} {problem}")
+    if not value.strip():
+        raise source.error(f"{where}: the text in column {column!r} is empty")
+    _check_unicode(source, value, where, f"the text in column {column!r}")
+    return value
+
+
+def _check_unicode(source: Source, value: str, where: str, what: str) -> None:
+    """JSON can escape a lone UTF-16 surrogate ("\\ud800"), which no UTF-8 writer (Arrow,
+    config.json) accepts later."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise source.error(
+            f"{where}: {what} is not valid Unicode (lone surrogate {value[err.start]!r} at position {err.start})"
+        ) from None
+
+
+def _label_value(cfg: TaskDataConfig, source: Source, value, where: str, names) -> Any:
+    """A regression target, or the label name(s) a raw value stands for."""
+    if cfg.problem_type == "regression":
+        try:
+            target = float(value)
+        except (TypeError, ValueError):
+            raise source.error(f"{where}: regression label {value!r} is not a number") from None
+        if not math.isfinite(target):
+            raise source.error(f"{where}: regression label {value!r} is not finite")
+        return target
+    items = [value]
+    if cfg.problem_type == "multi_label_classification":
+        if isinstance(value, str):
+            items = [item for item in value.split(MULTI_LABEL_SEPARATOR) if item.strip()]
+        elif isinstance(value, list):
+            items = value
+        else:
+            raise source.error(
+                f"{where}: a multi-label value must be a list or a "
+                f"{MULTI_LABEL_SEPARATOR!r}-separated string, got {value!r}"
+            )
+    label_names = [_label_name(cfg, source, item, where, names) for item in items]
+    return label_names if cfg.problem_type == "multi_label_classification" else label_names[0]
+
+
+def _label_name(cfg: TaskDataConfig, source: Source, item, where: str, names) -> str:
+    if item is None or isinstance(item, (list, dict)) or (isinstance(item, str) and not item.strip()):
+        raise source.error(f"{where}: label {item!r} is missing or not a single value")
+    if cfg.label_ids:
+        item = _name_of_id(source, item, where, cfg.labels, "the task's labels")
+    elif names is not None and isinstance(item, int) and not isinstance(item, bool):
+        item = _name_of_id(source, item, where, names, "the dataset's ClassLabel names")
+    name = label_str(item)
+    if cfg.label_transform == "coarse":
+        name = name.split(":", 1)[0]
+    _check_unicode(source, name, where, f"label {name!r}")
+    return name
+
+
+def _name_of_id(source: Source, item, where: str, names: list[str], what: str) -> str:
+    try:
+        label_id = int(label_str(item))
+    except ValueError:
+        raise source.error(f"{where}: label {item!r} is not an integer id into {what} {names}") from None
+    if not 0 <= label_id < len(names):  # -1 marks unlabelled rows in Hub test splits
+        raise source.error(f"{where}: label id {label_id} is outside {what} {names} (an unlabelled split?)")
+    return names[label_id]
+
+
+def resolve_labels(cfg: TaskDataConfig, splits: list[datasets.Dataset], names: list) -> list[str] | None:
+    """The configured labels; else the data's ClassLabel names; else the sorted names in every split."""
+    if cfg.problem_type == "regression":
+        return None
+    if cfg.labels is not None:
+        return cfg.labels
+    if cfg.label_transform is None and any(names):
+        return next(n for n in names if n)
+    seen = set()
+    for split in splits:
+        column = split["label"]
+        seen.update(
+            column
+            if cfg.problem_type == "single_label_classification"
+            else (n for row in column for n in row)
+        )
+    if not seen:
+        raise cfg.error("no labels found in the data; give them with the labels option")
+    for kind in (int, float):  # numeric names in numeric order ("2" before "10"), others alphabetically
+        try:
+            return sorted(seen, key=kind)
+        except ValueError:
+            pass
+    return sorted(seen)
+
+
+def encode_labels(cfg: TaskDataConfig, source: Source, rows: datasets.Dataset, labels) -> datasets.Dataset:
+    """Label names to targets: a ClassLabel id (single-label) or a multi-hot float list."""
+    if cfg.problem_type == "regression":
+        return rows
+    single = cfg.problem_type == "single_label_classification"
+    column = rows["label"]
+    known = set(labels)
+    if not known.issuperset(column if single else (n for row in column for n in row)):
+        for value, where in zip(column, rows[LOCATION], strict=True):
+            for name in [value] if single else value:
+                if name not in known:
+                    raise source.error(f"{where}: label {name!r} is not one of the task's labels {labels}")
+    if single:
+        return rows.cast_column("label", datasets.ClassLabel(names=labels))
+    index = {name: i for i, name in enumerate(labels)}
+    multi_hot = [[0.0] * len(labels) for _ in column]
+    for row, names in zip(multi_hot, column, strict=True):
+        for name in names:
+            row[index[name]] = 1.0
+    feature = datasets.List(datasets.Value("float32"), length=len(labels))
+    return (
+        rows.remove_columns("label")
+        .add_column("label", multi_hot, feature=feature)
+        .select_columns(rows.column_names)
+    )
+
+
+__all__ = [
+    "LOCATION",
+    "MULTI_LABEL_SEPARATOR",
+    "class_names",
+    "encode_labels",
+    "normalized_rows",
+    "resolve_labels",
+]

@@ -1,0 +1,180 @@
+"""What one task's data is: `TaskDataConfig` (where it comes from, how to read it, checked when
+built) and `LoadedTask` (its splits and label names, once loaded)."""
+
+from __future__ import annotations
+
+import codecs
+import dataclasses
+import difflib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import datasets
+
+PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
+FILE_FORMATS = ("csv", "tsv", "json", "jsonl", "parquet", "labeled_lines")
+LABEL_TRANSFORMS = ("coarse",)
+SPLITS = ("train", "validation", "test")
+
+
+class HydraBertDataError(ValueError):
+    """A task's data cannot be used; the message names the task, the file and the problem."""
+
+
+@dataclass
+class TaskDataConfig:
+    """Where one task's data comes from and how to read it.
+
+    A local `data_dir` that exists wins over `dataset_name`, so one config runs offline against
+    ../shared/data and online (from the Hub) for users who do not have that directory.
+    """
+
+    name: str
+    dataset_name: str | None = None
+    dataset_config_name: str | None = None
+    data_dir: str | None = None
+    train_file: str | None = None
+    validation_file: str | None = None
+    test_file: str | None = None
+    # None: inferred from the extension (.csv .tsv .json .jsonl .parquet).
+    file_format: str | None = None
+    # The `label text` line format of the SST/MR/TREC files.
+    label_separator: str = " "
+    # "coarse": keep the part of a label before ':' (TREC `DESC:manner` -> `DESC`).
+    label_transform: str | None = None
+    encoding: str = "utf-8"
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    # Names of headerless csv/tsv columns, or of the items of JSON rows that are lists.
+    column_names: list[str] | None = None
+    # Key of the JSON object that holds the rows: one key, or one per split ({"validation": "val"}).
+    json_field: str | dict[str, str] | None = None
+    # None: ClassLabel names when the data have them, else the sorted unique values.
+    labels: list[str] | None = None
+    # The data hold 0-based ids into `labels` (TREC.*.all: 0 = DESC, 1 = ENTY, ...), as ClassLabel.
+    label_ids: bool = False
+    problem_type: str = "single_label_classification"
+    weight: float = 1.0
+    # Carve this percentage of train into a seeded validation split when there is none.
+    validation_split_percentage: float | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise HydraBertDataError(f"TaskDataConfig.name must be a non-empty string, got {self.name!r}")
+        if not self.name.isidentifier():
+            # Checked here, before any data is read: the name becomes a head (heads.<name>) and metric prefix.
+            raise self.error(
+                "name must be a valid Python identifier (letters, digits, _): it names the model's head"
+            )
+        self._check_choice("problem_type", self.problem_type, PROBLEM_TYPES)
+        self._check_choice("file_format", self.file_format, FILE_FORMATS, optional=True)
+        self._check_choice("label_transform", self.label_transform, LABEL_TRANSFORMS, optional=True)
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise self.error(f"encoding {self.encoding!r} is not a known codec") from None
+        if not self.label_separator:
+            raise self.error("label_separator must not be empty")
+        if not isinstance(self.weight, (int, float)) or not math.isfinite(self.weight) or self.weight < 0:
+            raise self.error(f"weight must be a finite number >= 0, got {self.weight!r}")
+        pct = self.validation_split_percentage
+        if pct is not None and not 0 < pct < 100:
+            raise self.error(f"validation_split_percentage must be in (0, 100), got {pct!r}")
+        self.labels = self._checked_labels()
+        if self.label_ids and self.labels is None:
+            raise self.error("label_ids=True needs the label names in labels")
+        if not (
+            self.dataset_name or self.data_dir or self.train_file or self.validation_file or self.test_file
+        ):
+            raise self.error("give a dataset_name (Hub), a data_dir, or data files")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TaskDataConfig:
+        """Build from a JSON-like dict; an unknown key is an error that names it."""
+        valid = [f.name for f in dataclasses.fields(cls)]
+        unknown = [key for key in data if key not in valid]
+        if unknown:
+            hints = [
+                f"{key!r} (did you mean {close[0]!r}?)"
+                if (close := difflib.get_close_matches(key, valid, 1))
+                else repr(key)
+                for key in unknown
+            ]
+            raise HydraBertDataError(
+                f"Task {data.get('name', '?')!r}: unknown key(s) {', '.join(hints)}; valid keys: {', '.join(valid)}"
+            )
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def error(self, problem: str) -> HydraBertDataError:
+        return HydraBertDataError(f"Task {self.name!r}: {problem}")
+
+    def _check_choice(self, field_name: str, value, choices, optional: bool = False):
+        if value is None and optional:
+            return
+        if value not in choices:
+            raise self.error(f"{field_name} must be one of {list(choices)}, got {value!r}")
+
+    def _checked_labels(self) -> list[str] | None:
+        if self.labels is None:
+            return None
+        if self.problem_type == "regression":
+            raise self.error("labels are for classification tasks; a regression task has none")
+        names = [label_str(label) for label in self.labels]
+        if not names or len(set(names)) != len(names):
+            raise self.error(f"labels must be a non-empty list of distinct names, got {self.labels!r}")
+        return names
+
+
+@dataclass
+class LoadedTask:
+    """One task's splits (columns `text`, optional `text_pair`, `label`) and its label names."""
+
+    config: TaskDataConfig
+    splits: datasets.DatasetDict
+    labels: list[str] | None  # None for regression
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def problem_type(self) -> str:
+        return self.config.problem_type
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.labels is None else len(self.labels)
+
+    def task_spec(self) -> dict[str, Any]:
+        """The entry this task needs in `HydraBertConfig.tasks`."""
+        return {
+            "num_labels": self.num_labels,
+            "labels": list(self.labels or []),
+            "problem_type": self.problem_type,
+            "weight": float(self.config.weight),
+        }
+
+
+def label_str(value) -> str:
+    """One spelling per label whatever the format: 1, 1.0 and "1" are all "1"."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip()
+
+
+__all__ = [
+    "FILE_FORMATS",
+    "LABEL_TRANSFORMS",
+    "PROBLEM_TYPES",
+    "SPLITS",
+    "HydraBertDataError",
+    "LoadedTask",
+    "TaskDataConfig",
+    "label_str",
+]
