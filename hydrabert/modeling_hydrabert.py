@@ -325,6 +325,13 @@ class HydraBertModel(HydraBertPreTrainedModel):
         if name not in self.config.tasks:
             raise ValueError(f"Unknown task {name!r}; known tasks: {self.task_names}")
 
+    def per_example_loss(self, task: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """`(batch,)`: each row's unweighted loss for `task` (NaN where the label is -100); their mean over the
+        rows that count is `forward(task=task, labels=labels).loss`. Evaluation averages these over a whole
+        data set, so that the result does not depend on how the rows were batched or sharded."""
+        self._check_task(task)
+        return _task_loss(task, self.config.tasks[task], logits, labels, reduction="none")
+
     def get_layer_depth(self, parameter_name: str) -> int:
         """Depth of a parameter for layer-wise learning rates: 0 = embeddings, k = encoder block k
         (1..L), L + 1 = everything above the encoder (projection, adapter, heads)."""
@@ -605,8 +612,13 @@ def _encoder_from_config(encoder_config):
     return AutoModel.from_config(encoder_config)
 
 
-def _task_loss(name: str, spec: dict, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def _task_loss(
+    name: str, spec: dict, logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean"
+) -> torch.Tensor:
+    """The task's loss over the batch (`reduction="mean"`), or one value per row (`"none"`; NaN for a row whose
+    label is -100), whose mean over the rows that count is the batch's loss."""
     problem_type, num_labels = spec["problem_type"], spec["num_labels"]
+    per_row = reduction == "none"
     if problem_type == "single_label_classification":
         labels = labels.long().view(-1)
         bad = (labels != -100) & ((labels < 0) | (labels >= num_labels))
@@ -615,16 +627,19 @@ def _task_loss(name: str, spec: dict, logits: torch.Tensor, labels: torch.Tensor
                 f"Task {name!r}: labels must be in [0, {num_labels}) (labels {spec['labels']}), "
                 f"got {labels[bad].unique().tolist()}"
             )
-        return F.cross_entropy(logits.float(), labels, ignore_index=-100)
+        loss = F.cross_entropy(logits.float(), labels, ignore_index=-100, reduction=reduction)
+        return torch.where(labels == -100, float("nan"), loss) if per_row else loss
     if problem_type == "multi_label_classification":
         if labels.shape != logits.shape:
             raise ValueError(
                 f"Task {name!r}: multi-label targets must have shape {tuple(logits.shape)}, got {tuple(labels.shape)}"
             )
-        return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+        loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction=reduction)
+        return loss.mean(-1) if per_row else loss
     # regression: one output per row compares with a (batch,) target
     predictions = logits.float().squeeze(-1) if num_labels == 1 else logits.float()
-    return F.mse_loss(predictions, labels.float().view_as(predictions))
+    loss = F.mse_loss(predictions, labels.float().view_as(predictions), reduction=reduction)
+    return loss.reshape(len(loss), -1).mean(-1) if per_row else loss
 
 
 def _readable_predictions(spec: dict, logits: torch.Tensor) -> list[dict]:
