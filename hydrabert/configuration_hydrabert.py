@@ -90,6 +90,12 @@ class HydraBertConfig(PreTrainedConfig):
     def task_names(self) -> list[str]:
         return list(self.tasks)
 
+    def get_text_config(self, decoder=None, encoder=None) -> PreTrainedConfig:
+        """The encoder's config: it holds the text settings (`vocab_size`, ...), so that
+        `resize_token_embeddings` updates `config.encoder.vocab_size`, which the encoder is rebuilt
+        from on load. (The base method looks for sub-configs named `text_config`, `decoder`, ...)"""
+        return self.encoder
+
     def head_dropout(self) -> float:
         if self.classifier_dropout is not None:
             return self.classifier_dropout

@@ -17,13 +17,35 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers import initialization as init
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_hydrabert import HydraBertConfig, _normalize_task
 
 # Matches the index of a transformer block in a parameter name, whatever the family calls the
 # list: BERT/RoBERTa/ELECTRA "encoder.layer.3.", DistilBERT "transformer.layer.3.", others "layers.3.".
 _LAYER_INDEX = re.compile(r"\.layers?\.(\d+)\.")
+
+# HydraBertConfig fields that from_encoder_pretrained (and from_pretrained on a plain encoder folder)
+# take as keyword arguments; every other keyword goes to loading.
+_HYDRA_CONFIG_FIELDS = (
+    "tasks",
+    "embedding_dim",
+    "pooling",
+    "embedding_activation",
+    "classifier_dropout",
+    "adapter_size",
+)
+# Keyword arguments of from_pretrained that say where and how to read a checkpoint's config.
+_CONFIG_LOADING_KWARGS = (
+    "cache_dir",
+    "force_download",
+    "proxies",
+    "token",
+    "revision",
+    "local_files_only",
+    "subfolder",
+    "trust_remote_code",
+)
 
 # encode()/predict() show a progress bar by default once there are more batches than this.
 _PROGRESS_BAR_MIN_BATCHES = 20
@@ -114,8 +136,17 @@ class HydraBertPreTrainedModel(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         """`PreTrainedModel.from_pretrained`, reading safetensors weights only (never a pickled
-        `pytorch_model.bin`: checkpoints come from strangers), with an error that names a corrupt file."""
+        `pytorch_model.bin`: checkpoints come from strangers), with an error that names a corrupt file.
+
+        A plain encoder checkpoint (a BERT, MiniLM, SciBERT... folder or Hub id) loads as with
+        `BertForSequenceClassification.from_pretrained`: its weights fill the encoder (and the projection,
+        from its pooler, as `from_encoder_pretrained` does), `HydraBertConfig` fields given as keywords
+        (`tasks=...`, `pooling=...`) configure the rest, and the new weights are reported as missing."""
         kwargs.setdefault("use_safetensors", True)
+        if kwargs.get("config") is None and cls._is_encoder_checkpoint(pretrained_model_name_or_path, kwargs):
+            output_loading_info = kwargs.pop("output_loading_info", False)
+            model, loading_info = cls._from_encoder_checkpoint(pretrained_model_name_or_path, **kwargs)
+            return (model, loading_info) if output_loading_info else model
         try:
             return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         except OSError as err:
@@ -135,6 +166,20 @@ class HydraBertPreTrainedModel(PreTrainedModel):
                 f"Cannot load {pretrained_model_name_or_path}: {_safetensors_files(pretrained_model_name_or_path)} "
                 f"is corrupt or truncated ({err}); download or save the checkpoint again."
             ) from err
+
+    @classmethod
+    def _is_encoder_checkpoint(cls, name_or_path, kwargs: dict) -> bool:
+        """Whether `name_or_path` holds a plain encoder (its config.json names another model type). Without this
+        check the base class would build a default 768-wide BERT around it."""
+        loading = {k: kwargs[k] for k in _CONFIG_LOADING_KWARGS if k in kwargs}
+        config_dict, _ = cls.config_class.get_config_dict(name_or_path, **loading)
+        model_type = config_dict.get("model_type")
+        if model_type is None:
+            raise ValueError(
+                f"{name_or_path}: its config.json has no model_type, so it is neither a hydrabert checkpoint nor "
+                "an encoder one; load the encoder with HydraBertModel.from_encoder_pretrained(name_or_path, tasks=...)."
+            )
+        return model_type != cls.config_class.model_type
 
     def _init_weights(self, module):
         # The encoder's own modules are initialised by the encoder (transformers dispatches to each
@@ -194,36 +239,48 @@ class HydraBertModel(HydraBertPreTrainedModel):
         and the adapter and heads are new. Keyword arguments that are `HydraBertConfig` fields go to
         the config; the rest (`revision`, `cache_dir`, `token`, `local_files_only`, ...) to loading.
         """
-        config_fields = {
-            "embedding_dim",
-            "pooling",
-            "embedding_activation",
-            "classifier_dropout",
-            "adapter_size",
-        }
-        config_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in config_fields}
+        model, _ = cls._from_encoder_checkpoint(encoder_name_or_path, tasks=tasks, **kwargs)
+        return model
+
+    @classmethod
+    def _from_encoder_checkpoint(cls, encoder_name_or_path: str, tasks: dict | None = None, **kwargs):
+        """`from_encoder_pretrained`, plus `from_pretrained`'s loading info: which of the model's weights are
+        new (`missing_keys`) and which checkpoint weights went unused (`unexpected_keys`)."""
+        config_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in _HYDRA_CONFIG_FIELDS}
         encoder_config = AutoConfig.from_pretrained(encoder_name_or_path, **kwargs)
         config = HydraBertConfig(encoder=encoder_config, tasks=tasks or {}, **config_kwargs)
         model = cls(config)
 
-        pretrained = AutoModel.from_pretrained(encoder_name_or_path, config=encoder_config, **kwargs)
+        pretrained, pretrained_info = AutoModel.from_pretrained(
+            encoder_name_or_path, config=encoder_config, output_loading_info=True, **kwargs
+        )
         pretrained_pooler = getattr(pretrained, "pooler", None)
+        # A checkpoint saved without a pooler gets a random one from AutoModel: not worth copying.
+        checkpoint_has_pooler = not any(k.startswith("pooler.") for k in pretrained_info["missing_keys"])
         if pretrained_pooler is not None:
             pretrained.pooler = None
         # strict=True: every encoder weight must be matched, or this raises and names the missing ones.
         state = {k: v for k, v in pretrained.state_dict().items() if not k.startswith("pooler.")}
         model.encoder.load_state_dict(state, strict=True)
+        loaded = {f"encoder.{k}" for k in state}
+        unused = set()
         dense = getattr(pretrained_pooler, "dense", None)
-        if (
-            config.pooling == "cls"
-            and isinstance(dense, nn.Linear)
-            and dense.weight.shape == model.pooler.dense.weight.shape
-        ):
-            with torch.no_grad():
-                model.pooler.dense.weight.copy_(dense.weight)
-                model.pooler.dense.bias.copy_(dense.bias)
+        if isinstance(dense, nn.Linear) and checkpoint_has_pooler:
+            if config.pooling == "cls" and dense.weight.shape == model.pooler.dense.weight.shape:
+                with torch.no_grad():
+                    model.pooler.dense.weight.copy_(dense.weight)
+                    model.pooler.dense.bias.copy_(dense.bias)
+                loaded |= {"pooler.dense.weight", "pooler.dense.bias"}
+            else:
+                unused = {f"pooler.{k}" for k in pretrained_pooler.state_dict()}
         model.config.encoder._name_or_path = str(encoder_name_or_path)
-        return model
+        loading_info = {
+            "missing_keys": set(model.state_dict()) - loaded,
+            "unexpected_keys": unused,
+            "mismatched_keys": set(),
+            "error_msgs": [],
+        }
+        return model, loading_info
 
     def get_input_embeddings(self):
         return self.encoder.get_input_embeddings()
@@ -268,6 +325,13 @@ class HydraBertModel(HydraBertPreTrainedModel):
         if name not in self.config.tasks:
             raise ValueError(f"Unknown task {name!r}; known tasks: {self.task_names}")
 
+    def per_example_loss(self, task: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """`(batch,)`: each row's unweighted loss for `task` (NaN where the label is -100); their mean over the
+        rows that count is `forward(task=task, labels=labels).loss`. Evaluation averages these over a whole
+        data set, so that the result does not depend on how the rows were batched or sharded."""
+        self._check_task(task)
+        return _task_loss(task, self.config.tasks[task], logits, labels, reduction="none")
+
     def get_layer_depth(self, parameter_name: str) -> int:
         """Depth of a parameter for layer-wise learning rates: 0 = embeddings, k = encoder block k
         (1..L), L + 1 = everything above the encoder (projection, adapter, heads)."""
@@ -283,6 +347,7 @@ class HydraBertModel(HydraBertPreTrainedModel):
         return num_layers
 
     # ----------------------------------------------------------------------------------- forward
+    @can_return_tuple  # return_dict=False (argument or config): a tuple, as every transformers model
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -295,7 +360,6 @@ class HydraBertModel(HydraBertPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
-        return_dict: bool | None = None,
         encoder_features: torch.Tensor | None = None,
         **kwargs,
     ) -> HydraBertOutput:
@@ -324,6 +388,12 @@ class HydraBertModel(HydraBertPreTrainedModel):
             task = self.task_names[0]
         hidden_states = attentions = None
         if encoder_features is None:
+            # Resolved here, as BertModel does from its own config: an explicit None passed down would switch the
+            # encoder's output capture off, and the encoder reads config.encoder, not this model's config.
+            if output_hidden_states is None:
+                output_hidden_states = getattr(self.config, "output_hidden_states", False)
+            if output_attentions is None:
+                output_attentions = getattr(self.config, "output_attentions", False)
             encoder_kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
             if position_ids is not None:
                 encoder_kwargs["position_ids"] = position_ids
@@ -542,8 +612,13 @@ def _encoder_from_config(encoder_config):
     return AutoModel.from_config(encoder_config)
 
 
-def _task_loss(name: str, spec: dict, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def _task_loss(
+    name: str, spec: dict, logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean"
+) -> torch.Tensor:
+    """The task's loss over the batch (`reduction="mean"`), or one value per row (`"none"`; NaN for a row whose
+    label is -100), whose mean over the rows that count is the batch's loss."""
     problem_type, num_labels = spec["problem_type"], spec["num_labels"]
+    per_row = reduction == "none"
     if problem_type == "single_label_classification":
         labels = labels.long().view(-1)
         bad = (labels != -100) & ((labels < 0) | (labels >= num_labels))
@@ -552,16 +627,19 @@ def _task_loss(name: str, spec: dict, logits: torch.Tensor, labels: torch.Tensor
                 f"Task {name!r}: labels must be in [0, {num_labels}) (labels {spec['labels']}), "
                 f"got {labels[bad].unique().tolist()}"
             )
-        return F.cross_entropy(logits.float(), labels, ignore_index=-100)
+        loss = F.cross_entropy(logits.float(), labels, ignore_index=-100, reduction=reduction)
+        return torch.where(labels == -100, float("nan"), loss) if per_row else loss
     if problem_type == "multi_label_classification":
         if labels.shape != logits.shape:
             raise ValueError(
                 f"Task {name!r}: multi-label targets must have shape {tuple(logits.shape)}, got {tuple(labels.shape)}"
             )
-        return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+        loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction=reduction)
+        return loss.mean(-1) if per_row else loss
     # regression: one output per row compares with a (batch,) target
     predictions = logits.float().squeeze(-1) if num_labels == 1 else logits.float()
-    return F.mse_loss(predictions, labels.float().view_as(predictions))
+    loss = F.mse_loss(predictions, labels.float().view_as(predictions), reduction=reduction)
+    return loss.reshape(len(loss), -1).mean(-1) if per_row else loss
 
 
 def _readable_predictions(spec: dict, logits: torch.Tensor) -> list[dict]:

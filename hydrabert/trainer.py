@@ -7,6 +7,8 @@ A thin subclass: it overrides documented hooks (`create_optimizer`, `get_train_d
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import math
@@ -47,8 +49,8 @@ from .plots import PlotsCallback
 
 logger = logging.getLogger(__name__)
 
-# Output fields that are not logits: left out when the evaluation loop gathers predictions.
-_NOT_LOGITS = ["sentence_embedding", "task_losses", "hidden_states", "attentions"]
+# Trainer.evaluate's speed report: one for the whole multi-task evaluation, not one per task.
+_SPEED_METRICS = ("runtime", "samples_per_second", "steps_per_second")
 
 
 @dataclass
@@ -242,7 +244,10 @@ class MultiTaskTrainer(Trainer):
                         check_padded(token_lengths(dataset), f"{what}[{task!r}]")
             data_collator = MultiTaskCollator(processing_class)
         self.task_compute_metrics = compute_metrics or default_task_metrics(model)
-        self._task_loss_sums: dict[str, list[float]] = {}
+        # task -> (summed training loss as a device tensor, steps) since the last log
+        self._task_loss_sums: dict[str, tuple[torch.Tensor, int]] = {}
+        self._eval_task: str | None = None  # the task evaluate() is on (read by the eval hooks)
+        self._holding_reports = False  # evaluate(): the per-task evaluations neither log nor call on_evaluate
         # Fill the model card (recipe, per-task results) and draw the plots as training runs.
         self.card_callback = ModelCardCallback()
         self.plots_callback = PlotsCallback()
@@ -331,21 +336,6 @@ class MultiTaskTrainer(Trainer):
             and self.args.dataloader_num_workers > 0,
         )
         # Under DDP accelerate shards the batch sampler: rank r takes batches r, r + N, ...
-        return self.accelerator.prepare(dataloader)
-
-    def _task_eval_dataloader(self, task: str, dataset) -> DataLoader:
-        task_dataset, _ = build_multitask_dataset({task: dataset}, task_names=self.model.task_names)
-        lengths = task_dataset.task_lengths()[task]
-        # Longest first: batches of similar length pad little; the order does not change metrics.
-        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-        dataloader = DataLoader(
-            task_dataset,
-            batch_size=self.args.eval_batch_size,
-            sampler=order,
-            collate_fn=_SingleTaskCollator(self.data_collator, task),
-            num_workers=self.args.dataloader_num_workers,
-            pin_memory=self.args.dataloader_pin_memory,
-        )
         return self.accelerator.prepare(dataloader)
 
     def _frozen_encoder_batches(self):
@@ -452,10 +442,10 @@ class MultiTaskTrainer(Trainer):
                 f"step in {self.args.output_dir} are intact (resume_from_checkpoint)."
             )
         if model.training and outputs.task_losses:
+            # Summed as tensors on the device: no host sync per step (log() reads them, once per logging step).
             for task, value in outputs.task_losses.items():
-                sums = self._task_loss_sums.setdefault(task, [0.0, 0])
-                sums[0] += value.detach().float().item()
-                sums[1] += 1
+                total, count = self._task_loss_sums.get(task, (0.0, 0))
+                self._task_loss_sums[task] = (total + value.detach().float(), count + 1)
         return (loss, outputs) if return_outputs else loss
 
     # ------------------------------------------------------------------------------ saving, card
@@ -528,11 +518,29 @@ class MultiTaskTrainer(Trainer):
                 if name and name not in seen:
                     seen.add(name)
                     logs[f"lr/{name}"] = group["lr"]
-            for task, (total, count) in self._task_loss_sums.items():
-                if count:
-                    logs[f"loss/{task}"] = round(total / count, 4)
-            self._task_loss_sums = {}
+            logs.update(self._task_training_losses())
+        if self._holding_reports:
+            return
         super().log(logs, start_time)
+
+    def _task_training_losses(self) -> dict[str, float]:
+        """`loss/<task>`: each task's mean training loss since the last log, over all processes (one host
+        sync here, none per step). Every process takes part (log() runs on all of them at a logging step)."""
+        tasks = self.accelerator.unwrap_model(self.model).task_names
+        device = self.args.device
+        totals = torch.stack(
+            [torch.as_tensor(self._task_loss_sums.get(t, (0.0, 0))[0], device=device).float() for t in tasks]
+        )
+        counts = torch.tensor([self._task_loss_sums.get(t, (0.0, 0))[1] for t in tasks], device=device)
+        self._task_loss_sums = {}
+        if self._distributed:
+            totals = self.accelerator.reduce(totals, reduction="sum")
+            counts = self.accelerator.reduce(counts, reduction="sum")
+        return {
+            f"loss/{task}": round(total / count, 4)
+            for task, total, count in zip(tasks, totals.tolist(), counts.tolist(), strict=True)
+            if count
+        }
 
     # ----------------------------------------------------------------------------- evaluation
     def evaluate(
@@ -541,8 +549,9 @@ class MultiTaskTrainer(Trainer):
         ignore_keys: list[str] | None = None,
         metric_key_prefix: str = "eval",
     ) -> dict[str, float]:
-        """Evaluates every task on its own data: `{prefix}_{task}_{metric}` for each task, and
-        `{prefix}_average_{metric}` over the tasks that report that metric."""
+        """Evaluates every task on its own data with `Trainer.evaluate`: `{prefix}_{task}_{metric}` for each
+        task (its loss, and what `compute_metrics` returns for it), `{prefix}_average_{metric}` over the tasks
+        that report that metric, and the run's speed. Logged, and given to `on_evaluate`, once."""
         datasets_ = eval_dataset if eval_dataset is not None else self.eval_datasets
         if datasets_ is None:
             raise ValueError("MultiTaskTrainer.evaluate() needs eval_dataset ({task name: dataset})")
@@ -551,24 +560,18 @@ class MultiTaskTrainer(Trainer):
                 f"eval_dataset must be a dict {{task name: dataset}}, got {type(datasets_).__name__}"
             )
         _check_task_names(self.model, datasets_, "eval_dataset")
-        self._memory_tracker.start()
         start_time = time.time()
         metrics: dict[str, float] = {}
         num_samples = 0
         for task, dataset in datasets_.items():
-            self.compute_metrics = lambda prediction, task=task: self.task_compute_metrics(task, prediction)
-            try:
-                output = self.evaluation_loop(
-                    self._task_eval_dataloader(task, dataset),
-                    description=f"Evaluation [{task}]",
-                    prediction_loss_only=False,
-                    ignore_keys=(ignore_keys or []) + _NOT_LOGITS,
-                    metric_key_prefix=f"{metric_key_prefix}_{task}",
-                )
-            finally:
-                self.compute_metrics = None
-            metrics.update(output.metrics)
-            num_samples += output.num_samples
+            task_prefix = f"{metric_key_prefix}_{task}"
+            with self._evaluating(task):
+                task_metrics = super().evaluate(dataset, ignore_keys=ignore_keys, metric_key_prefix=task_prefix)
+            # One speed report for the whole evaluation (below), as before, not one per task.
+            for name in _SPEED_METRICS:
+                task_metrics.pop(f"{task_prefix}_{name}", None)
+            metrics.update(task_metrics)
+            num_samples += len(dataset)
         metrics.update(_averages(metrics, metric_key_prefix, list(datasets_)))
         metrics.update(
             speed_metrics(
@@ -580,7 +583,73 @@ class MultiTaskTrainer(Trainer):
         )
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-        self._memory_tracker.stop_and_update_metrics(metrics)
+        return metrics
+
+    @contextlib.contextmanager
+    def _evaluating(self, task: str):
+        """While `Trainer.evaluate` runs on one task: its batches and metrics are that task's, and its own log()
+        and on_evaluate() are held back, so that callbacks (model card, plots) see one combined report."""
+        handler = self.callback_handler
+        self._eval_task, self._holding_reports = task, True
+        self.compute_metrics = functools.partial(self._task_metrics, task)
+        # An instance attribute shadows CallbackHandler.on_evaluate for this call only.
+        handler.on_evaluate = lambda args, state, control, metrics: control
+        try:
+            yield
+        finally:
+            del handler.on_evaluate
+            self._eval_task, self._holding_reports, self.compute_metrics = None, False, None
+
+    def get_eval_dataloader(self, eval_dataset=None) -> DataLoader:
+        """The batches of the task being evaluated, longest first (batches of similar length pad little; the
+        order does not change metrics). Under DDP accelerate shards them; `gather_for_metrics` drops the
+        rows it repeats to even out the shards."""
+        if self._eval_task is None or eval_dataset is None:
+            raise ValueError(
+                "MultiTaskTrainer evaluates task by task: call trainer.evaluate({task name: dataset})"
+            )
+        task = self._eval_task
+        task_dataset, _ = build_multitask_dataset({task: eval_dataset}, task_names=self.model.task_names)
+        lengths = task_dataset.task_lengths()[task]
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        dataloader = DataLoader(
+            task_dataset,
+            batch_size=self.args.eval_batch_size,
+            sampler=order,
+            collate_fn=_SingleTaskCollator(self.data_collator, task),
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+        )
+        return self.accelerator.prepare(dataloader)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Returns no batch loss but, with the task's logits, each row's loss: `Trainer.evaluation_loop` would
+        average batch means (a short last batch weighs as a full one, and under DDP the rows repeated to even
+        out the shards count too); rows gathered with `gather_for_metrics` lose the repeats, and their mean is
+        the data set's loss whatever the batching or the number of processes."""
+        inputs = self._prepare_inputs(inputs)
+        labels = inputs.get("labels")
+        with torch.no_grad(), self.compute_loss_context_manager():
+            if labels is None:
+                outputs = model(**inputs)
+            else:
+                _, outputs = self.compute_loss(model, inputs, return_outputs=True)
+        logits = outputs.logits
+        if labels is None:
+            return None, logits, None
+        task = inputs["task"]
+        row_losses = self.accelerator.unwrap_model(model).per_example_loss(task, logits, labels)
+        return None, (logits, row_losses), labels
+
+    def _task_metrics(self, task: str, prediction: EvalPrediction) -> dict[str, float]:
+        """`loss` (the mean of the rows' losses) and what `compute_metrics` gives for `task`."""
+        predictions = prediction.predictions
+        if not isinstance(predictions, tuple):  # no labels: metrics need them
+            return {}
+        logits, row_losses = predictions
+        counted = row_losses[~np.isnan(row_losses)]
+        metrics = {"loss": float(counted.mean()) if counted.size else float("nan")}
+        metrics.update(self.task_compute_metrics(task, EvalPrediction(predictions=logits, label_ids=prediction.label_ids)))
         return metrics
 
 

@@ -34,6 +34,22 @@ def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False, help="run slow integration tests")
 
 
+# Marks used by transformers' own common model tests (test_transformers_common.py), registered so that
+# collecting them does not warn.
+TRANSFORMERS_TEST_MARKS = (
+    "accelerate_tests",
+    "flash_attn_test",
+    "flash_attn_3_test",
+    "flash_attn_4_test",
+    "torch_compile_test",
+)
+
+
+def pytest_configure(config):
+    for mark in TRANSFORMERS_TEST_MARKS:
+        config.addinivalue_line("markers", f"{mark}: a mark of transformers' common model tests")
+
+
 def pytest_collection_modifyitems(config, items):
     if config.getoption("--runslow"):
         return

@@ -399,3 +399,80 @@ def test_from_encoder_pretrained_local_checkpoint_without_pooler(tmp_path):
         torch.testing.assert_close(model.state_dict()["encoder." + key], value)
     assert model.config.adapter_size == 4
     assert model.config.encoder._name_or_path == str(tmp_path)
+
+
+# ------------------------------------------------------------- transformers conventions (issue 12)
+def test_config_output_flags_are_honoured_like_bert(tiny_tokenizer):
+    """config.output_hidden_states / output_attentions switch the outputs on, as on a plain BertModel."""
+    batch = _batch(tiny_tokenizer)
+    model = HydraBertModel(tiny_config(output_hidden_states=True, output_attentions=True)).eval()
+    model.set_attn_implementation("eager")
+    out = model(**batch)
+    layers = TINY_ENCODER["num_hidden_layers"]
+    assert len(out.hidden_states) == layers + 1
+    assert len(out.attentions) == layers
+    assert out.attentions[0].shape == (4, TINY_ENCODER["num_attention_heads"], *batch["input_ids"].shape[1:] * 2)
+    # An explicit argument still wins over the config.
+    off = model(**batch, output_hidden_states=False, output_attentions=False)
+    assert off.hidden_states is None and off.attentions is None
+
+
+def test_return_dict_false_gives_a_tuple_from_argument_or_config(tiny_model, tiny_tokenizer):
+    batch = _batch(tiny_tokenizer)
+    labels = torch.tensor([0, 1, 0, 1])
+    as_dict = tiny_model(**batch, task="sentiment", labels=labels)
+    as_tuple = tiny_model(**batch, task="sentiment", labels=labels, return_dict=False)
+    assert isinstance(as_tuple, tuple)
+    torch.testing.assert_close(as_tuple[0], as_dict.loss)
+    torch.testing.assert_close(as_tuple[1], as_dict.logits)
+    tiny_model.config.return_dict = False
+    from_config = tiny_model(**batch, task="sentiment")
+    assert isinstance(from_config, tuple)
+    torch.testing.assert_close(from_config[0], as_dict.logits)
+
+
+def test_get_text_config_is_the_encoder_config(tiny_model):
+    assert tiny_model.config.get_text_config() is tiny_model.config.encoder
+
+
+def test_resized_token_embeddings_survive_save_and_load(tiny_model, tiny_tokenizer, tmp_path):
+    vocab_size = TINY_ENCODER["vocab_size"]
+    tiny_model.resize_token_embeddings(vocab_size + 5)
+    assert tiny_model.config.encoder.vocab_size == vocab_size + 5
+    batch = _batch(tiny_tokenizer)
+    batch["input_ids"][0, 1] = vocab_size + 4  # one of the new tokens
+    tiny_model.save_pretrained(tmp_path)
+    loaded = HydraBertModel.from_pretrained(tmp_path).eval()
+    assert loaded.get_input_embeddings().weight.shape[0] == vocab_size + 5
+    with torch.no_grad():
+        for task, logits in tiny_model(**batch).logits.items():
+            torch.testing.assert_close(loaded(**batch).logits[task], logits)
+
+
+def test_from_pretrained_on_a_plain_bert_folder_loads_it_as_from_encoder_pretrained(tiny_encoder_dir):
+    """Never a silent default 768-wide encoder: the folder's encoder, as from_encoder_pretrained builds it."""
+    tasks = {"cite": {"num_labels": 3}}
+    model, info = HydraBertModel.from_pretrained(tiny_encoder_dir, tasks=tasks, output_loading_info=True)
+    reference = HydraBertModel.from_encoder_pretrained(tiny_encoder_dir, tasks=tasks)
+    assert model.config.encoder.hidden_size == TINY_ENCODER["hidden_size"]
+    assert model.config.tasks == reference.config.tasks
+    expected = reference.state_dict()
+    for name, value in model.state_dict().items():
+        if not name.startswith("heads."):  # heads are new (random) in both
+            torch.testing.assert_close(value, expected[name], msg=name)
+    assert info["missing_keys"] == {"heads.cite.weight", "heads.cite.bias"}
+
+
+def test_from_pretrained_on_a_plain_bert_folder_with_mean_pooling_leaves_the_pooler_out(tiny_encoder_dir):
+    model, info = HydraBertModel.from_pretrained(
+        tiny_encoder_dir, tasks={"cite": {"num_labels": 3}}, pooling="mean", embedding_dim=16, output_loading_info=True
+    )
+    assert model.pooler.dense.weight.shape == (16, TINY_ENCODER["hidden_size"])
+    assert {"pooler.dense.weight", "pooler.dense.bias"} <= info["missing_keys"]
+    assert info["unexpected_keys"] == {"pooler.dense.weight", "pooler.dense.bias"}
+
+
+def test_from_pretrained_without_model_type_names_from_encoder_pretrained(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 32}))
+    with pytest.raises(ValueError, match="from_encoder_pretrained"):
+        HydraBertModel.from_pretrained(tmp_path)

@@ -296,3 +296,66 @@ def test_non_finite_loss_stops_with_task_and_step(tmp_path, task_data, tiny_toke
     )
     with pytest.raises(FloatingPointError, match=r"at step \d+, task\(s\) \['topic'\]"):
         trainer.train()
+
+
+class _RecordEvaluate(TrainerCallback):
+    def __init__(self):
+        self.calls = []
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        self.calls.append(dict(metrics))
+
+
+def test_evaluate_reports_once_with_todays_names_and_the_exact_mean_loss(tmp_path, task_data, tiny_tokenizer):
+    """Trainer.evaluate per task underneath; callbacks and the log see one combined report; each task's
+    loss is the mean of its rows' losses, whatever the batch size (a short last batch is not over-weighted)."""
+    recorder = _RecordEvaluate()
+    eval_sets = {task: dataset.select(range(13)) for task, dataset in task_data[1].items()}
+    results = []
+    for batch_size in (4, 16):
+        trainer = MultiTaskTrainer(
+            model=seeded_model(),
+            args=tiny_training_args(tmp_path, per_device_eval_batch_size=batch_size),
+            eval_dataset=eval_sets,
+            processing_class=tiny_tokenizer,
+            callbacks=[recorder],
+        )
+        results.append(trainer.evaluate(metric_key_prefix="test"))
+        assert len(recorder.calls) == len(results) and recorder.calls[-1] == results[-1]
+        assert [entry for entry in trainer.state.log_history if "test_runtime" in entry] == [
+            {**results[-1], "step": 0}
+        ]
+    expected = {"epoch", "test_runtime", "test_samples_per_second", "test_steps_per_second"}
+    expected |= {f"test_{task}_{m}" for task in eval_sets for m in ("loss", "accuracy", "f1", "model_preparation_time")}
+    expected |= {f"test_average_{m}" for m in ("loss", "accuracy", "f1")}
+    assert set(results[0]) == expected
+    model = seeded_model().eval()
+    for task_id, (task, dataset) in enumerate(eval_sets.items()):
+        rows = trainer.data_collator([{**dataset[i], "task_id": task_id} for i in range(len(dataset))])
+        with torch.no_grad():
+            loss = model(input_ids=rows["input_ids"], attention_mask=rows["attention_mask"], task=task, labels=rows["labels"]).loss
+        for metrics in results:
+            assert metrics[f"test_{task}_loss"] == pytest.approx(loss.item(), abs=1e-6)
+
+
+def test_training_keeps_task_losses_on_the_device_between_logs(tmp_path, task_data, tiny_tokenizer, monkeypatch):
+    trainer = MultiTaskTrainer(
+        model=seeded_model(),
+        args=tiny_training_args(tmp_path),
+        train_dataset=task_data[0],
+        processing_class=tiny_tokenizer,
+    )
+    batch = next(iter(trainer.get_train_dataloader()))
+    trainer.model.train()
+    syncs = []
+    real_item = torch.Tensor.item
+    monkeypatch.setattr(torch.Tensor, "item", lambda self: syncs.append(1) or real_item(self))
+    task_losses = [trainer.compute_loss(trainer.model, batch, return_outputs=True)[1].task_losses for _ in range(3)]
+    monkeypatch.undo()
+    assert syncs == []
+    ((total, count),) = trainer._task_loss_sums.values()
+    assert isinstance(total, torch.Tensor) and count == 3
+    (task,) = task_losses[0]
+    mean = sum(losses[task].item() for losses in task_losses) / 3
+    assert trainer._task_training_losses() == {f"loss/{task}": round(mean, 4)}
+    assert trainer._task_loss_sums == {}  # reset after each log
