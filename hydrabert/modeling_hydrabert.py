@@ -20,10 +20,17 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .configuration_hydrabert import HydraBertConfig, _normalize_task
+from .pipeline_hydrabert import custom_pipelines_entry
 
 # Matches the index of a transformer block in a parameter name, whatever the family calls the
 # list: BERT/RoBERTa/ELECTRA "encoder.layer.3.", DistilBERT "transformer.layer.3.", others "layers.3.".
 _LAYER_INDEX = re.compile(r"\.layers?\.(\d+)\.")
+
+# HydraBertConfig's own settings besides the encoder and the tasks, read from the config class itself:
+# the one list of what from_encoder_pretrained passes to the config (run_mtl.py's arguments mirror it).
+CONFIG_SETTINGS = tuple(
+    name for name in inspect.get_annotations(HydraBertConfig) if name not in ("encoder", "tasks")
+)
 
 # encode()/predict() show a progress bar by default once there are more batches than this.
 _PROGRESS_BAR_MIN_BATCHES = 20
@@ -224,6 +231,16 @@ class HydraBertModel(HydraBertPreTrainedModel):
                 model.pooler.dense.bias.copy_(dense.bias)
         model.config.encoder._name_or_path = str(encoder_name_or_path)
         return model
+
+    # ------------------------------------------------------------------------------------ saving
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, with the pipeline registered: `config.json` names
+        `pipeline_hydrabert.HydraBertPipeline` under `custom_pipelines` (the file is copied with this
+        one, as its relative import), so `pipeline(model=folder, trust_remote_code=True)` finds its task
+        without the Hub. Save the tokenizer into the same folder for the pipeline to load it."""
+        pipelines = dict(getattr(self.config, "custom_pipelines", None) or {})
+        self.config.custom_pipelines = {**pipelines, **custom_pipelines_entry()}
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     def get_input_embeddings(self):
         return self.encoder.get_input_embeddings()

@@ -35,7 +35,6 @@ from .freezing import (
 from .metrics import load_metric
 from .model_card import ModelCardCallback, generate_model_card
 from .optim import layerwise_parameter_groups
-from .pipeline_registration import save_pipeline_files
 from .plots import save_training_plots
 
 logger = logging.getLogger(__name__)
@@ -462,14 +461,6 @@ class MultiTaskTrainer(Trainer):
                     logger.warning("Removing incomplete checkpoint %s (%s)", path, problem)
                     shutil.rmtree(path, ignore_errors=True)
         super()._save_checkpoint(model, trial)
-
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
-        """Weights, config, tokenizer, and the code that lets `AutoModel`/`pipeline` load them with
-        `trust_remote_code=True` anywhere (the two *_hydrabert.py files plus the pipeline file)."""
-        super().save_model(output_dir, _internal_call=_internal_call)
-        if self.args.should_save:
-            model = self.accelerator.unwrap_model(self.model)
-            save_pipeline_files(model, None, output_dir or self.args.output_dir)
 
     def create_model_card(self, **overrides):
         """Writes README.md in the output directory from the card data gathered during training
