@@ -201,14 +201,7 @@ class HydraBertModel(HydraBertPreTrainedModel):
         and the adapter and heads are new. Keyword arguments that are `HydraBertConfig` fields go to
         the config; the rest (`revision`, `cache_dir`, `token`, `local_files_only`, ...) to loading.
         """
-        config_fields = {
-            "embedding_dim",
-            "pooling",
-            "embedding_activation",
-            "classifier_dropout",
-            "adapter_size",
-        }
-        config_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in config_fields}
+        config_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in CONFIG_SETTINGS}
         encoder_config = AutoConfig.from_pretrained(encoder_name_or_path, **kwargs)
         config = HydraBertConfig(encoder=encoder_config, tasks=tasks or {}, **config_kwargs)
         model = cls(config)

@@ -164,6 +164,10 @@ class MultiTaskTrainingArguments(TrainingArguments):
             self.ddp_broadcast_buffers = False
         if self.ddp_find_unused_parameters is None:
             self.ddp_find_unused_parameters = False
+        # torch pins memory only for an accelerator, and without one warns at every dataloader iteration
+        # ("'pin_memory' argument is set as true but no accelerator is found"): off on a CPU-only machine.
+        if not torch.accelerator.is_available():
+            self.dataloader_pin_memory = False
 
 
 class MultiTaskTrainer(Trainer):
