@@ -380,20 +380,21 @@ def save_card_or_push(trainer: MultiTaskTrainer, model_args: ModelArguments, con
 
 def written_summary(output_dir: str, pushed: str | None = None) -> str:
     """One line naming what the run left in output_dir (model, results, card, plots) and where it pushed."""
-    found = [
-        (what, name)
-        for what, name in (
-            ("model", "model.safetensors"),
-            ("results", "all_results.json"),
-            ("card", "README.md"),
-            ("plots", "task_metrics.png"),
-        )
-        if os.path.isfile(os.path.join(output_dir, name))
-    ]
+    outputs = {
+        "model": ["model.safetensors"],
+        "results": ["all_results.json"],
+        "card": ["README.md"],
+        "plots": ["task_metrics.png", "learning_rates.png"],
+    }
+    found = {
+        what: present
+        for what, names in outputs.items()
+        if (present := [name for name in names if os.path.isfile(os.path.join(output_dir, name))])
+    }
     if not found:
         return f"Nothing was written to {os.path.abspath(output_dir)}"
     summary = f"Outputs in {os.path.abspath(output_dir)}: " + ", ".join(
-        f"{what} ({name})" for what, name in found
+        f"{what} ({', '.join(names)})" for what, names in found.items()
     )
     return summary + (f"; pushed to {pushed}" if pushed else "")
 

@@ -236,7 +236,7 @@ def test_a_cpu_run_prints_no_pin_memory_warning_and_ends_saying_where_its_output
     last = [r for r in caplog.records if r.name == "run_mtl"][-1].getMessage()
     assert last == (
         f"Outputs in {out}: model (model.safetensors), results (all_results.json), card (README.md), "
-        "plots (task_metrics.png)"
+        "plots (task_metrics.png, learning_rates.png)"
     )
 
 
