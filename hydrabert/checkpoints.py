@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import struct
 import zipfile
+from dataclasses import dataclass
 
 logger = logging.getLogger(__name__)
 
@@ -192,13 +194,143 @@ def resolve_resume_checkpoint(resume_from_checkpoint: str | bool | None, output_
     return os.fspath(resume_from_checkpoint)
 
 
+def _trainer_state(folder: str) -> dict | None:
+    try:
+        with open(os.path.join(folder, TRAINER_STATE_NAME), encoding="utf-8") as handle:
+            state = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def _is_finished(state: dict | None) -> bool:
+    """The run that wrote this state reached its last step (an evaluation-only run plans none)."""
+    if not state:
+        return False
+    max_steps, step = state.get("max_steps") or 0, state.get("global_step") or 0
+    return max_steps > 0 and step >= max_steps
+
+
+@dataclass(frozen=True)
+class ResumePlan:
+    """What a training run does with its output directory: resume `checkpoint` (None: start fresh), or,
+    when `finished`, nothing at all (the finished run's model, results and card stay as they are).
+    `message` says which and why, for the log; `stale_paths` are what a fresh start must remove first."""
+
+    checkpoint: str | None = None
+    finished: bool = False
+    message: str = ""
+    stale_paths: tuple[str, ...] = ()
+
+
+def plan_resume(
+    output_dir: str,
+    *,
+    resume_from_checkpoint: str | bool | None = None,
+    overwrite_output_dir: bool = False,
+    max_steps: int = -1,
+    num_train_epochs: float = 3.0,
+) -> ResumePlan:
+    """Decide between resuming, starting fresh and having nothing to do, before any work starts.
+
+    - `overwrite_output_dir`: a fresh start; the replaced run's `checkpoint-N` folders and final
+      `trainer_state.json` are listed in `stale_paths`.
+    - `resume_from_checkpoint` (True or a path): that complete checkpoint, unless it holds a finished run
+      that `max_steps` does not extend.
+    - otherwise, a finished run (the final `trainer_state.json` or the last checkpoint reached its planned
+      steps) is left alone when asked for the same length, and refused with an explanation when asked for
+      another; an unfinished one resumes from its last complete checkpoint.
+    Raises ValueError for a contradiction (the message names the way out).
+    """
+    if overwrite_output_dir:
+        if resume_from_checkpoint:
+            raise ValueError("overwrite_output_dir starts a fresh run: it cannot also resume_from_checkpoint")
+        # Left in place, the replaced run's checkpoints and final state would be taken for this run's by a
+        # later resume (the highest checkpoint wins; a finished state means nothing left to do).
+        stale = checkpoint_folders(output_dir)
+        if os.path.isfile(os.path.join(output_dir, TRAINER_STATE_NAME)):
+            stale.append(os.path.join(output_dir, TRAINER_STATE_NAME))
+        message = f"Starting a fresh run in {output_dir} (overwrite_output_dir)"
+        if stale:
+            message += f"; removing the replaced run's {', '.join(os.path.basename(p) for p in stale)}"
+        return ResumePlan(message=message, stale_paths=tuple(stale))
+
+    if resume_from_checkpoint:
+        checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, output_dir)
+        state = _trainer_state(checkpoint)
+        if _is_finished(state) and not max_steps > state["global_step"]:
+            raise ValueError(
+                f"{checkpoint} finished its run (step {state['global_step']} of {state['max_steps']}): resuming "
+                f"it trains nothing; pass max_steps above {state['global_step']} to train on from it"
+            )
+        return ResumePlan(checkpoint, message=_resuming(checkpoint, state, max_steps))
+
+    last = last_complete_checkpoint(output_dir)
+    states = [(output_dir, _trainer_state(output_dir))] + ([(last, _trainer_state(last))] if last else [])
+    finished = [(folder, state) for folder, state in states if _is_finished(state)]
+    if finished:
+        folder, state = max(finished, key=lambda item: item[1]["global_step"])
+        return _finished_run(output_dir, folder, state, max_steps, num_train_epochs)
+    if last is None:
+        return ResumePlan()
+    state = _trainer_state(last)
+    if max_steps > 0 and state["global_step"] >= max_steps:
+        raise ValueError(
+            f"{last} is at step {state['global_step']}, past max_steps={max_steps}: nothing would train. Pass "
+            "overwrite_output_dir to start over, or another output_dir"
+        )
+    return ResumePlan(
+        last, message=_resuming(last, state, max_steps) + "; pass overwrite_output_dir to start over"
+    )
+
+
+def _resuming(checkpoint: str, state: dict, max_steps: int) -> str:
+    message = f"Resuming from {checkpoint} (step {state['global_step']} of {state['max_steps']})"
+    if max_steps > 0 and max_steps != state["max_steps"]:
+        message += (
+            f"; training on to max_steps={max_steps} (the learning-rate schedule follows the new length)"
+        )
+    return message
+
+
+def _finished_run(output_dir: str, folder: str, state: dict, max_steps: int, epochs: float) -> ResumePlan:
+    source = "its trainer_state.json" if folder == output_dir else os.path.basename(folder)
+    done = (
+        f"{output_dir} holds a finished run ({source}: step {state['global_step']} of {state['max_steps']}, "
+        f"{state.get('num_train_epochs')} epoch(s))"
+    )
+    if max_steps > 0 and max_steps != state["max_steps"]:
+        changed = f"max_steps={max_steps}"
+    elif max_steps <= 0 and state.get("num_train_epochs") not in (None, math.ceil(epochs)):
+        changed = f"num_train_epochs={epochs}"
+    else:
+        changed = None
+    if changed:
+        raise ValueError(
+            f"{done}, and {changed} asks for a different run. Pass overwrite_output_dir to replace it (model, "
+            "results and card), another output_dir to keep it, or resume_from_checkpoint=<a checkpoint> with "
+            "a larger max_steps to train on from it"
+        )
+    if any(os.path.isfile(os.path.join(output_dir, name)) for name in _WEIGHT_FILES):
+        kept = "its model, results and card are left as they are"
+    else:
+        kept = f"its final model was never saved (the weights are in {folder})"
+    return ResumePlan(
+        finished=True,
+        message=f"Nothing left to do: {done}; {kept}. To train again, pass overwrite_output_dir (replaces "
+        "them) or another output_dir",
+    )
+
+
 __all__ = [
+    "ResumePlan",
     "checkpoint_folders",
     "checkpoint_problem",
     "checkpoint_step",
     "incomplete_checkpoints",
     "is_complete_checkpoint",
     "last_complete_checkpoint",
+    "plan_resume",
     "resolve_resume_checkpoint",
     "safetensors_problem",
 ]

@@ -20,20 +20,16 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_hydrabert import HydraBertConfig, _normalize_task
+from .pipeline_hydrabert import custom_pipelines_entry
 
 # Matches the index of a transformer block in a parameter name, whatever the family calls the
 # list: BERT/RoBERTa/ELECTRA "encoder.layer.3.", DistilBERT "transformer.layer.3.", others "layers.3.".
 _LAYER_INDEX = re.compile(r"\.layers?\.(\d+)\.")
 
-# HydraBertConfig fields that from_encoder_pretrained (and from_pretrained on a plain encoder folder)
-# take as keyword arguments; every other keyword goes to loading.
-_HYDRA_CONFIG_FIELDS = (
-    "tasks",
-    "embedding_dim",
-    "pooling",
-    "embedding_activation",
-    "classifier_dropout",
-    "adapter_size",
+# HydraBertConfig's own settings besides the encoder and the tasks, read from the config class itself:
+# the one list of what from_encoder_pretrained passes to the config (run_mtl.py's arguments mirror it).
+CONFIG_SETTINGS = tuple(
+    name for name in inspect.get_annotations(HydraBertConfig) if name not in ("encoder", "tasks")
 )
 # Keyword arguments of from_pretrained that say where and how to read a checkpoint's config.
 _CONFIG_LOADING_KWARGS = (
@@ -246,7 +242,7 @@ class HydraBertModel(HydraBertPreTrainedModel):
     def _from_encoder_checkpoint(cls, encoder_name_or_path: str, tasks: dict | None = None, **kwargs):
         """`from_encoder_pretrained`, plus `from_pretrained`'s loading info: which of the model's weights are
         new (`missing_keys`) and which checkpoint weights went unused (`unexpected_keys`)."""
-        config_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in _HYDRA_CONFIG_FIELDS}
+        config_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in CONFIG_SETTINGS}
         encoder_config = AutoConfig.from_pretrained(encoder_name_or_path, **kwargs)
         config = HydraBertConfig(encoder=encoder_config, tasks=tasks or {}, **config_kwargs)
         model = cls(config)
@@ -281,6 +277,16 @@ class HydraBertModel(HydraBertPreTrainedModel):
             "error_msgs": [],
         }
         return model, loading_info
+
+    # ------------------------------------------------------------------------------------ saving
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, with the pipeline registered: `config.json` names
+        `pipeline_hydrabert.HydraBertPipeline` under `custom_pipelines` (the file is copied with this
+        one, as its relative import), so `pipeline(model=folder, trust_remote_code=True)` finds its task
+        without the Hub. Save the tokenizer into the same folder for the pipeline to load it."""
+        pipelines = dict(getattr(self.config, "custom_pipelines", None) or {})
+        self.config.custom_pipelines = {**pipelines, **custom_pipelines_entry()}
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     def get_input_embeddings(self):
         return self.encoder.get_input_embeddings()

@@ -16,6 +16,8 @@ from transformers import Pipeline
 # treats specially ("hidden_states", "attentions", "cache").
 _LOGITS_PREFIX = "logits."
 
+PIPELINE_TASK = "hydrabert-multitask"
+
 
 class HydraBertPipeline(Pipeline):
     r"""
@@ -99,6 +101,19 @@ class HydraBertPipeline(Pipeline):
         }
 
 
+def custom_pipelines_entry() -> dict:
+    """What config.json holds under `custom_pipelines` (what `Pipeline.save_pretrained` writes for a
+    registered pipeline): with this one entry, `pipeline(model=folder_or_repo, trust_remote_code=True)`
+    infers the task. A new dict each call: `pipeline()` replaces the class names in it by classes, in place."""
+    return {
+        PIPELINE_TASK: {
+            "impl": f"{__name__.rpartition('.')[2]}.{HydraBertPipeline.__name__}",
+            "pt": ["AutoModel"],
+            "type": "text",
+        }
+    }
+
+
 def _readable(spec: dict, logits: torch.Tensor, top_k: int | None):
     """One row's logits as names and probabilities; mirrors `HydraBertModel.predict`."""
     logits = logits.float().cpu()
@@ -127,4 +142,4 @@ def _names_for_custom_pipelines(config) -> None:
             info["pt"] = [c if isinstance(c, str) else c.__name__ for c in classes]
 
 
-__all__ = ["HydraBertPipeline"]
+__all__ = ["PIPELINE_TASK", "HydraBertPipeline", "custom_pipelines_entry"]

@@ -44,7 +44,6 @@ from .freezing import (
 from .metrics import load_metric
 from .model_card import ModelCardCallback, generate_model_card
 from .optim import layerwise_parameter_groups
-from .pipeline_registration import save_pipeline_files
 from .plots import PlotsCallback
 
 logger = logging.getLogger(__name__)
@@ -174,6 +173,10 @@ class MultiTaskTrainingArguments(TrainingArguments):
             self.ddp_broadcast_buffers = False
         if self.ddp_find_unused_parameters is None:
             self.ddp_find_unused_parameters = False
+        # torch pins memory only for an accelerator, and without one warns at every dataloader iteration
+        # ("'pin_memory' argument is set as true but no accelerator is found"): off on a CPU-only machine.
+        if not torch.accelerator.is_available():
+            self.dataloader_pin_memory = False
 
 
 class MultiTaskTrainer(Trainer):
@@ -467,14 +470,6 @@ class MultiTaskTrainer(Trainer):
                     shutil.rmtree(path, ignore_errors=True)
         super()._save_checkpoint(model, trial)
 
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
-        """Weights, config, tokenizer, and the code that lets `AutoModel`/`pipeline` load them with
-        `trust_remote_code=True` anywhere (the two *_hydrabert.py files plus the pipeline file)."""
-        super().save_model(output_dir, _internal_call=_internal_call)
-        if self.args.should_save:
-            model = self.accelerator.unwrap_model(self.model)
-            save_pipeline_files(model, None, output_dir or self.args.output_dir)
-
     def create_model_card(self, **overrides):
         """Writes README.md in the output directory from the card data gathered during training
         (`Trainer.push_to_hub` calls this before it uploads the folder)."""
@@ -566,7 +561,9 @@ class MultiTaskTrainer(Trainer):
         for task, dataset in datasets_.items():
             task_prefix = f"{metric_key_prefix}_{task}"
             with self._evaluating(task):
-                task_metrics = super().evaluate(dataset, ignore_keys=ignore_keys, metric_key_prefix=task_prefix)
+                task_metrics = super().evaluate(
+                    dataset, ignore_keys=ignore_keys, metric_key_prefix=task_prefix
+                )
             # One speed report for the whole evaluation (below), as before, not one per task.
             for name in _SPEED_METRICS:
                 task_metrics.pop(f"{task_prefix}_{name}", None)
@@ -649,7 +646,11 @@ class MultiTaskTrainer(Trainer):
         logits, row_losses = predictions
         counted = row_losses[~np.isnan(row_losses)]
         metrics = {"loss": float(counted.mean()) if counted.size else float("nan")}
-        metrics.update(self.task_compute_metrics(task, EvalPrediction(predictions=logits, label_ids=prediction.label_ids)))
+        metrics.update(
+            self.task_compute_metrics(
+                task, EvalPrediction(predictions=logits, label_ids=prediction.label_ids)
+            )
+        )
         return metrics
 
 

@@ -19,10 +19,12 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from hydrabert import HydraBertModel
 from hydrabert.checkpoints import (
+    ResumePlan,
     checkpoint_problem,
     incomplete_checkpoints,
     is_complete_checkpoint,
     last_complete_checkpoint,
+    plan_resume,
     resolve_resume_checkpoint,
     safetensors_problem,
 )
@@ -351,3 +353,54 @@ def test_divergence_keeps_the_last_good_checkpoint_resumable(tmp_path, tokenizer
     resumed = _trainer(tmp_path, tokenizer)
     resumed.train(resume_from_checkpoint=True)
     _assert_bitwise_equal(_weights(resumed), uninterrupted)
+
+
+# ------------------------------------------------------------------------------ resume decisions
+def _checkpoint_at_step(folder, step, max_steps, epochs=1):
+    """A complete checkpoint folder as far as `checkpoint_problem` looks: whole weights, a matching state."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    save_file({"w": torch.zeros(2)}, str(folder / "model.safetensors"))
+    state = {"global_step": step, "max_steps": max_steps, "num_train_epochs": epochs}
+    (folder / "trainer_state.json").write_text(json.dumps(state))
+    return str(folder)
+
+
+def test_plan_resume_resumes_an_unfinished_run_and_names_the_checkpoint(tmp_path):
+    checkpoint = _checkpoint_at_step(tmp_path / "checkpoint-4", 4, 12)
+    plan = plan_resume(str(tmp_path), max_steps=-1, num_train_epochs=1)
+    assert (plan.checkpoint, plan.finished) == (checkpoint, False)
+    assert plan.message.startswith(f"Resuming from {checkpoint} (step 4 of 12)")
+    longer = plan_resume(str(tmp_path), max_steps=20)
+    assert "training on to max_steps=20" in longer.message
+    with pytest.raises(ValueError, match=r"checkpoint-4 is at step 4, past max_steps=3: nothing would train"):
+        plan_resume(str(tmp_path), max_steps=3)
+
+
+def test_plan_resume_leaves_a_finished_run_alone_and_refuses_another_length(tmp_path):
+    _checkpoint_at_step(tmp_path / "checkpoint-12", 12, 12, epochs=2)
+    plan = plan_resume(str(tmp_path), max_steps=-1, num_train_epochs=2)
+    assert plan.finished and plan.checkpoint is None
+    assert "Nothing left to do" in plan.message and "final model was never saved" in plan.message
+    with pytest.raises(ValueError, match=r"step 12 of 12, 2 epoch\(s\)\), and num_train_epochs=3 asks for a"):
+        plan_resume(str(tmp_path), max_steps=-1, num_train_epochs=3)
+    with pytest.raises(ValueError, match=r"max_steps=5 asks for a different run"):
+        plan_resume(str(tmp_path), max_steps=5)
+    # Explicitly: a finished checkpoint trains on only to a larger max_steps.
+    with pytest.raises(ValueError, match=r"finished its run \(step 12 of 12\): resuming it trains nothing"):
+        plan_resume(str(tmp_path), resume_from_checkpoint=True)
+    assert plan_resume(str(tmp_path), resume_from_checkpoint=True, max_steps=20).checkpoint.endswith(
+        "checkpoint-12"
+    )
+
+
+def test_plan_resume_overwrite_lists_the_replaced_run_for_removal(tmp_path):
+    old = _checkpoint_at_step(tmp_path / "checkpoint-12", 12, 12)
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"global_step": 12, "max_steps": 12}))
+    plan = plan_resume(str(tmp_path), overwrite_output_dir=True)
+    assert plan.checkpoint is None and not plan.finished
+    assert plan.stale_paths == (old, str(tmp_path / "trainer_state.json"))
+    with pytest.raises(ValueError, match="cannot also resume_from_checkpoint"):
+        plan_resume(str(tmp_path), overwrite_output_dir=True, resume_from_checkpoint=True)
+    assert plan_resume(str(tmp_path / "empty")) == ResumePlan()

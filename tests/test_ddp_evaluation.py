@@ -62,7 +62,9 @@ def test_two_process_evaluation_equals_one_process(tmp_path, tiny_tokenizer, tin
     model_dir, data_dir = tmp_path / "model", tmp_path / "data"
     seeded_model().save_pretrained(model_dir)
     # Sizes that shard unevenly over 2 processes x batches of 4: odd batch counts and short last batches.
-    validation, test = make_task_datasets(tiny_tokenizer, sizes={"sentiment": (37, 2), "topic": (23, 3)}, seed=3)
+    validation, test = make_task_datasets(
+        tiny_tokenizer, sizes={"sentiment": (37, 2), "topic": (23, 3)}, seed=3
+    )
     for task in ("sentiment", "topic"):
         validation[task].save_to_disk(data_dir / "validation" / task)
         test[task].select(range(11)).save_to_disk(data_dir / "test" / task)
@@ -71,13 +73,23 @@ def test_two_process_evaluation_equals_one_process(tmp_path, tiny_tokenizer, tin
     arguments = [str(script), str(model_dir), tiny_tokenizer_dir, str(data_dir)]
     single = _run(arguments + [str(tmp_path / "one")], tmp_path, tmp_path / "one")
     # As tests/test_run_mtl.py: the torchrun-based launcher behind --multi_gpu runs 2 CPU processes with gloo.
-    launch = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    launch = [
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+    ]
     launch += ["--mixed_precision", "no", "--dynamo_backend", "no"]
     ddp = _run(launch + arguments + [str(tmp_path / "two")], tmp_path, tmp_path / "two")
 
     assert (single["world_size"], ddp["world_size"]) == (1, 2)
     speed = ("runtime", "per_second", "preparation_time", "epoch")
     compared = {k: v for k, v in single["metrics"].items() if not k.endswith(speed)}
-    assert {"eval_sentiment_loss", "eval_topic_loss", "test_sentiment_loss", "test_average_f1"} <= set(compared)
+    assert {"eval_sentiment_loss", "eval_topic_loss", "test_sentiment_loss", "test_average_f1"} <= set(
+        compared
+    )
     for key, value in compared.items():
         assert ddp["metrics"][key] == pytest.approx(value, abs=1e-4), key

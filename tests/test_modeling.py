@@ -317,8 +317,13 @@ def test_hub_files_import_only_torch_transformers_and_each_other():
             if isinstance(node, ast.Import):
                 roots = {alias.name.split(".")[0] for alias in node.names}
             elif isinstance(node, ast.ImportFrom):
-                if node.level:  # relative: only flat `from .configuration_hydrabert import ...`
-                    assert node.level == 1 and node.module == "configuration_hydrabert", (
+                if (
+                    node.level
+                ):  # relative: only flat imports of each other (`from .configuration_hydrabert ...`)
+                    assert node.level == 1 and node.module in (
+                        "configuration_hydrabert",
+                        "pipeline_hydrabert",
+                    ), (
                         filename,
                         node.module,
                     )
@@ -411,7 +416,11 @@ def test_config_output_flags_are_honoured_like_bert(tiny_tokenizer):
     layers = TINY_ENCODER["num_hidden_layers"]
     assert len(out.hidden_states) == layers + 1
     assert len(out.attentions) == layers
-    assert out.attentions[0].shape == (4, TINY_ENCODER["num_attention_heads"], *batch["input_ids"].shape[1:] * 2)
+    assert out.attentions[0].shape == (
+        4,
+        TINY_ENCODER["num_attention_heads"],
+        *batch["input_ids"].shape[1:] * 2,
+    )
     # An explicit argument still wins over the config.
     off = model(**batch, output_hidden_states=False, output_attentions=False)
     assert off.hidden_states is None and off.attentions is None
@@ -465,7 +474,11 @@ def test_from_pretrained_on_a_plain_bert_folder_loads_it_as_from_encoder_pretrai
 
 def test_from_pretrained_on_a_plain_bert_folder_with_mean_pooling_leaves_the_pooler_out(tiny_encoder_dir):
     model, info = HydraBertModel.from_pretrained(
-        tiny_encoder_dir, tasks={"cite": {"num_labels": 3}}, pooling="mean", embedding_dim=16, output_loading_info=True
+        tiny_encoder_dir,
+        tasks={"cite": {"num_labels": 3}},
+        pooling="mean",
+        embedding_dim=16,
+        output_loading_info=True,
     )
     assert model.pooler.dense.weight.shape == (16, TINY_ENCODER["hidden_size"])
     assert {"pooler.dense.weight", "pooler.dense.bias"} <= info["missing_keys"]

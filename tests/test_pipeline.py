@@ -125,18 +125,42 @@ def test_save_pipeline_files_is_idempotent_and_order_free(tiny_model, tiny_token
         assert {"model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= names
 
 
+def test_save_pretrained_registers_the_pipeline(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["custom_pipelines"] == custom_pipelines_entry()
+    assert (tmp_path / "pipeline_hydrabert.py").is_file()
+
+
+def _run_without_hydrabert(script: str, tmp_path):
+    """`script` in a fresh process where importing hydrabert fails, offline, with stdin closed (a prompt
+    for remote code would read end-of-file)."""
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "PYTHONPATH": "", "HF_HUB_OFFLINE": "1"}
+    script = 'import sys\nsys.modules["hydrabert"] = None  # any import of hydrabert now fails\n' + script
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 def test_pipeline_travels_to_a_machine_without_hydrabert(decisive_model, tiny_tokenizer, tmp_path):
-    """pipeline(model=dir, trust_remote_code=True) in a fresh process where hydrabert cannot be imported:
-    the task comes from config.custom_pipelines; the named task works too; the result equals predict."""
+    """The documented save (model and tokenizer, save_pretrained into one folder) feeds
+    pipeline(model=dir, trust_remote_code=True) in a fresh process where hydrabert cannot be imported:
+    the task comes from config.custom_pipelines (no Hub lookup); the named task works too; the result
+    equals predict."""
     model_dir = tmp_path / "model"
     decisive_model.save_pretrained(model_dir)
-    save_pipeline_files(decisive_model, tiny_tokenizer, model_dir)
+    tiny_tokenizer.save_pretrained(model_dir)
     expected = decisive_model.predict(SENTENCES, tiny_tokenizer)
     (tmp_path / "expected.json").write_text(json.dumps(expected))
     script = textwrap.dedent(
         f"""
-        import json, sys
-        sys.modules["hydrabert"] = None  # any import of hydrabert now fails
+        import json
         from transformers import pipeline
 
         model_dir, out = {str(model_dir)!r}, {str(tmp_path)!r}
@@ -156,10 +180,7 @@ def test_pipeline_travels_to_a_machine_without_hydrabert(decisive_model, tiny_to
         print("PIPELINE-OK")
         """
     )
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "PYTHONPATH": "", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-    )
+    result = _run_without_hydrabert(script, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "PIPELINE-OK" in result.stdout
     got = json.loads((tmp_path / "got.json").read_text())
@@ -170,3 +191,32 @@ def test_pipeline_travels_to_a_machine_without_hydrabert(decisive_model, tiny_to
     assert [entry["label"] for entry in top2][0] == expected[0]["topic"]["label"] and len(top2) == 2
     resaved = json.loads((tmp_path / "resaved" / "config.json").read_text())
     assert resaved["custom_pipelines"] == custom_pipelines_entry()
+
+
+def test_tokenizer_of_a_saved_model_loads_without_remote_code_or_a_prompt(
+    tiny_model, tiny_tokenizer, tmp_path
+):
+    """transformers 5's AutoTokenizer reads config.json through AutoConfig first, and a hydrabert config
+    needs remote code: a plain AutoTokenizer.from_pretrained(folder) asks "Do you wish to run the custom
+    code?" there. `tokenizer_type` (the encoder's model type) picks the tokenizer class without the config:
+    no remote code, no prompt, no warning, the same ids."""
+    model_dir = tmp_path / "model"
+    tiny_model.save_pretrained(model_dir)
+    tiny_tokenizer.save_pretrained(model_dir)
+    encoder_type = json.loads((model_dir / "config.json").read_text())["encoder"]["model_type"]
+    script = textwrap.dedent(
+        f"""
+        from transformers import AutoTokenizer
+        tokenizer = AutoTokenizer.from_pretrained({str(model_dir)!r}, tokenizer_type={encoder_type!r})
+        print("IDS", tokenizer("the good film")["input_ids"], type(tokenizer).__name__)
+        """
+    )
+    result = _run_without_hydrabert(script, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (
+        f"IDS {tiny_tokenizer('the good film')['input_ids']} {type(tiny_tokenizer).__name__}" in result.stdout
+    )
+    output = result.stdout + result.stderr
+    assert "custom code" not in output and "trust_remote_code" not in output, output
+    assert "model of type" not in output and "WARNING" not in output.upper(), output
+    assert not (tmp_path / "hf_home" / "modules").exists(), "remote code was fetched"

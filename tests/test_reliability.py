@@ -742,7 +742,7 @@ def travel_violations(source: str, filename: str = "<code>") -> list[str]:
                     found.append(f"{where}: import {alias.name}")
         elif isinstance(node, ast.ImportFrom):
             if node.level:
-                if node.level != 1 or node.module not in ("configuration_hydrabert", "modeling_hydrabert"):
+                if node.level != 1 or node.module not in {name.removesuffix(".py") for name in TRAVELLING}:
                     found.append(f"{where}: relative import {'.' * node.level}{node.module}")
             elif node.module.split(".")[0] not in ALLOWED_IMPORTS:
                 found.append(f"{where}: from {node.module} import ...")

@@ -3,12 +3,16 @@ outputs, bad input, resume after SIGKILL, DDP on 2 CPU processes, and push_to_hu
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import logging
 import os
+import re
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import pytest
 import torch
@@ -30,6 +34,7 @@ sys.path.insert(0, REPO)
 
 import run_mtl  # noqa: E402
 from hydrabert.data import HydraBertDataError  # noqa: E402
+from hydrabert.modeling_hydrabert import CONFIG_SETTINGS  # noqa: E402
 
 
 def _write_lines(path, n, labels, seed):
@@ -165,6 +170,106 @@ def test_flags_after_the_json_file_override_it(tmp_path, tiny_encoder_dir, data_
         run_mtl.parse_args([str(tmp_path / "bad.json")])
 
 
+def _outputs(folder) -> dict[str, bytes]:
+    return {
+        name: (folder / name).read_bytes() for name in ("model.safetensors", "README.md", "all_results.json")
+    }
+
+
+def test_a_finished_run_is_left_alone_and_replaced_only_when_asked(
+    tmp_path, tiny_encoder_dir, data_root, caplog
+):
+    out = tmp_path / "out"
+    config = _config(tmp_path / "c.json", tiny_encoder_dir, data_root, out, num_train_epochs=1)
+    run_mtl.main([config])
+    finished = _outputs(out)
+    (old_checkpoint,) = [p.name for p in out.iterdir() if p.name.startswith("checkpoint-")]
+
+    # The same command again: nothing to do, said in the log; model, card and results untouched.
+    with caplog.at_level(logging.WARNING, logger="run_mtl"):
+        assert run_mtl.main([config]) == {}
+    assert re.search(
+        rf"Nothing left to do: {re.escape(str(out))} holds a finished run \((its trainer_state\.json|{old_checkpoint}): step (\d+) of \2",
+        caplog.text,
+    ), caplog.text
+    assert "overwrite_output_dir" in caplog.text
+    assert _outputs(out) == finished
+
+    # Another length for the same folder is a different run: refused, with the ways out.
+    with pytest.raises(
+        ValueError, match=r"finished run .* max_steps=3 asks for a different run\. Pass overwrite_output_dir"
+    ):
+        run_mtl.main([config, "--max_steps", "3"])
+    assert _outputs(out) == finished
+
+    # Asked for: a fresh run that replaces it, and the old run's checkpoint goes.
+    run_mtl.main([config, "--max_steps", "3", "--overwrite_output_dir", "true"])
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 3
+    assert not (out / old_checkpoint).exists()
+    assert _outputs(out)["model.safetensors"] != finished["model.safetensors"]
+
+
+def test_max_seq_length_beyond_the_encoder_is_clamped_with_a_warning(tiny_model, tiny_tokenizer, caplog):
+    # tiny tokenizer: model_max_length 64; tiny encoder: 64 positions.
+    with caplog.at_level(logging.WARNING, logger="run_mtl"):
+        assert run_mtl.max_sequence_length(32, tiny_tokenizer, tiny_model) == 32
+        assert caplog.text == ""
+        assert run_mtl.max_sequence_length(4096, tiny_tokenizer, tiny_model) == 64
+    assert (
+        "max_seq_length=4096 is longer than the tokenizer's model_max_length (64) and the encoder's "
+        in caplog.text
+    )
+    assert "max_position_embeddings (64): using max_seq_length=64" in caplog.text
+
+
+@pytest.mark.skipif(torch.accelerator.is_available(), reason="pinned memory is wanted with an accelerator")
+def test_a_cpu_run_prints_no_pin_memory_warning_and_ends_saying_where_its_outputs_are(
+    tmp_path, tiny_encoder_dir, data_root, caplog
+):
+    out = tmp_path / "out"
+    # use_cpu=False: a plain run on a machine without an accelerator (use_cpu=True turns pinning off itself).
+    config = _config(tmp_path / "c.json", tiny_encoder_dir, data_root, out, num_train_epochs=1, use_cpu=False)
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.INFO, logger="run_mtl"):
+        warnings.simplefilter("always")
+        run_mtl.main([config])
+    assert not [str(w.message) for w in caught if "pin_memory" in str(w.message)]
+    last = [r for r in caplog.records if r.name == "run_mtl"][-1].getMessage()
+    assert last == (
+        f"Outputs in {out}: model (model.safetensors), results (all_results.json), card (README.md), "
+        "plots (task_metrics.png, learning_rates.png)"
+    )
+
+
+def test_model_arguments_are_the_config_settings_and_reach_the_model(
+    tmp_path, tiny_encoder_dir, data_root, caplog
+):
+    fields = {f.name for f in dataclasses.fields(run_mtl.ModelArguments)}
+    assert set(CONFIG_SETTINGS) == {
+        "embedding_dim",
+        "pooling",
+        "embedding_activation",
+        "classifier_dropout",
+        "adapter_size",
+    }
+    assert set(CONFIG_SETTINGS) <= fields, "every HydraBertConfig setting is a run_mtl argument"
+    settings = {"embedding_dim": 16, "pooling": "mean", "embedding_activation": "identity", "adapter_size": 4}
+    config = _config(tmp_path / "c.json", tiny_encoder_dir, data_root, tmp_path / "out", **settings)
+    model_args, _, _ = run_mtl.parse_args([config, "--classifier_dropout", "0.2"])
+    specs = {"sentiment": {"labels": ["neg", "pos"], "num_labels": 2}}
+    specs["sentiment"].update(problem_type="single_label_classification", weight=1.0)
+    model = run_mtl.build_model(model_args, specs)
+    for name, value in {**settings, "classifier_dropout": 0.2}.items():
+        assert getattr(model.config, name) == value, name
+
+    # A trained model keeps its own settings, and says which it ignores.
+    model.save_pretrained(tmp_path / "trained")
+    model_args.model_name_or_path, model_args.pooling = str(tmp_path / "trained"), "cls"
+    with caplog.at_level(logging.WARNING, logger="hydrabert.assembly"):
+        again = run_mtl.build_model(model_args, specs)
+    assert again.config.pooling == "mean"
+    assert "keeps its own {'pooling': 'mean'}; ignoring {'pooling': 'cls'}" in caplog.text
+
+
 # ------------------------------------------------------------------------------------ bad input
 def _bad_task(tmp_path, **changes):
     task = {**TASKS[1], **changes}
@@ -237,7 +342,7 @@ KILL_AFTER_SAVE = textwrap.dedent(
 )
 
 
-def test_killed_run_resumes_to_the_same_weights(tmp_path, tiny_encoder_dir, data_root):
+def test_killed_run_resumes_to_the_same_weights(tmp_path, tiny_encoder_dir, data_root, caplog):
     reference = tmp_path / "reference"
     run_mtl.main(
         [
@@ -272,7 +377,11 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, tiny_encoder_dir, data
     checkpoints = sorted(p.name for p in resumed.iterdir() if p.name.startswith("checkpoint-"))
     assert len(checkpoints) == 1 and not (resumed / "model.safetensors").exists()
 
-    run_mtl.main([config])  # finds the checkpoint and resumes from it
+    with caplog.at_level(logging.INFO, logger="run_mtl"):
+        run_mtl.main([config])  # finds the checkpoint and resumes from it, and says so
+    assert re.search(
+        rf"Resuming from {re.escape(str(resumed / checkpoints[0]))} \(step \d+ of \d+\)", caplog.text
+    ), caplog.text
     state = json.loads((resumed / "trainer_state.json").read_text())
     assert state["global_step"] == json.loads((reference / "trainer_state.json").read_text())["global_step"]
     assert _weights_digest(resumed) == _weights_digest(reference)
@@ -378,7 +487,7 @@ LOAD_FROM_HUB = textwrap.dedent(
     from transformers import AutoModel, AutoTokenizer, pipeline
     repo, revision, sentences = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     model = AutoModel.from_pretrained(repo, revision=revision, trust_remote_code=True)
-    tokenizer = AutoTokenizer.from_pretrained(repo, revision=revision)
+    tokenizer = AutoTokenizer.from_pretrained(repo, revision=revision, tokenizer_type="bert")
     classifier = pipeline(model=repo, revision=revision, trust_remote_code=True)
     print("RESULT" + json.dumps({"predict": model.predict(sentences, tokenizer), "pipeline": classifier(sentences)}))
     """

@@ -326,19 +326,28 @@ def test_evaluate_reports_once_with_todays_names_and_the_exact_mean_loss(tmp_pat
             {**results[-1], "step": 0}
         ]
     expected = {"epoch", "test_runtime", "test_samples_per_second", "test_steps_per_second"}
-    expected |= {f"test_{task}_{m}" for task in eval_sets for m in ("loss", "accuracy", "f1", "model_preparation_time")}
+    expected |= {
+        f"test_{task}_{m}" for task in eval_sets for m in ("loss", "accuracy", "f1", "model_preparation_time")
+    }
     expected |= {f"test_average_{m}" for m in ("loss", "accuracy", "f1")}
     assert set(results[0]) == expected
     model = seeded_model().eval()
     for task_id, (task, dataset) in enumerate(eval_sets.items()):
         rows = trainer.data_collator([{**dataset[i], "task_id": task_id} for i in range(len(dataset))])
         with torch.no_grad():
-            loss = model(input_ids=rows["input_ids"], attention_mask=rows["attention_mask"], task=task, labels=rows["labels"]).loss
+            loss = model(
+                input_ids=rows["input_ids"],
+                attention_mask=rows["attention_mask"],
+                task=task,
+                labels=rows["labels"],
+            ).loss
         for metrics in results:
             assert metrics[f"test_{task}_loss"] == pytest.approx(loss.item(), abs=1e-6)
 
 
-def test_training_keeps_task_losses_on_the_device_between_logs(tmp_path, task_data, tiny_tokenizer, monkeypatch):
+def test_training_keeps_task_losses_on_the_device_between_logs(
+    tmp_path, task_data, tiny_tokenizer, monkeypatch
+):
     trainer = MultiTaskTrainer(
         model=seeded_model(),
         args=tiny_training_args(tmp_path),
@@ -350,7 +359,9 @@ def test_training_keeps_task_losses_on_the_device_between_logs(tmp_path, task_da
     syncs = []
     real_item = torch.Tensor.item
     monkeypatch.setattr(torch.Tensor, "item", lambda self: syncs.append(1) or real_item(self))
-    task_losses = [trainer.compute_loss(trainer.model, batch, return_outputs=True)[1].task_losses for _ in range(3)]
+    task_losses = [
+        trainer.compute_loss(trainer.model, batch, return_outputs=True)[1].task_losses for _ in range(3)
+    ]
     monkeypatch.undo()
     assert syncs == []
     ((total, count),) = trainer._task_loss_sums.values()

@@ -92,7 +92,9 @@ def _fetch(version: str, root: Path) -> None:
         prefix = f"transformers-{version}/tests/"
         with tarfile.open(archives[0]) as archive:
             members = [
-                m for m in archive.getmembers() if m.isfile() and m.name.startswith(prefix) and m.name.endswith(".py")
+                m
+                for m in archive.getmembers()
+                if m.isfile() and m.name.startswith(prefix) and m.name.endswith(".py")
             ]
             for member in members:
                 relative = member.name[len(prefix) :]
