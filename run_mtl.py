@@ -28,6 +28,7 @@ from transformers import AutoTokenizer, HfArgumentParser, set_seed
 from hydrabert import HydraBertModel
 from hydrabert.checkpoints import last_complete_checkpoint, resolve_resume_checkpoint
 from hydrabert.data import HydraBertDataError, TaskDataConfig, load_tasks, tokenize_task
+from hydrabert.export.deploy import plan_exports, push_exports, write_exports
 from hydrabert.freezing import frozen_parameter_names
 from hydrabert.plots import save_training_plots
 from hydrabert.trainer import MultiTaskTrainer, MultiTaskTrainingArguments
@@ -58,6 +59,14 @@ class ModelArguments:
     adapter_size: int | None = field(
         default=None,
         metadata={"help": "Width of a domain-adaptation bottleneck before the heads (None = off)."},
+    )
+    export: str | None = field(
+        default=None,
+        metadata={
+            "help": "Also write copies that need no remote code (pip install 'hydrabert[export]'): 'all' or a "
+            "comma-separated subset of 'task', 'sentence_transformer', 'onnx'. ONNX goes to output_dir/onnx/, the "
+            "others beside output_dir; with push_to_hub, each standard model to its own repo (docs/deploy.md)."
+        },
     )
 
 
@@ -312,6 +321,8 @@ def main(argv: list[str] | None = None) -> dict:
                 "run with do_train false)"
             )
 
+    # Checked before training: an export that cannot be exact fails now, not after the run.
+    export_plan = plan_exports(model, model_args.export) if model_args.export else []
     trainer = MultiTaskTrainer(
         model=model,
         args=training_args,
@@ -350,11 +361,18 @@ def main(argv: list[str] | None = None) -> dict:
         trainer.plot_files = save_training_plots(trainer.state.log_history, training_args.output_dir)
         trainer.save_state()
 
+    exported = {}
+    if export_plan and trainer.is_world_process_zero():
+        # Before the push, so that output_dir/onnx/ goes up in the model's own commit.
+        hub_id = trainer.hub_model_id if training_args.push_to_hub else None
+        exported = write_exports(model, tokenizer, training_args.output_dir, export_plan, hub_model_id=hub_id)
+
     card = card_overrides(model_args, configs)
     if training_args.push_to_hub:
         commit = trainer.push_to_hub(commit_message="hydrabert: end of training", **card)
         if trainer.is_world_process_zero():
             pin_card_revision(trainer, commit, card)
+            push_exports(exported, trainer.hub_model_id, training_args.hub_token, training_args.hub_private_repo)
     elif training_args.should_save:
         trainer.create_model_card(**card)
     return results

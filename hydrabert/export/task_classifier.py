@@ -34,7 +34,7 @@ def export_task(
     """
     check_hydrabert_model(model)
     model._check_task(task)
-    _check_exactly_expressible(model.config)
+    check_exactly_expressible(model.config)
     classifier = build_task_classifier(model, task)
     os.makedirs(save_directory, exist_ok=True)
     classifier.save_pretrained(save_directory)
@@ -48,7 +48,7 @@ def export_task(
 
 def build_task_classifier(model, task: str):
     """The `*ForSequenceClassification` holding the encoder, the projection and `task`'s head."""
-    _check_exactly_expressible(model.config)
+    check_exactly_expressible(model.config)
     spec = model.config.tasks[task]
     config = copy.deepcopy(model.config.encoder)
     config.id2label = dict(enumerate(spec["labels"]))
@@ -71,7 +71,7 @@ def build_task_classifier(model, task: str):
     return classifier
 
 
-def _check_exactly_expressible(config) -> None:
+def check_exactly_expressible(config) -> None:
     """The hydrabert settings a standard classifier cannot express, each with its reason."""
     hidden = config.encoder.hidden_size
     reasons = []
@@ -171,7 +171,7 @@ def _task_card(model, task: str, classifier, source: str | None, model_id: str |
         card_data,
         template_path=CARD_TEMPLATE,
         task=task,
-        source=source or "a hydrabert model",
+        source=source,
         source_is_hub_id=is_hub_id,
         architecture=type(classifier).__name__,
         labels=spec["labels"],
@@ -182,4 +182,4 @@ def _task_card(model, task: str, classifier, source: str | None, model_id: str |
     )
 
 
-__all__ = ["LOGITS_TOLERANCE", "build_task_classifier", "export_task"]
+__all__ = ["LOGITS_TOLERANCE", "build_task_classifier", "check_exactly_expressible", "export_task"]
