@@ -13,7 +13,11 @@ import textwrap
 import pytest
 import torch
 from conftest import TINY_ENCODER, seeded_model
+from test_run_mtl import _config, data_root  # noqa: F401  (data_root: the tiny task files, a fixture)
+from transformers import AutoTokenizer
 
+import run_mtl
+from hydrabert import HydraBertModel
 from hydrabert.export import (
     ExportError,
     OnnxPredictor,
@@ -338,3 +342,76 @@ def test_remote_code_model_explains_the_export_extra(model, tiny_tokenizer, tmp_
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "pip install 'hydrabert[export]'" in done.stdout
+
+
+# ------------------------------------------------------------------------------- run_mtl.py --export
+LOAD_EXPORTS_FROM_HUB = textwrap.dedent(
+    """
+    import json, sys
+    sys.modules["hydrabert"] = None  # a machine that never installed hydrabert, and no remote code
+    from sentence_transformers import SentenceTransformer
+    from transformers import pipeline
+    repo, sentences = sys.argv[1], json.loads(sys.argv[2])
+    print("RESULT" + json.dumps({
+        "sentiment": pipeline("text-classification", model=repo + "-sentiment")(sentences),
+        "embedding": SentenceTransformer(repo + "-sentence-transformer").encode(sentences).tolist(),
+    }))
+    """
+)
+
+
+def test_run_mtl_exports_next_to_the_model_and_pushes_one_repo_per_standard_model(
+    tmp_path, tiny_encoder_dir, data_root, hub_server  # noqa: F811  (data_root: the fixture imported above)
+):
+    out = tmp_path / "out"
+    config = _config(
+        tmp_path / "c.json",
+        tiny_encoder_dir,
+        data_root,
+        out,
+        num_train_epochs=1,
+        save_strategy="no",
+        do_predict=False,
+        push_to_hub=True,
+        hub_model_id="test-user/tiny-mtl",
+        hub_strategy="end",
+        export="all",
+    )
+    run_mtl.main([config])
+
+    # Locally: ONNX inside the model folder, each standard model beside it.
+    for path in ("out/onnx/model.onnx", "out/onnx/model_quantized.onnx", "out-sentiment/model.safetensors"):
+        assert (tmp_path / path).is_file(), path
+    assert (tmp_path / "out-question" / "README.md").is_file()
+    assert (tmp_path / "out-sentence-transformer" / "modules.json").is_file()
+
+    # On the Hub: onnx/ in the model's own push commit; one repo per standard model, cards naming the source.
+    pushed = list(hub_server.hub.get_repo("test-user/tiny-mtl").commits.values())[1]
+    assert {"onnx/model.onnx", "onnx/model_quantized.onnx", "model.safetensors"} <= set(pushed.files)
+    for repo_id, files in (
+        ("test-user/tiny-mtl-sentiment", {"config.json", "model.safetensors", "tokenizer.json", "README.md"}),
+        ("test-user/tiny-mtl-question", {"config.json", "model.safetensors", "README.md"}),
+        ("test-user/tiny-mtl-sentence-transformer", {"modules.json", "2_Dense/config.json", "README.md"}),
+    ):
+        head = list(hub_server.hub.get_repo(repo_id).commits.values())[-1]
+        assert files <= set(head.files), (repo_id, sorted(head.files))
+        assert "test-user/tiny-mtl" in head.files["README.md"].decode()
+
+    local = HydraBertModel.from_pretrained(out).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    sentences = ["who was the good film", "how bad a movie", "where is the great film"]
+    done = subprocess.run(
+        [sys.executable, "-c", LOAD_EXPORTS_FROM_HUB, "test-user/tiny-mtl", json.dumps(sentences)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**hub_server.subprocess_env(), "PYTHONPATH": ""},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    loaded = json.loads(done.stdout.split("RESULT", 1)[1])
+    expected = local.predict(sentences, tokenizer, tasks="sentiment")
+    _same_predictions([{"sentiment": row} for row in loaded["sentiment"]], expected)
+    torch.testing.assert_close(
+        torch.tensor(loaded["embedding"]), local.encode(sentences, tokenizer), atol=1e-5, rtol=0
+    )
