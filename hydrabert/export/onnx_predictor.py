@@ -31,11 +31,18 @@ class OnnxPredictor:
 
     `folder` holds `model.onnx` (or an `onnx/` subfolder does, the Hub layout); the tokenizer is read from
     the folder holding the graph or from its parent. A Hub repo id is downloaded first (graphs and tokenizer
-    only). `file_name="model_quantized.onnx"` runs the int8 copy.
+    only). `file_name="model_quantized.onnx"` runs the int8 copy; `session_options` (an
+    `onnxruntime.SessionOptions`) sets threads and graph optimisations.
     """
 
     def __init__(
-        self, path_or_repo_id, file_name: str = ONNX_FILE, tokenizer=None, providers=None, **hub_kwargs
+        self,
+        path_or_repo_id,
+        file_name: str = ONNX_FILE,
+        tokenizer=None,
+        providers=None,
+        session_options=None,
+        **hub_kwargs,
     ):
         ort = require("onnxruntime", "Running an ONNX model")
         folder = str(path_or_repo_id)
@@ -53,7 +60,9 @@ class OnnxPredictor:
                 "`python -m hydrabert.export onnx MODEL OUTPUT`"
             )
         self.path = os.path.join(graph_dir, file_name)
-        self.session = ort.InferenceSession(self.path, providers=providers or ["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(
+            self.path, sess_options=session_options, providers=providers or ["CPUExecutionProvider"]
+        )
         metadata = self.session.get_modelmeta().custom_metadata_map
         if TASKS_METADATA_KEY not in metadata:
             raise ValueError(
