@@ -32,6 +32,7 @@ from transformers import AutoTokenizer, HfArgumentParser, set_seed
 from hydrabert.assembly import load_model, resolve_checkpoint
 from hydrabert.checkpoints import ResumePlan, plan_resume
 from hydrabert.data import HydraBertDataError, TaskDataConfig, load_tasks, tokenize_task
+from hydrabert.export.deploy import plan_exports, push_exports, write_exports
 from hydrabert.freezing import frozen_parameter_names
 from hydrabert.modeling_hydrabert import CONFIG_SETTINGS, HydraBertModel
 from hydrabert.trainer import MultiTaskTrainer, MultiTaskTrainingArguments
@@ -67,6 +68,14 @@ class ModelArguments:
     adapter_size: int | None = field(
         default=None,
         metadata={"help": "Width of a domain-adaptation bottleneck before the heads (None = off)."},
+    )
+    export: str | None = field(
+        default=None,
+        metadata={
+            "help": "Also write copies that need no remote code (pip install 'hydrabert[export]'): 'all' or a "
+            "comma-separated subset of 'task', 'sentence_transformer', 'onnx'. ONNX goes to output_dir/onnx/, the "
+            "others beside output_dir; with push_to_hub, each standard model to its own repo (docs/deploy.md)."
+        },
     )
 
     def config_settings(self) -> dict:
@@ -340,6 +349,8 @@ def main(argv: list[str] | None = None) -> dict:
     train_sets, eval_sets, test_sets = (split_of(splits, s) for s in ("train", "validation", "test"))
     check_run(training_args, model, train_sets, eval_sets)
 
+    # Checked before training: an export that cannot be exact fails now, not after the run.
+    export_plan = plan_exports(model, model_args.export) if model_args.export else []
     trainer = MultiTaskTrainer(
         model=model,
         args=training_args,
@@ -356,13 +367,18 @@ def main(argv: list[str] | None = None) -> dict:
         results.update(evaluate(trainer, test_sets, "test"))
     if trainer.is_world_process_zero():
         trainer.save_state()  # with the final evaluations (PlotsCallback has drawn them)
-    save_card_or_push(trainer, card_overrides(model_args, configs, splits, max_length))
+    exported = {}
+    if export_plan and trainer.is_world_process_zero():
+        # Before the push, so that output_dir/onnx/ goes up in the model's own commit.
+        hub_id = trainer.hub_model_id if training_args.push_to_hub else None
+        exported = write_exports(model, tokenizer, training_args.output_dir, export_plan, hub_model_id=hub_id)
+    save_card_or_push(trainer, card_overrides(model_args, configs, splits, max_length), exported)
     return results
 
 
-def save_card_or_push(trainer: MultiTaskTrainer, card: dict) -> None:
-    """The model card in output_dir, or one commit to the Hub with everything; then one line that says
-    where it all is."""
+def save_card_or_push(trainer: MultiTaskTrainer, card: dict, exported: dict[str, str]) -> None:
+    """The model card in output_dir, or one commit to the Hub with everything (and each exported standard
+    model to its own repo); then one line that says where it all is."""
     args = trainer.args
     pushed = None
     if args.push_to_hub:
@@ -370,14 +386,18 @@ def save_card_or_push(trainer: MultiTaskTrainer, card: dict) -> None:
         if trainer.is_world_process_zero():
             pin_card_revision(trainer, commit, card)
             pushed = f"{trainer.hub_model_id} at revision {commit.oid}"
+            push_exports(exported, trainer.hub_model_id, args.hub_token, args.hub_private_repo)
     elif args.should_save:
         trainer.create_model_card(**card)
     if trainer.is_world_process_zero():
-        logger.info(written_summary(args.output_dir, pushed))
+        logger.info(written_summary(args.output_dir, pushed, exported))
 
 
-def written_summary(output_dir: str, pushed: str | None = None) -> str:
-    """One line naming what the run left in output_dir (model, results, card, plots) and where it pushed."""
+def written_summary(
+    output_dir: str, pushed: str | None = None, exported: dict[str, str] | None = None
+) -> str:
+    """One line naming what the run left in output_dir (model, results, card, plots), the exports written
+    beside it, and where it pushed."""
     outputs = {
         "model": ["model.safetensors"],
         "results": ["all_results.json"],
@@ -394,6 +414,8 @@ def written_summary(output_dir: str, pushed: str | None = None) -> str:
     summary = f"Outputs in {os.path.abspath(output_dir)}: " + ", ".join(
         f"{what} ({', '.join(names)})" for what, names in found.items()
     )
+    if exported:
+        summary += "; exports: " + ", ".join(f"{kind} in {folder}" for kind, folder in exported.items())
     return summary + (f"; pushed to {pushed}" if pushed else "")
 
 

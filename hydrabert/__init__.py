@@ -32,6 +32,15 @@ def __getattr__(name):
     raise AttributeError(f"module 'hydrabert' has no attribute {name!r}")
 
 
+def _load_exporter():
+    import importlib
+
+    return importlib.import_module(".export", __name__)
+
+
+# model.export_*() call hydrabert.export, loaded on first use: the travelling model file cannot import it.
+HydraBertModel._load_exporter = staticmethod(_load_exporter)
+
 AutoConfig.register("hydrabert", HydraBertConfig, exist_ok=True)
 AutoModel.register(HydraBertConfig, HydraBertModel, exist_ok=True)
 # save_pretrained writes `auto_map` and copies the two *_hydrabert.py files next to the weights.

@@ -587,6 +587,39 @@ class HydraBertModel(HydraBertPreTrainedModel):
         finally:
             self.train(was_training)
 
+    # ------------------------------------------------------------------------------------ export
+    # Deployable copies that need no remote code. The work is done by hydrabert.export (pip install
+    # 'hydrabert[export]'); this file imports nothing beyond torch and transformers, so the code comes to
+    # the class instead: `import hydrabert` sets this hook, which loads hydrabert.export on first use.
+    _load_exporter = None
+
+    def export_task(self, task: str, save_directory, tokenizer=None, **kwargs):
+        """`task` as the encoder family's own `*ForSequenceClassification` (same logits), loadable by
+        `AutoModelForSequenceClassification` and `pipeline("text-classification")` without remote code."""
+        return self._exporter().export_task(self, task, save_directory, tokenizer=tokenizer, **kwargs)
+
+    def export_sentence_transformer(self, save_directory, tokenizer=None, normalize: bool = False, **kwargs):
+        """The sentence encoder as a sentence-transformers model (same embeddings as `encode`)."""
+        return self._exporter().export_sentence_transformer(
+            self, save_directory, tokenizer=tokenizer, normalize=normalize, **kwargs
+        )
+
+    def export_onnx(self, save_directory, tokenizer=None, quantize: bool = False, **kwargs):
+        """The whole model as one ONNX graph (every task's logits and the embedding), validated with ONNX
+        Runtime; `hydrabert.export.OnnxPredictor(save_directory).predict(...)` runs it."""
+        return self._exporter().export_onnx(
+            self, save_directory, tokenizer=tokenizer, quantize=quantize, **kwargs
+        )
+
+    def _exporter(self):
+        if self._load_exporter is None:
+            raise ImportError(
+                "Exporting needs the hydrabert package with its export extra: pip install 'hydrabert[export]'. "
+                "For a model loaded with trust_remote_code, call hydrabert.export.export_task(model, ...) "
+                "(export_sentence_transformer, export_onnx) on it."
+            )
+        return self._load_exporter()
+
 
 def _safetensors_files(name_or_path) -> str:
     """The weights file(s) of a local checkpoint folder, for error messages."""

@@ -240,6 +240,18 @@ def test_a_cpu_run_prints_no_pin_memory_warning_and_ends_saying_where_its_output
     )
 
 
+def test_the_closing_line_names_exports_and_the_push(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    line = run_mtl.written_summary(
+        str(tmp_path), pushed="me/m at revision abc", exported={"onnx": str(tmp_path / "onnx")}
+    )
+    assert line == (
+        f"Outputs in {tmp_path}: model (model.safetensors); exports: onnx in {tmp_path / 'onnx'}; "
+        "pushed to me/m at revision abc"
+    )
+    assert run_mtl.written_summary(str(tmp_path / "none")) == f"Nothing was written to {tmp_path / 'none'}"
+
+
 def test_model_arguments_are_the_config_settings_and_reach_the_model(
     tmp_path, tiny_encoder_dir, data_root, caplog
 ):

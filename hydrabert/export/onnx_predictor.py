@@ -1,0 +1,152 @@
+"""Run an exported hydrabert ONNX graph with ONNX Runtime and the saved tokenizer: the same
+`predict()` and `encode()` results as the PyTorch model, without torch weights or remote code."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import torch
+
+from ..modeling_hydrabert import _readable_predictions
+from ._common import require
+from .onnx_graph import EMBEDDING_OUTPUT, ONNX_FILE, TASKS_METADATA_KEY, logits_output_name
+
+# What OnnxPredictor downloads from a Hub repo: the graphs and the tokenizer, not the torch weights.
+_HUB_PATTERNS = [
+    "onnx/*",
+    "*.onnx",
+    "tokenizer*",
+    "vocab*",
+    "special_tokens_map.json",
+    "merges.txt",
+    "*.model",
+]
+
+
+class OnnxPredictor:
+    """`OnnxPredictor(folder).predict(sentences)` gives what `HydraBertModel.predict(sentences, tokenizer)`
+    gives: per sentence, `{task: {"label": name, "score": probability}}`.
+
+    `folder` holds `model.onnx` (or an `onnx/` subfolder does, the Hub layout); the tokenizer is read from
+    the folder holding the graph or from its parent. A Hub repo id is downloaded first (graphs and tokenizer
+    only). `file_name="model_quantized.onnx"` runs the int8 copy; `session_options` (an
+    `onnxruntime.SessionOptions`) sets threads and graph optimisations.
+    """
+
+    def __init__(
+        self,
+        path_or_repo_id,
+        file_name: str = ONNX_FILE,
+        tokenizer=None,
+        providers=None,
+        session_options=None,
+        **hub_kwargs,
+    ):
+        ort = require("onnxruntime", "Running an ONNX model")
+        folder = str(path_or_repo_id)
+        if not os.path.isdir(folder):
+            from huggingface_hub import snapshot_download
+
+            folder = snapshot_download(folder, allow_patterns=_HUB_PATTERNS, **hub_kwargs)
+        graph_dir = next(
+            (d for d in (folder, os.path.join(folder, "onnx")) if os.path.isfile(os.path.join(d, file_name))),
+            None,
+        )
+        if graph_dir is None:
+            raise FileNotFoundError(
+                f"No {file_name} in {path_or_repo_id} or its onnx/ subfolder; write one with "
+                "`python -m hydrabert.export onnx MODEL OUTPUT`"
+            )
+        self.path = os.path.join(graph_dir, file_name)
+        self.session = ort.InferenceSession(
+            self.path, sess_options=session_options, providers=providers or ["CPUExecutionProvider"]
+        )
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        if TASKS_METADATA_KEY not in metadata:
+            raise ValueError(
+                f"{self.path} is not a hydrabert export: its metadata lacks {TASKS_METADATA_KEY!r}"
+            )
+        self.tasks: dict[str, dict] = json.loads(metadata[TASKS_METADATA_KEY])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.tokenizer = tokenizer if tokenizer is not None else _load_tokenizer(graph_dir, path_or_repo_id)
+
+    @property
+    def task_names(self) -> list[str]:
+        return list(self.tasks)
+
+    def predict(
+        self,
+        sentences: list[str] | str,
+        tasks: list[str] | str | None = None,
+        batch_size: int = 32,
+        max_length=None,
+    ):
+        single = isinstance(sentences, str)
+        sentences = [sentences] if single else list(sentences)
+        tasks = [tasks] if isinstance(tasks, str) else (self.task_names if tasks is None else list(tasks))
+        for name in tasks:
+            if name not in self.tasks:
+                raise ValueError(f"Unknown task {name!r}; known tasks: {self.task_names}")
+        wanted = [logits_output_name(name) for name in tasks]
+        results: list[dict | None] = [None] * len(sentences)
+        for indices, outputs in self._batches(sentences, wanted, batch_size, max_length):
+            per_task = {
+                name: _readable_predictions(self.tasks[name], torch.from_numpy(logits))
+                for name, logits in zip(tasks, outputs, strict=True)
+            }
+            for row, index in enumerate(indices):
+                results[index] = {name: per_task[name][row] for name in tasks}
+        return results[0] if single else results
+
+    def encode(
+        self, sentences: list[str] | str, batch_size: int = 32, normalize: bool = False, max_length=None
+    ):
+        """Sentence embeddings `(n, embedding_dim)` as a numpy array, in input order."""
+        single = isinstance(sentences, str)
+        sentences = [sentences] if single else list(sentences)
+        output = None
+        for indices, (embeddings,) in self._batches(sentences, [EMBEDDING_OUTPUT], batch_size, max_length):
+            if normalize:
+                embeddings = embeddings / np.maximum(
+                    np.linalg.norm(embeddings, axis=-1, keepdims=True), 1e-12
+                )
+            if output is None:
+                output = np.empty((len(sentences), embeddings.shape[-1]), dtype=embeddings.dtype)
+            output[indices] = embeddings
+        return output[0] if single else output
+
+    def _batches(self, sentences, output_names, batch_size, max_length):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        # Longest first, as HydraBertModel.predict batches: little padding per batch.
+        lengths = [
+            len(ids) for ids in self.tokenizer(sentences, truncation=True, max_length=max_length)["input_ids"]
+        ]
+        order = sorted(range(len(sentences)), key=lambda i: -lengths[i])
+        for start in range(0, len(order), batch_size):
+            indices = order[start : start + batch_size]
+            encoded = self.tokenizer(
+                [sentences[i] for i in indices],
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_tensors="np",
+            )
+            feed = {name: encoded[name].astype(np.int64) for name in self.input_names}
+            yield indices, self.session.run(output_names, feed)
+
+
+def _load_tokenizer(graph_dir: str, source):
+    from transformers import AutoTokenizer
+
+    for folder in (graph_dir, os.path.dirname(graph_dir.rstrip(os.sep))):
+        if os.path.isfile(os.path.join(folder, "tokenizer_config.json")):
+            return AutoTokenizer.from_pretrained(folder)
+    raise FileNotFoundError(
+        f"No tokenizer beside {graph_dir} (or in its parent) for {source}; pass tokenizer=..."
+    )
+
+
+__all__ = ["OnnxPredictor"]
