@@ -363,8 +363,8 @@ LOAD_EXPORTS_FROM_HUB = textwrap.dedent(
 def test_run_mtl_exports_next_to_the_model_and_pushes_one_repo_per_standard_model(
     tmp_path,
     tiny_encoder_dir,
-    data_root,
-    hub_server,  # noqa: F811  (data_root: the fixture imported above)
+    data_root,  # noqa: F811  (the fixture imported above)
+    hub_server,
 ):
     out = tmp_path / "out"
     config = _config(
