@@ -150,6 +150,22 @@ def minilm():
 
 TINY_WORDS = "the a good bad great awful film movie what who where how".split()
 
+# Two CPU processes under DDP (gloo): `accelerate launch --cpu` picks accelerate's single-process launcher
+# (its multi-CPU mode needs mpirun); the torchrun-based launcher behind --multi_gpu runs them.
+TWO_PROCESS_LAUNCH = [
+    "-m",
+    "accelerate.commands.launch",
+    "--multi_gpu",
+    "--num_processes",
+    "2",
+    "--num_machines",
+    "1",
+    "--mixed_precision",
+    "no",
+    "--dynamo_backend",
+    "no",
+]
+
 
 def make_task_datasets(tokenizer, sizes=None, seed=0):
     """Tokenized `{task: Dataset}` train and eval sets of random sentences for the tiny tasks."""

@@ -10,7 +10,7 @@ import sys
 import textwrap
 
 import pytest
-from conftest import make_task_datasets, seeded_model
+from conftest import TWO_PROCESS_LAUNCH, make_task_datasets, seeded_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -72,18 +72,7 @@ def test_two_process_evaluation_equals_one_process(tmp_path, tiny_tokenizer, tin
     script.write_text(EVALUATE)
     arguments = [str(script), str(model_dir), tiny_tokenizer_dir, str(data_dir)]
     single = _run(arguments + [str(tmp_path / "one")], tmp_path, tmp_path / "one")
-    # As tests/test_run_mtl.py: the torchrun-based launcher behind --multi_gpu runs 2 CPU processes with gloo.
-    launch = [
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-    ]
-    launch += ["--mixed_precision", "no", "--dynamo_backend", "no"]
-    ddp = _run(launch + arguments + [str(tmp_path / "two")], tmp_path, tmp_path / "two")
+    ddp = _run(TWO_PROCESS_LAUNCH + arguments + [str(tmp_path / "two")], tmp_path, tmp_path / "two")
 
     assert (single["world_size"], ddp["world_size"]) == (1, 2)
     speed = ("runtime", "per_second", "preparation_time", "epoch")

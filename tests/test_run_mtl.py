@@ -16,7 +16,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import TINY_WORDS
+from conftest import TINY_WORDS, TWO_PROCESS_LAUNCH
 from safetensors.torch import load_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -448,21 +448,9 @@ def test_two_process_ddp_keeps_ranks_identical_with_frozen_head_and_gradual_unfr
     )
     script = tmp_path / "record.py"
     script.write_text(RECORD_RANK_WEIGHTS)
-    # `accelerate launch --cpu` picks accelerate's single-process launcher (its multi-CPU mode needs
-    # mpirun); the torchrun-based launcher behind --multi_gpu runs 2 CPU processes with gloo.
     result = _run_script(
         [
-            "-m",
-            "accelerate.commands.launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
+            *TWO_PROCESS_LAUNCH,
             str(script),
             config,
         ],
