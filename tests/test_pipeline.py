@@ -220,3 +220,30 @@ def test_tokenizer_of_a_saved_model_loads_without_remote_code_or_a_prompt(
     assert "custom code" not in output and "trust_remote_code" not in output, output
     assert "model of type" not in output and "WARNING" not in output.upper(), output
     assert not (tmp_path / "hf_home" / "modules").exists(), "remote code was fetched"
+
+
+def test_the_model_cards_usage_snippet_runs_without_hydrabert_remote_tokenizer_code_or_a_prompt(
+    decisive_model, tiny_tokenizer, tmp_path
+):
+    """The card's first Python block, as a reader copies it (the repo id set to the saved folder), in a
+    process without hydrabert and with stdin closed: it loads model and tokenizer and predicts."""
+    from hydrabert.model_card import generate_model_card
+
+    model_dir = tmp_path / "model"
+    decisive_model.save_pretrained(model_dir)
+    tiny_tokenizer.save_pretrained(model_dir)
+    card = generate_model_card(decisive_model, model_dir, tokenizer=tiny_tokenizer, model_id=str(model_dir))
+    snippet = str(card).split("```python\n", 1)[1].split("```", 1)[0]
+    assert "tokenizer_type=" in snippet
+    result = _run_without_hydrabert(
+        snippet + "\nimport json\nprint('PREDICTIONS' + json.dumps(predictions))\n", tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "custom code" not in result.stdout + result.stderr
+    (sentences,) = [
+        ast.literal_eval(line.split("=", 1)[1])
+        for line in snippet.splitlines()
+        if line.startswith("sentences =")
+    ]
+    got = json.loads(result.stdout.split("PREDICTIONS", 1)[1])
+    _same_predictions(got, decisive_model.predict(sentences, tiny_tokenizer))
