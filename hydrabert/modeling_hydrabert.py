@@ -381,40 +381,13 @@ class HydraBertModel(HydraBertPreTrainedModel):
             What `get_encoder_features` returns for this batch: the encoder and pooling are skipped (a
             frozen encoder's outputs computed once and reused; see `hydrabert.feature_cache`).
         """
-        if task is not None:
-            self._check_task(task)
-            if task_ids is not None:
-                raise ValueError("Pass either `task` or `task_ids`, not both.")
-        if labels is not None and task is None and task_ids is None:
-            if len(self.config.tasks) != 1:
-                raise ValueError(
-                    f"`labels` needs `task` (one task for the batch) or `task_ids` (one per row); "
-                    f"known tasks: {self.task_names}"
-                )
-            task = self.task_names[0]
+        task = self._batch_task(task, task_ids, labels)
         hidden_states = attentions = None
         if encoder_features is None:
-            # Resolved here, as BertModel does from its own config: an explicit None passed down would switch the
-            # encoder's output capture off, and the encoder reads config.encoder, not this model's config.
-            if output_hidden_states is None:
-                output_hidden_states = getattr(self.config, "output_hidden_states", False)
-            if output_attentions is None:
-                output_attentions = getattr(self.config, "output_attentions", False)
-            encoder_kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
-            if position_ids is not None:
-                encoder_kwargs["position_ids"] = position_ids
-            encoder_outputs = self.encoder(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                inputs_embeds=inputs_embeds,
-                output_hidden_states=output_hidden_states,
-                output_attentions=output_attentions,
-                return_dict=True,
-                **encoder_kwargs,
-                **kwargs,
+            inputs = dict(input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids)
+            encoder_features, hidden_states, attentions = self._run_encoder(
+                attention_mask, inputs_embeds, output_hidden_states, output_attentions, **inputs, **kwargs
             )
-            hidden_states, attentions = encoder_outputs.hidden_states, encoder_outputs.attentions
-            encoder_features = self.pooler.pool(encoder_outputs.last_hidden_state, attention_mask)
         embedding = self.pooler.project(encoder_features)
         if self.adapter is not None:
             embedding = self.adapter(embedding)
@@ -435,6 +408,42 @@ class HydraBertModel(HydraBertPreTrainedModel):
             hidden_states=hidden_states,
             attentions=attentions,
         )
+
+    def _batch_task(self, task, task_ids, labels) -> str | None:
+        """The one task of the batch (None: all heads, or one task per row from `task_ids`)."""
+        if task is not None:
+            self._check_task(task)
+            if task_ids is not None:
+                raise ValueError("Pass either `task` or `task_ids`, not both.")
+        if labels is not None and task is None and task_ids is None:
+            if len(self.config.tasks) != 1:
+                raise ValueError(
+                    f"`labels` needs `task` (one task for the batch) or `task_ids` (one per row); "
+                    f"known tasks: {self.task_names}"
+                )
+            task = self.task_names[0]
+        return task
+
+    def _run_encoder(self, attention_mask, inputs_embeds, output_hidden_states, output_attentions, **inputs):
+        """The encoder's pass for `forward`: (pooled features, hidden states, attentions)."""
+        # Resolved here, as BertModel does from its own config: an explicit None passed down would switch the
+        # encoder's output capture off, and the encoder reads config.encoder, not this model's config.
+        if output_hidden_states is None:
+            output_hidden_states = getattr(self.config, "output_hidden_states", False)
+        if output_attentions is None:
+            output_attentions = getattr(self.config, "output_attentions", False)
+        # Optional inputs only when given: not every encoder family takes token_type_ids or position_ids.
+        inputs = {key: value for key, value in inputs.items() if value is not None}
+        outputs = self.encoder(
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            return_dict=True,
+            **inputs,
+        )
+        features = self.pooler.pool(outputs.last_hidden_state, attention_mask)
+        return features, outputs.hidden_states, outputs.attentions
 
     def get_encoder_features(
         self,

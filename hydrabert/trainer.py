@@ -209,30 +209,10 @@ class MultiTaskTrainer(Trainer):
         elif not isinstance(args, MultiTaskTrainingArguments):
             raise TypeError(f"args must be MultiTaskTrainingArguments, got {type(args).__name__}")
         for name, datasets_ in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
-            if datasets_ is not None:
-                if not isinstance(datasets_, Mapping):
-                    raise TypeError(
-                        f"{name} must be a dict {{task name: dataset}}, got {type(datasets_).__name__}"
-                    )
-                _check_task_names(model, datasets_, name)
+            _check_task_datasets(model, datasets_, name)
         _apply_task_weights(model, args.task_weights)
-
         # Freezing happens here, before anything wraps the model (DDP registers parameters once).
-        self.never_trained = frozen_parameter_names(
-            model, args.freeze_policy, args.frozen_tasks, args.freeze_embeddings, args.freeze_lower_layers
-        )
-        self.unfreezing = None
-        if args.gradual_unfreezing:
-            self.unfreezing = UnfreezingSchedule(
-                num_layers=model.config.encoder.num_hidden_layers,
-                unfreeze_every=args.unfreeze_every,
-                lowest_trainable_depth=lowest_trainable_depth(
-                    args.freeze_embeddings, args.freeze_lower_layers
-                ),
-            )
-        set_requires_grad(model, self.never_trained)
-        self._waiting = set()  # parameters whose unfreezing turn has not come yet
-        self._unfrozen_levels = None
+        self._set_up_freezing(model, args)
 
         self.task_datasets = dict(train_dataset) if train_dataset is not None else None
         self.eval_datasets = dict(eval_dataset) if eval_dataset is not None else None
@@ -271,6 +251,24 @@ class MultiTaskTrainer(Trainer):
         )
         if self.frozen_encoder is not None:
             self.add_callback(self.frozen_encoder)
+
+    def _set_up_freezing(self, model, args: MultiTaskTrainingArguments) -> None:
+        """Freeze what the policies never train, and plan the gradual unfreezing of the rest."""
+        self.never_trained = frozen_parameter_names(
+            model, args.freeze_policy, args.frozen_tasks, args.freeze_embeddings, args.freeze_lower_layers
+        )
+        self.unfreezing = None
+        if args.gradual_unfreezing:
+            self.unfreezing = UnfreezingSchedule(
+                num_layers=model.config.encoder.num_hidden_layers,
+                unfreeze_every=args.unfreeze_every,
+                lowest_trainable_depth=lowest_trainable_depth(
+                    args.freeze_embeddings, args.freeze_lower_layers
+                ),
+            )
+        set_requires_grad(model, self.never_trained)
+        self._waiting = set()  # parameters whose unfreezing turn has not come yet
+        self._unfrozen_levels = None
 
     # ------------------------------------------------------------------------------- optimizer
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
@@ -666,6 +664,14 @@ class _SingleTaskCollator:
         batch.pop("task_ids", None)
         batch["task"] = self.task
         return batch
+
+
+def _check_task_datasets(model, datasets_, what: str) -> None:
+    if datasets_ is None:
+        return
+    if not isinstance(datasets_, Mapping):
+        raise TypeError(f"{what} must be a dict {{task name: dataset}}, got {type(datasets_).__name__}")
+    _check_task_names(model, datasets_, what)
 
 
 def _check_task_names(model, datasets_: Mapping, what: str) -> None:
