@@ -112,6 +112,16 @@ def _config(path, encoder, data_root, output_dir, **overrides):
     return str(path)
 
 
+# One epoch, no checkpoints, pushed at the end to the offline Hub server's test-user/tiny-mtl.
+PUSH_SETTINGS = dict(
+    num_train_epochs=1,
+    save_strategy="no",
+    push_to_hub=True,
+    hub_model_id="test-user/tiny-mtl",
+    hub_strategy="end",
+)
+
+
 def _weights_digest(folder) -> str:
     state = load_file(os.path.join(folder, "model.safetensors"))
     digest = hashlib.sha256()
@@ -512,11 +522,7 @@ def test_run_mtl_pushes_one_loadable_commit_and_pins_the_card(
         tiny_encoder_dir,
         data_root,
         out,
-        num_train_epochs=1,
-        save_strategy="no",
-        push_to_hub=True,
-        hub_model_id="test-user/tiny-mtl",
-        hub_strategy="end",
+        **PUSH_SETTINGS,
     )
     run_mtl.main([config])
 
