@@ -241,7 +241,7 @@ def resolved_class_weights(
         cfg.name,
         int(counts.sum()),
         ", ".join(
-            f"{label} {weight:.4g} ({count} rows)"
+            f"{label} {weight:.4g} ({count} row{'s' if count != 1 else ''})"
             for label, weight, count in zip(labels, weights, counts, strict=True)
         ),
     )
