@@ -18,6 +18,7 @@ from torch.nn import functional as F
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput, can_return_tuple
+from transformers.utils import logging as hf_logging
 
 from .configuration_hydrabert import HydraBertConfig, _normalize_task
 from .pipeline_hydrabert import custom_pipelines_entry
@@ -559,8 +560,10 @@ class HydraBertModel(HydraBertPreTrainedModel):
         lengths = _token_lengths(sentences, tokenizer, max_length)
         order = sorted(range(len(sentences)), key=lambda i: -lengths[i])
         starts = range(0, len(order), batch_size)
-        if show_progress_bar is None:
-            show_progress_bar = len(starts) > _PROGRESS_BAR_MIN_BATCHES
+        if show_progress_bar is None:  # off where transformers' bars are (run_mtl.py --disable_tqdm true)
+            show_progress_bar = (
+                len(starts) > _PROGRESS_BAR_MIN_BATCHES and hf_logging.is_progress_bar_enabled()
+            )
         was_training = self.training
         self.eval()
         try:

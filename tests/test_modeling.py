@@ -577,3 +577,20 @@ def test_from_pretrained_without_model_type_names_from_encoder_pretrained(tmp_pa
     (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 32}))
     with pytest.raises(ValueError, match="from_encoder_pretrained"):
         HydraBertModel.from_pretrained(tmp_path)
+
+
+def test_encode_shows_its_progress_bar_on_long_inputs_unless_bars_are_off(tiny_model, tiny_tokenizer, capsys):
+    """Past 20 batches encode() and predict() draw a bar, except where transformers' bars are switched off
+    (what run_mtl.py --disable_tqdm true does)."""
+    from transformers.utils import logging as hf_logging
+
+    sentences = ["the good film"] * 21
+    tiny_model.encode(sentences, tiny_tokenizer, batch_size=1)
+    assert "Batches: 100%" in capsys.readouterr().err
+    hf_logging.disable_progress_bar()
+    try:
+        tiny_model.encode(sentences, tiny_tokenizer, batch_size=1)
+        tiny_model.predict(sentences, tiny_tokenizer, batch_size=1)
+    finally:
+        hf_logging.enable_progress_bar()
+    assert "Batches" not in capsys.readouterr().err

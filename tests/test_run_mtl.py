@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -156,6 +157,49 @@ def test_run_mtl_trains_evaluates_and_writes_a_loadable_model(tmp_path, tiny_enc
     prediction = model.predict(["who was the good film"], tokenizer)[0]
     assert prediction["question"]["label"] in {"DESC", "HUM", "LOC"}
     assert prediction["sentiment"]["label"] in {"neg", "pos"}
+
+
+# What a tqdm bar writes to stderr: "Checking rows: 100%|██████████| 64/64 [00:00<00:00, ...]", or without a
+# total, "Generating train split: 64 examples [00:00, 5120.00 examples/s]".
+_PROGRESS_BAR = re.compile(r"\d+%\||\[\d\d:\d\d[<,]")
+
+
+@pytest.mark.parametrize("disable_tqdm", [True, False])
+def test_disable_tqdm_silences_every_bar_of_the_run_and_restores_the_settings(
+    tmp_path, tiny_encoder_dir, data_root, capfd, disable_tqdm
+):
+    import datasets
+    import transformers
+
+    # A copy of the data of its own: datasets reads, checks and tokenizes it here, not from another test's cache.
+    shutil.copytree(data_root, tmp_path / "data")
+    config = _config(
+        tmp_path / "c.json",
+        tiny_encoder_dir,
+        str(tmp_path / "data"),
+        tmp_path / "out",
+        max_steps=2,
+        eval_strategy="no",
+        save_strategy="no",
+        disable_tqdm=disable_tqdm,
+    )
+    capfd.readouterr()
+    run_mtl.main([config])
+    err = capfd.readouterr().err
+    bars = [line for line in err.replace("\r", "\n").splitlines() if _PROGRESS_BAR.search(line)]
+    if disable_tqdm:
+        assert bars == [], bars[:5]
+    else:  # the same run draws bars when they are on: reading and tokenizing the data, training
+        for expected in (
+            "Generating train split",
+            "Checking rows",
+            "Tokenizing train",
+            "Loading weights",
+            "2/2 [",
+        ):
+            assert any(expected in bar for bar in bars), (expected, bars)
+    assert not datasets.utils.are_progress_bars_disabled()
+    assert transformers.utils.logging.is_progress_bar_enabled()
 
 
 def test_flags_after_the_json_file_override_it(tmp_path, tiny_encoder_dir, data_root):
