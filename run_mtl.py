@@ -104,8 +104,9 @@ class DataArguments:
     tasks: list | str | None = field(
         default=None,
         metadata={
-            "help": "The tasks: a JSON list of task objects (see hydrabert.data.TaskDataConfig: name, dataset_name, "
-            "data_dir, train_file, ..., labels) or the path of a JSON file holding that list."
+            "help": "The tasks: a JSON list of task objects (keys name, data_dir or dataset_name, train_file, ..., "
+            "labels, class_weights: every key, its default and the rules in docs/task-config.md) or the path of a "
+            "JSON file holding that list."
         },
     )
     data_root: str | None = field(
