@@ -489,6 +489,8 @@ def test_two_process_ddp_keeps_ranks_identical_with_frozen_head_and_gradual_unfr
         do_eval=False,
         do_predict=True,
         use_cpu=True,
+        # A class-weighted task trains under DDP as any other (the weights are data, not parameters).
+        tasks=[{**TASKS[0], "class_weights": "balanced"}, TASKS[1]],
     )
     script = tmp_path / "record.py"
     script.write_text(RECORD_RANK_WEIGHTS)
@@ -521,6 +523,8 @@ def test_two_process_ddp_keeps_ranks_identical_with_frozen_head_and_gradual_unfr
     off = sorted(n for n, flag in ranks[0]["requires_grad"].items() if not flag)
     assert off == ["heads.question.bias", "heads.question.weight"]
     assert (out / "test_results.json").exists()
+    saved = json.loads((out / "config.json").read_text())["tasks"]
+    assert len(saved["sentiment"]["class_weights"]) == 2 and saved["question"]["class_weights"] is None
 
 
 # ------------------------------------------------------------------------------------ push_to_hub
