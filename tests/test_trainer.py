@@ -108,7 +108,12 @@ FREEZE_CASES = {
 @pytest.mark.parametrize("case", list(FREEZE_CASES))
 def test_freeze_policy_keeps_frozen_parameters_bit_identical(case, tmp_path, task_data, tiny_tokenizer):
     settings, is_frozen = FREEZE_CASES[case]
-    model = seeded_model(adapter_size=4)
+    # Class-weighted losses: the weights are data, so every policy freezes and trains exactly as without them.
+    tasks = {
+        "sentiment": {"labels": ["negative", "positive"], "class_weights": [0.7, 1.6]},
+        "topic": {"num_labels": 3, "weight": 0.5, "class_weights": [1.0, 2.0, 0.5]},
+    }
+    model = seeded_model(adapter_size=4, tasks=tasks)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     args = tiny_training_args(tmp_path, max_steps=6, **settings)
     MultiTaskTrainer(
