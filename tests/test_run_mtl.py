@@ -326,6 +326,25 @@ def test_model_arguments_are_the_config_settings_and_reach_the_model(
     assert "keeps its own {'pooling': 'mean'}; ignoring {'pooling': 'cls'}" in caplog.text
 
 
+def test_class_weights_reach_new_and_continued_heads(tmp_path, tiny_encoder_dir):
+    spec = {
+        "labels": ["neg", "pos"],
+        "num_labels": 2,
+        "problem_type": "single_label_classification",
+        "weight": 1.0,
+    }
+    model_args = run_mtl.ModelArguments(model_name_or_path=tiny_encoder_dir)
+    model = run_mtl.build_model(model_args, {"sentiment": {**spec, "class_weights": [0.75, 1.5]}})
+    assert model.config.tasks["sentiment"]["class_weights"] == [0.75, 1.5]
+    model.save_pretrained(tmp_path / "trained")
+    # Continued training: the run's weights replace the checkpoint's; a new head gets its own.
+    model_args.model_name_or_path = str(tmp_path / "trained")
+    specs = {"sentiment": {**spec, "class_weights": None}, "intent": {**spec, "class_weights": [2.0, 1.0]}}
+    again = run_mtl.build_model(model_args, specs)
+    assert again.config.tasks["sentiment"]["class_weights"] is None
+    assert again.config.tasks["intent"]["class_weights"] == [2.0, 1.0]
+
+
 # ------------------------------------------------------------------------------------ bad input
 def _bad_task(tmp_path, **changes):
     task = {**TASKS[1], **changes}
