@@ -18,6 +18,7 @@ from torch.nn import functional as F
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput, can_return_tuple
+from transformers.utils import logging as hf_logging
 
 from .configuration_hydrabert import HydraBertConfig, _normalize_task
 from .pipeline_hydrabert import custom_pipelines_entry
@@ -306,13 +307,13 @@ class HydraBertModel(HydraBertPreTrainedModel):
         labels: list[str] | None = None,
         problem_type: str = "single_label_classification",
         weight: float = 1.0,
+        class_weights: list[float] | None = None,
     ) -> nn.Linear:
         """Add a new, freshly initialised head; the encoder and the other heads are untouched."""
         if name in self.config.tasks:
             raise ValueError(f"Task {name!r} already exists; known tasks: {self.task_names}")
-        spec = _normalize_task(
-            name, {"num_labels": num_labels, "labels": labels, "problem_type": problem_type, "weight": weight}
-        )
+        spec = {"num_labels": num_labels, "labels": labels, "problem_type": problem_type, "weight": weight}
+        spec = _normalize_task(name, {**spec, "class_weights": class_weights})
         head = nn.Linear(self.config.embedding_dim, spec["num_labels"])
         std = getattr(self.config.encoder, "initializer_range", 0.02)
         nn.init.normal_(head.weight, mean=0.0, std=std)
@@ -332,9 +333,10 @@ class HydraBertModel(HydraBertPreTrainedModel):
             raise ValueError(f"Unknown task {name!r}; known tasks: {self.task_names}")
 
     def per_example_loss(self, task: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """`(batch,)`: each row's unweighted loss for `task` (NaN where the label is -100); their mean over the
-        rows that count is `forward(task=task, labels=labels).loss`. Evaluation averages these over a whole
-        data set, so that the result does not depend on how the rows were batched or sharded."""
+        """`(batch,)`: each row's loss for `task` (NaN where the label is -100), times its label's weight when the
+        task has `class_weights` (never times the task's `weight`); their mean over the rows that count is
+        `forward(task=task, labels=labels).loss`. Evaluation averages these over a whole data set, so that the
+        result does not depend on how the rows were batched or sharded."""
         self._check_task(task)
         return _task_loss(task, self.config.tasks[task], logits, labels, reduction="none")
 
@@ -567,8 +569,10 @@ class HydraBertModel(HydraBertPreTrainedModel):
         lengths = _token_lengths(sentences, tokenizer, max_length)
         order = sorted(range(len(sentences)), key=lambda i: -lengths[i])
         starts = range(0, len(order), batch_size)
-        if show_progress_bar is None:
-            show_progress_bar = len(starts) > _PROGRESS_BAR_MIN_BATCHES
+        if show_progress_bar is None:  # off where transformers' bars are (run_mtl.py --disable_tqdm true)
+            show_progress_bar = (
+                len(starts) > _PROGRESS_BAR_MIN_BATCHES and hf_logging.is_progress_bar_enabled()
+            )
         was_training = self.training
         self.eval()
         try:
@@ -675,6 +679,8 @@ def _task_loss(
                 f"Task {name!r}: labels must be in [0, {num_labels}) (labels {spec['labels']}), "
                 f"got {labels[bad].unique().tolist()}"
             )
+        if spec.get("class_weights") is not None:
+            return _class_weighted_cross_entropy(logits, labels, spec["class_weights"], per_row)
         loss = F.cross_entropy(logits.float(), labels, ignore_index=-100, reduction=reduction)
         return torch.where(labels == -100, float("nan"), loss) if per_row else loss
     if problem_type == "multi_label_classification":
@@ -688,6 +694,22 @@ def _task_loss(
     predictions = logits.float().squeeze(-1) if num_labels == 1 else logits.float()
     loss = F.mse_loss(predictions, labels.float().view_as(predictions), reduction=reduction)
     return loss.reshape(len(loss), -1).mean(-1) if per_row else loss
+
+
+def _class_weighted_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, class_weights: list[float], per_row: bool
+) -> torch.Tensor:
+    """Each row's cross-entropy times its label's weight; the batch's loss is their mean over the rows that
+    count. Not divided by the sum of the weights, as `F.cross_entropy(weight=...)` does: so each row's loss
+    stands alone, and a mean over rows gives the same value however the rows are split into batches,
+    gradient-accumulation steps or DDP shards (evaluation averages `per_example_loss` over a data set)."""
+    losses = F.cross_entropy(logits.float(), labels, ignore_index=-100, reduction="none")
+    weights = torch.tensor(class_weights, dtype=losses.dtype, device=losses.device)
+    counted = labels != -100
+    losses = losses * weights[labels.clamp(min=0)]  # ignored rows: their loss is 0 and their "label" 0
+    if per_row:
+        return torch.where(counted, losses, float("nan"))
+    return losses.sum() / counted.sum()  # NaN when no row counts, as F.cross_entropy's mean
 
 
 def _readable_predictions(spec: dict, logits: torch.Tensor) -> list[dict]:

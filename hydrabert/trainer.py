@@ -715,7 +715,12 @@ def _averages(metrics: dict[str, float], prefix: str, tasks: list[str]) -> dict[
 
 def default_task_metrics(model) -> Callable[[str, EvalPrediction], dict]:
     """Accuracy and macro-F1 for classification (via the `evaluate` modules shipped in
-    `hydrabert/metrics`), mean squared error for regression."""
+    `hydrabert/metrics`), mean squared error for regression.
+
+    `f1` is the usual macro-F1 (scikit-learn's and `evaluate`'s default): the mean over the labels that occur
+    in the references or the predictions. `f1_declared_labels` is the mean over every label of the task, so
+    that a label absent from both counts as F1 = 0; the two differ only when a split lacks a label that the
+    model never predicts either."""
     tasks = model.config.tasks
 
     def compute(task: str, prediction: EvalPrediction) -> dict:
@@ -725,27 +730,36 @@ def default_task_metrics(model) -> Callable[[str, EvalPrediction], dict]:
         if problem_type == "regression":
             values = logits.squeeze(-1) if logits.ndim > 1 and logits.shape[-1] == 1 else logits
             return {"mse": float(np.mean((values - references) ** 2))}
+        declared = list(range(tasks[task]["num_labels"]))
         if problem_type == "multi_label_classification":
-            predicted = (logits > 0).astype(int).tolist()
-            truth = references.astype(int).tolist()
-            accuracy = load_metric("accuracy", "multilabel").compute(predictions=predicted, references=truth)
-            f1 = load_metric("f1", "multilabel").compute(
-                predictions=predicted, references=truth, average="macro"
+            predicted = (logits > 0).astype(int)
+            truth = references.astype(int)
+            present = np.flatnonzero((predicted | truth).any(axis=0)).tolist() or declared
+            accuracy = load_metric("accuracy", "multilabel").compute(
+                predictions=predicted.tolist(), references=truth.tolist()
             )
-            return {"accuracy": accuracy["accuracy"], "f1": f1["f1"]}
+            return {
+                "accuracy": accuracy["accuracy"],
+                **_macro_f1(predicted, truth, present, declared, "multilabel"),
+            }
         keep = references != -100
         predicted = logits.argmax(-1)[keep].tolist()
         truth = references[keep].tolist()
         accuracy = load_metric("accuracy").compute(predictions=predicted, references=truth)
-        f1 = load_metric("f1").compute(
-            predictions=predicted,
-            references=truth,
-            average="macro",
-            labels=list(range(tasks[task]["num_labels"])),
-        )
-        return {"accuracy": accuracy["accuracy"], "f1": f1["f1"]}
+        return {"accuracy": accuracy["accuracy"], **_macro_f1(predicted, truth, None, declared)}
 
     return compute
+
+
+def _macro_f1(predicted, truth, present, declared, config_name=None) -> dict[str, float]:
+    """`f1` over the labels present in references or predictions (`present`; None: scikit-learn finds them),
+    `f1_declared_labels` over every label of the task."""
+    metric = load_metric("f1", config_name)
+    predicted, truth = np.asarray(predicted).tolist(), np.asarray(truth).tolist()
+    return {
+        name: metric.compute(predictions=predicted, references=truth, average="macro", labels=labels)["f1"]
+        for name, labels in (("f1", present), ("f1_declared_labels", declared))
+    }
 
 
 __all__ = ["MultiTaskTrainer", "MultiTaskTrainingArguments", "default_task_metrics"]
