@@ -222,12 +222,96 @@ def bar_plot(filename: str, labels: list[str], series: dict[str, list[float]], t
     return f"img/{filename}"
 
 
+def _per_label_f1(run: dict) -> dict[str, float]:
+    """Label -> test F1, in the task's label order (the experiment reports them as test_<task>_f1_<label>)."""
+    prefix = f"test_{run['task']}_f1_"
+    return {
+        key[len(prefix) :]: value
+        for key, value in run["metrics"].items()
+        if key.startswith(prefix) and key != prefix + "declared_labels"
+    }
+
+
+def _class_weights_run_row(run: dict) -> list[str]:
+    prefix = f"test_{run['task']}_"
+    per_label = _per_label_f1(run)
+    return [
+        run["data"],
+        str(run["seed"]),
+        run["weighting"],
+        fmt(metric(run, prefix + "f1")),
+        fmt(metric(run, prefix + "accuracy")),
+        f"{metric(run, prefix + 'labels_never_predicted'):.0f}",
+        ", ".join(f"{label} {value:.3f}" for label, value in per_label.items()),
+    ]
+
+
+def class_weights_block() -> str:
+    """benchmarks/class_weights_experiment.py's record: macro-F1 with and without balanced class weights."""
+    path = os.path.join(RESULTS, "class_weights.json")
+    if not os.path.exists(path):
+        return ""
+    with open(path) as handle:
+        record = json.load(handle)
+    runs, summary = record["runs"], record["summary"]
+
+    def mean_std(stats) -> str:
+        return f"{stats['mean']:.4f} ± {stats['std']:.4f}" if stats else "–"
+
+    def signed(stats) -> str:
+        return f"{stats['mean']:+.4f} ± {stats['std']:.4f}" if stats else "–"
+
+    overview = table(
+        [
+            "data (test)",
+            "seeds",
+            "macro-F1, no weights",
+            "macro-F1, balanced",
+            "balanced − none (paired by seed)",
+        ]
+        + ["accuracy, no weights", "accuracy, balanced"],
+        [
+            [
+                data,
+                str(len(result["none"]["seeds"])),
+                mean_std(result["none"]["f1"]),
+                mean_std(result["balanced"]["f1"]),
+                signed(result["balanced_minus_none_f1"]),
+                mean_std(result["none"]["accuracy"]),
+                mean_std(result["balanced"]["accuracy"]),
+            ]
+            for data, result in summary.items()
+        ],
+    )
+    per_seed = table(
+        ["data", "seed", "weighting", "macro-F1", "accuracy", "labels never predicted", "per-label F1"],
+        [_class_weights_run_row(r) for r in runs],
+    )
+    weights = "; ".join(
+        f"{r['data']}: "
+        + ", ".join(f"{label} {w:.3f}" for label, w in zip(_per_label_f1(r), r["class_weights"], strict=True))
+        for r in runs
+        if r["weighting"] == "balanced" and r["seed"] == runs[0]["seed"]
+    )
+    commands_list = "\n".join(
+        f"- {r['data']}, {r['weighting']}, seed {r['seed']} ({r['wall_seconds']:.0f} s): `{r['run_mtl_command']}`"
+        for r in runs
+    )
+    return (
+        f"{overview}\n\n{per_seed}\n\nBalanced weights: {weights}.\n\n"
+        f"Machine: {record['machine']}. Command: `{record['command']}`.\n\n"
+        "<details><summary>Each run as a run_mtl.py command (same training and macro-F1; the per-label "
+        f"numbers come from the experiment script)</summary>\n\n{commands_list}\n\n</details>"
+    )
+
+
 BLOCKS = {
     "transfer": transfer_block,
     "multitask": multitask_block,
     "llrd": lambda: sweep_block("llrd", ["xi1.0", "xi0.95", "xi0.9", "xi0.8"], "layer-wise decay ξ"),
     "freeze": lambda: sweep_block("freeze", ["none", "encoder", "lower_layers", "gradual"], "freeze policy"),
     "add_task": add_task_block,
+    "class_weights": class_weights_block,
 }
 
 
