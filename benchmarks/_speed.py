@@ -117,11 +117,6 @@ def load_demo_tasks(data_root=None) -> dict:
     return load_tasks(list(demo_task_configs(data_root).values()), seed=SEED)
 
 
-def sst2_test_sentences(data_root=None) -> list[str]:
-    """The 1821 sentences of the labelled SST-2 test set."""
-    return list(load_demo_tasks(data_root)["sentiment"].splits["test"]["text"])
-
-
 def task_specs(loaded: dict) -> dict:
     return {name: task.task_spec() for name, task in loaded.items()}
 
