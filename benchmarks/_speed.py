@@ -1,9 +1,10 @@
-"""What the CPU benchmarks share: the offline MiniLM checkpoint, the real SST-2 / TREC-6 data read the way
+"""What the benchmarks share: the offline MiniLM checkpoint, the real SST-2 / TREC-6 data read the way
 configs/demo.json reads it, the two sides they compare (a HydraBertModel, and per task the plain
 `AutoModelForSequenceClassification` computing the same function), tokenized train sets, the Trainer
 settings both sides use, the timed `train()` of either side and the checks that both trained the same
-work, timing in alternating rounds, a token counter, the command-line options they share, and the one JSON
-line each benchmark prints: its headline fields (samples/s of both sides and their ratio) first."""
+work (bench_gpu.py's too), timing in alternating rounds, a token counter, the command-line options they
+share, and the one JSON line each benchmark prints: its headline fields (samples/s of both sides and their
+ratio) first."""
 
 from __future__ import annotations
 
@@ -33,7 +34,12 @@ DEFAULT_DATA_ROOT = ROOT.parent / "shared" / "data"
 SEED = 42
 
 
-def add_common_arguments(parser) -> None:
+def argument_parser(doc: str, *, max_length: int, batch_size: int = 32) -> argparse.ArgumentParser:
+    """The options of every benchmark on the demo data (--batch-size, --max-length, --data-root, --threads);
+    the description is the first line of the script's docstring."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--max-length", type=int, default=max_length)
     parser.add_argument(
         "--data-root", default=None, help="folder holding sst2/ and trec/ (default ../shared/data)"
     )
@@ -44,15 +50,6 @@ def add_common_arguments(parser) -> None:
         help="torch intra-op threads, both sides alike (default 1: on a shared machine, a second thread that "
         "gets descheduled stalls every OpenMP barrier, and identical steps then vary by a third)",
     )
-
-
-def argument_parser(doc: str, *, max_length: int, batch_size: int = 32) -> argparse.ArgumentParser:
-    """The options of every benchmark on the demo data (--batch-size, --max-length, --data-root, --threads);
-    the description is the first line of the script's docstring."""
-    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
-    parser.add_argument("--batch-size", type=int, default=batch_size)
-    parser.add_argument("--max-length", type=int, default=max_length)
-    add_common_arguments(parser)
     return parser
 
 
