@@ -1,14 +1,20 @@
-"""What the CPU benchmarks share: the offline MiniLM checkpoint, the real SST-2 / TREC-6 data read the way
+"""What the benchmarks share: the offline MiniLM checkpoint, the real SST-2 / TREC-6 data read the way
 configs/demo.json reads it, the two sides they compare (a HydraBertModel, and per task the plain
 `AutoModelForSequenceClassification` computing the same function), tokenized train sets, the Trainer
-settings both sides use, timing in alternating rounds, a token counter, and the one JSON line each
-benchmark prints."""
+settings both sides use, the timed `train()` of either side and the checks that both trained the same
+work (bench_gpu.py's too), timing in alternating rounds, a token counter, the command-line options they
+share, and the one JSON line each benchmark prints: its headline fields (samples/s of both sides and their
+ratio) first."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import dataclasses
+import functools
 import json
 import logging
+import math
 import os
 import platform
 import sys
@@ -28,7 +34,12 @@ DEFAULT_DATA_ROOT = ROOT.parent / "shared" / "data"
 SEED = 42
 
 
-def add_common_arguments(parser) -> None:
+def argument_parser(doc: str, *, max_length: int, batch_size: int = 32) -> argparse.ArgumentParser:
+    """The options of every benchmark on the demo data (--batch-size, --max-length, --data-root, --threads);
+    the description is the first line of the script's docstring."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--max-length", type=int, default=max_length)
     parser.add_argument(
         "--data-root", default=None, help="folder holding sst2/ and trec/ (default ../shared/data)"
     )
@@ -39,6 +50,19 @@ def add_common_arguments(parser) -> None:
         help="torch intra-op threads, both sides alike (default 1: on a shared machine, a second thread that "
         "gets descheduled stalls every OpenMP barrier, and identical steps then vary by a third)",
     )
+    return parser
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """Parses `argv` (the command line when None) and applies the thread count and quiet logging."""
+    args = parser.parse_args(argv)
+    setup(args)
+    return args
+
+
+def settings_of(args: argparse.Namespace, *names: str) -> dict:
+    """The JSON line's `settings`: the named options as given."""
+    return {name: getattr(args, name) for name in names}
 
 
 def setup(args) -> None:
@@ -90,13 +114,32 @@ def load_demo_tasks(data_root=None) -> dict:
     return load_tasks(list(demo_task_configs(data_root).values()), seed=SEED)
 
 
-def sst2_test_sentences(data_root=None) -> list[str]:
-    """The 1821 sentences of the labelled SST-2 test set."""
-    return list(load_demo_tasks(data_root)["sentiment"].splits["test"]["text"])
-
-
 def task_specs(loaded: dict) -> dict:
     return {name: task.task_spec() for name, task in loaded.items()}
+
+
+@dataclasses.dataclass
+class DemoWorkload:
+    """What a benchmark on the demo tasks starts from: the checkpoint, its tokenizer, the loaded tasks, their
+    head specs and, when sizes were asked for, the tokenized splits (`{split: {task: Dataset}}`)."""
+
+    path: str
+    tokenizer: object
+    loaded: dict
+    specs: dict
+    splits: dict
+
+
+def demo_workload(args: argparse.Namespace, sizes: dict | None = None) -> DemoWorkload:
+    """The offline MiniLM, its tokenizer and the demo tasks under `args.data_root`; with `sizes` (see
+    `tokenized_splits`) also those splits tokenized to `args.max_length`."""
+    from transformers import AutoTokenizer
+
+    path = minilm_path()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    loaded = load_demo_tasks(args.data_root)
+    splits = tokenized_splits(loaded, tokenizer, args.max_length, sizes) if sizes else {}
+    return DemoWorkload(path, tokenizer, loaded, task_specs(loaded), splits)
 
 
 def hydrabert_model(path: str, specs: dict):
@@ -165,6 +208,54 @@ def trainer_settings(**overrides) -> dict:
     )
 
 
+def batches_per_task(trainer, steps: int) -> tuple[list, dict, dict]:
+    """The batches a MultiTaskTrainer will train on (epoch 0 of its own sampler, the first `steps`; all of
+    them for 0), and per task the rows they hold and how many batches they fill: the peer then trains on
+    exactly those rows."""
+    batches = trainer.get_train_batch_sampler().epoch_batches(0)[: steps or None]
+    rows = {name: [] for name in trainer.train_dataset.datasets}
+    steps_per_task = dict.fromkeys(rows, 0)
+    for batch in batches:
+        for index in batch:
+            name, row = trainer.train_dataset.locate(index)
+            rows[name].append(row)
+        steps_per_task[name] += 1
+    return batches, rows, steps_per_task
+
+
+def timed_train(trainer) -> tuple[object, Timer]:
+    """`trainer.train()` timed (either side: MultiTaskTrainer or the plain HF Trainer), its stdout logs
+    sent to stderr."""
+    with stdout_to_stderr(), Timer() as timer:
+        result = trainer.train()
+    return result, timer
+
+
+def train_peer(model, training_args, dataset, tokenizer, **trainer_kwargs) -> tuple[object, object, Timer]:
+    """The peer of the training benchmarks: plain `Trainer` with its defaults on one task's rows, timed.
+    Returns the trainer, its `TrainOutput` and the timer."""
+    from transformers import Trainer
+
+    trainer = Trainer(
+        model=model, args=training_args, train_dataset=dataset, processing_class=tokenizer, **trainer_kwargs
+    )
+    result, timer = timed_train(trainer)
+    return trainer, result, timer
+
+
+def same_work_failures(hydrabert: dict, peer: dict, losses: list[float]) -> list[str]:
+    """Both sides of a training benchmark trained the same rows and real (non-padding) tokens (`{"rows": n,
+    "real_tokens": n}` each), and every training loss is finite."""
+    failures = [
+        f"{key.replace('_', ' ')} trained: hydrabert {hydrabert[key]}, peer {peer[key]}"
+        for key in ("rows", "real_tokens")
+        if hydrabert[key] != peer[key]
+    ]
+    if not all(math.isfinite(loss) for loss in losses):
+        failures.append(f"non-finite training loss: {losses}")
+    return failures
+
+
 class TokenCounter:
     """Adds up the rows, padded tokens and real (non-padding) tokens of every batch a module sees."""
 
@@ -207,16 +298,32 @@ def alternate(sides: dict, rounds: int) -> tuple[dict, dict, dict]:
     return outputs, seconds, cpu_seconds
 
 
-def throughput(samples: int, seconds: dict) -> dict:
-    """Samples per second of each side of `alternate` ("hydrabert", "peer"; `samples` per round) and
-    their ratio."""
-    total = {name: sum(values) for name, values in seconds.items()}
-    n = samples * len(seconds["hydrabert"])
+def race(sides: dict, inputs: list, rounds: int) -> tuple[dict, dict, dict]:
+    """Warms each side (`{name: fn(inputs)}`) up on the first 64 inputs (thread pools, allocator), then
+    `alternate`s the sides over all of `inputs`."""
+    for run in sides.values():
+        run(inputs[:64])
+    return alternate({name: functools.partial(run, inputs) for name, run in sides.items()}, rounds)
+
+
+def headline(benchmark: str, what: str, samples: int, seconds: dict, target: float) -> dict:
+    """The fields a comparison's JSON line starts with (plot_speed.py reads them): `samples` over each
+    side's `seconds` ("hydrabert", "peer") and their ratio (> 1: hydrabert is faster), and the target."""
     return {
-        "hydrabert_samples_per_s": round(n / total["hydrabert"], 2),
-        "peer_samples_per_s": round(n / total["peer"], 2),
-        "ratio": round(total["peer"] / total["hydrabert"], 3),
+        "benchmark": benchmark,
+        "what": what,
+        "hydrabert_samples_per_s": round(samples / seconds["hydrabert"], 2),
+        "peer_samples_per_s": round(samples / seconds["peer"], 2),
+        "ratio": round(seconds["peer"] / seconds["hydrabert"], 3),
+        "target": target,
     }
+
+
+def race_headline(benchmark: str, what: str, samples: int, seconds: dict, target: float) -> dict:
+    """`headline` for a `race` of `samples` inputs per round: both sides' totals over the rounds."""
+    rounds = len(seconds["hydrabert"])
+    totals = {name: sum(values) for name, values in seconds.items()}
+    return headline(benchmark, what, samples * rounds, totals, target)
 
 
 def round_times(seconds: dict, cpu_seconds: dict) -> dict:
@@ -255,14 +362,17 @@ class Timer:
         self.cpu_seconds = time.process_time() - self.cpu_start
 
 
-def emit(result: dict, failures: list[str]) -> None:
-    """Prints the one JSON line (on the real stdout) and exits non-zero if a check failed."""
-    result = {**result, "ok": not failures, "failures": failures, "machine": machine()}
+def emit(result: dict, failures: list[str], trailer: dict | None = None) -> dict:
+    """Prints the one JSON line (on the real stdout) and exits non-zero if a check failed. After the result
+    come `ok`, `failures` and `trailer` (default: this machine). Returns the line's dict."""
+    result = {**result, "ok": not failures, "failures": failures}
+    result |= {"machine": machine()} if trailer is None else trailer
     print(json.dumps(result, sort_keys=False), file=sys.__stdout__, flush=True)
     if failures:
         for failure in failures:
             print(f"FAILED: {failure}", file=sys.stderr)
         sys.exit(1)
+    return result
 
 
 def stdout_to_stderr():

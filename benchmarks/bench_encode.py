@@ -15,8 +15,6 @@ Check (exit 1 when it fails): the embeddings match (max |difference| <= 1e-4).
 
 from __future__ import annotations
 
-import argparse
-
 import _speed
 import torch
 
@@ -40,32 +38,25 @@ def sentence_transformer(path: str, max_length: int):
     return SentenceTransformer(modules=[transformer, pooling, dense], device="cpu").eval()
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-length", type=int, default=128)
+def parse_args(argv: list[str] | None = None):
+    parser = _speed.argument_parser(__doc__, max_length=128)
     parser.add_argument("--rounds", type=int, default=2)
-    _speed.add_common_arguments(parser)
-    args = parser.parse_args()
-    _speed.setup(args)
+    return _speed.parse(parser, argv)
 
-    from transformers import AutoTokenizer
 
-    path = _speed.minilm_path()
-    sentences = _speed.sst2_test_sentences(args.data_root)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = _speed.hydrabert_model(path, {}).eval()
-    st_model = sentence_transformer(path, args.max_length)
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    work = _speed.demo_workload(args)
+    sentences = list(work.loaded["sentiment"].splits["test"]["text"])
+    model = _speed.hydrabert_model(work.path, {}).eval()
+    st_model = sentence_transformer(work.path, args.max_length)
     batch = {"batch_size": args.batch_size, "show_progress_bar": False}
-
-    # Warm-up on a few sentences (thread pools, allocator), both sides alike.
-    model.encode(sentences[:64], tokenizer, **batch)
-    st_model.encode(sentences[:64], **batch)
-    outputs, seconds, cpu_seconds = _speed.alternate(
+    outputs, seconds, cpu_seconds = _speed.race(
         {
-            "hydrabert": lambda: model.encode(sentences, tokenizer, max_length=args.max_length, **batch),
-            "peer": lambda: st_model.encode(sentences, convert_to_tensor=True, **batch),
+            "hydrabert": lambda s: model.encode(s, work.tokenizer, max_length=args.max_length, **batch),
+            "peer": lambda s: st_model.encode(s, convert_to_tensor=True, **batch),
         },
+        sentences,
         args.rounds,
     )
 
@@ -76,24 +67,15 @@ def main():
             f"embeddings differ: shapes {tuple(outputs['hydrabert'].shape)} vs {tuple(outputs['peer'].shape)}, "
             f"max |diff| {diff:.2e}"
         )
-    _speed.emit(
-        {
-            "benchmark": "encode",
-            "what": "sentences/s: HydraBertModel.encode vs SentenceTransformer.encode (CLS + Dense tanh)",
-            **_speed.throughput(len(sentences), seconds),
-            "target": 1.0,
-            **_speed.round_times(seconds, cpu_seconds),
-            "sentences": len(sentences),
-            "embedding_max_abs_diff": diff,
-            "settings": {
-                "batch_size": args.batch_size,
-                "max_length": args.max_length,
-                "rounds": args.rounds,
-                "threads": args.threads,
-            },
-        },
-        failures,
-    )
+    what = "sentences/s: HydraBertModel.encode vs SentenceTransformer.encode (CLS + Dense tanh)"
+    result = {
+        **_speed.race_headline("encode", what, len(sentences), seconds, target=1.0),
+        **_speed.round_times(seconds, cpu_seconds),
+        "sentences": len(sentences),
+        "embedding_max_abs_diff": diff,
+        "settings": _speed.settings_of(args, "batch_size", "max_length", "rounds", "threads"),
+    }
+    return _speed.emit(result, failures)
 
 
 if __name__ == "__main__":

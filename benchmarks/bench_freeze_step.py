@@ -29,13 +29,13 @@ SETTINGS = {
 }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--data-root", default=None, help="folder holding sst2/ (default ../shared/data)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     from transformers import AutoTokenizer
 
@@ -74,17 +74,15 @@ def main() -> None:
         for name in SETTINGS:
             times[name].append(run(name))
     seconds = {name: statistics.median(values) for name, values in times.items()}
-    print(
-        json.dumps(
-            {
-                "benchmark": "freeze_step",
-                "batch_size": args.batch_size,
-                "seconds_per_step": {k: round(v, 4) for k, v in seconds.items()},
-                "speedup_vs_full": {k: round(seconds["none"] / v, 3) for k, v in seconds.items()},
-                "torch_threads": torch.get_num_threads(),
-            }
-        )
-    )
+    result = {
+        "benchmark": "freeze_step",
+        "batch_size": args.batch_size,
+        "seconds_per_step": {k: round(v, 4) for k, v in seconds.items()},
+        "speedup_vs_full": {k: round(seconds["none"] / v, 3) for k, v in seconds.items()},
+        "torch_threads": torch.get_num_threads(),
+    }
+    print(json.dumps(result))
+    return result
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ distinct example and the other run on every training and validation row of every
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 
 import _speed
@@ -55,17 +54,10 @@ class EpochTimes(TrainerCallback):
         self.seconds.append(self._timer.seconds)
 
 
-def train_frozen(cache: bool, path, specs, train_sets, eval_sets, tokenizer, args) -> dict:
-    """One run with the encoder frozen, with or without the encoder-output cache."""
+def frozen_trainer(cache: bool, work: _speed.DemoWorkload, args, callbacks: list):
+    """MultiTaskTrainer with the encoder frozen, with or without the encoder-output cache."""
     from hydrabert.trainer import MultiTaskTrainer, MultiTaskTrainingArguments
 
-    model = _speed.hydrabert_model(path, specs)
-    initial = {k: v.clone() for k, v in model.state_dict().items()}
-    rows = []
-    model.encoder.register_forward_pre_hook(
-        lambda _module, _args, kwargs: rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True
-    )
-    epochs = EpochTimes()
     settings = _speed.trainer_settings(
         output_dir=tempfile.mkdtemp(prefix="bench_frozen_"),
         num_train_epochs=args.epochs,
@@ -73,21 +65,33 @@ def train_frozen(cache: bool, path, specs, train_sets, eval_sets, tokenizer, arg
         per_device_eval_batch_size=args.batch_size,
         eval_strategy="epoch",
     )
-    trainer = MultiTaskTrainer(
-        model=model,
+    return MultiTaskTrainer(
+        model=_speed.hydrabert_model(work.path, work.specs),
         args=MultiTaskTrainingArguments(
             freeze_policy="encoder",
             cache_frozen_encoder=cache,
             learning_rate=1e-3,  # only the projection and heads train: let them move
             **settings,
         ),
-        train_dataset=train_sets,
-        eval_dataset=eval_sets,
-        processing_class=tokenizer,
-        callbacks=[epochs],
+        train_dataset=work.splits["train"],
+        eval_dataset=work.splits["validation"],
+        processing_class=work.tokenizer,
+        callbacks=callbacks,
     )
-    with _speed.Timer() as timer:
-        trainer.train()
+
+
+def train_frozen(cache: bool, work: _speed.DemoWorkload, args) -> dict:
+    """One timed run with the encoder frozen: its epoch times, evaluations, final weights and how many rows
+    the encoder ran on."""
+    epochs = EpochTimes()
+    trainer = frozen_trainer(cache, work, args, [epochs])
+    model = trainer.model
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    rows = []
+    model.encoder.register_forward_pre_hook(
+        lambda _module, _args, kwargs: rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
+    _, timer = _speed.timed_train(trainer)
     return {
         "seconds": timer.seconds,
         "cpu_seconds": timer.cpu_seconds,
@@ -154,72 +158,52 @@ def compare_runs(cached: dict, plain: dict, specs, train_sets, eval_sets, epochs
     return failures
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parse_args(argv: list[str] | None = None):
+    parser = _speed.argument_parser(__doc__, max_length=64)
     parser.add_argument("--per-task", type=int, default=512, help="training sentences per task")
     parser.add_argument("--eval-per-task", type=int, default=128, help="validation sentences per task")
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-length", type=int, default=64)
-    _speed.add_common_arguments(parser)
-    args = parser.parse_args()
-    _speed.setup(args)
+    return _speed.parse(parser, argv)
 
-    from transformers import AutoTokenizer
 
-    path = _speed.minilm_path()
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    loaded = _speed.load_demo_tasks(args.data_root)
-    specs = _speed.task_specs(loaded)
-    sizes = {"train": args.per_task, "validation": args.eval_per_task}
-    splits = _speed.tokenized_splits(loaded, tokenizer, args.max_length, sizes)
-    train_sets, eval_sets = splits["train"], splits["validation"]
-    with _speed.stdout_to_stderr():
-        cached, plain = (
-            train_frozen(cache, path, specs, train_sets, eval_sets, tokenizer, args)
-            for cache in (True, False)
-        )
-    weights, failures = compare_weights(cached, plain)
-    failures += compare_runs(cached, plain, specs, train_sets, eval_sets, args.epochs)
-
-    samples = args.epochs * sum(len(ds) for ds in train_sets.values())
+def result_line(args, cached: dict, plain: dict, samples: int, weights: dict) -> dict:
     mean_plain = sum(plain["epoch_seconds"]) / len(plain["epoch_seconds"])
     mean_cached = sum(cached["epoch_seconds"]) / len(cached["epoch_seconds"])
-    _speed.emit(
-        {
-            "benchmark": "frozen",
-            "what": f"{args.epochs} epochs with a frozen encoder: cached encoder outputs vs recomputed",
-            "hydrabert_samples_per_s": round(samples / cached["seconds"], 2),
-            "peer_samples_per_s": round(samples / plain["seconds"], 2),
-            "ratio": round(plain["seconds"] / cached["seconds"], 3),
-            "target": 5.0,
-            "cached_epochs_ratio": round(mean_plain / mean_cached, 2),
-            "fill_cost_fraction": round(cached["fill_seconds"] / mean_plain, 3),
-            "cpu_time_ratio": round(plain["cpu_seconds"] / cached["cpu_seconds"], 3),
-            "seconds": {"cached": round(cached["seconds"], 2), "recomputed": round(plain["seconds"], 2)},
-            "fill_seconds": round(cached["fill_seconds"], 2),
-            "epoch_seconds": {
-                "cached": [round(s, 2) for s in cached["epoch_seconds"]],
-                "recomputed": [round(s, 2) for s in plain["epoch_seconds"]],
-            },
-            "encoder_rows": {"cached": cached["frozen"].misses, "recomputed": plain["encoder_rows"]},
-            "cache_hits": cached["frozen"].hits,
-            **weights,
-            "eval_average_accuracy": {
-                "cached": [e["eval_average_accuracy"] for e in cached["evaluations"]],
-                "recomputed": [e["eval_average_accuracy"] for e in plain["evaluations"]],
-            },
-            "settings": {
-                "per_task": args.per_task,
-                "eval_per_task": args.eval_per_task,
-                "epochs": args.epochs,
-                "batch_size": args.batch_size,
-                "max_length": args.max_length,
-                "threads": args.threads,
-            },
+    what = f"{args.epochs} epochs with a frozen encoder: cached encoder outputs vs recomputed"
+    seconds = {"hydrabert": cached["seconds"], "peer": plain["seconds"]}
+    return {
+        **_speed.headline("frozen", what, samples, seconds, target=5.0),
+        "cached_epochs_ratio": round(mean_plain / mean_cached, 2),
+        "fill_cost_fraction": round(cached["fill_seconds"] / mean_plain, 3),
+        "cpu_time_ratio": round(plain["cpu_seconds"] / cached["cpu_seconds"], 3),
+        "seconds": {"cached": round(cached["seconds"], 2), "recomputed": round(plain["seconds"], 2)},
+        "fill_seconds": round(cached["fill_seconds"], 2),
+        "epoch_seconds": {
+            "cached": [round(s, 2) for s in cached["epoch_seconds"]],
+            "recomputed": [round(s, 2) for s in plain["epoch_seconds"]],
         },
-        failures,
-    )
+        "encoder_rows": {"cached": cached["frozen"].misses, "recomputed": plain["encoder_rows"]},
+        "cache_hits": cached["frozen"].hits,
+        **weights,
+        "eval_average_accuracy": {
+            "cached": [e["eval_average_accuracy"] for e in cached["evaluations"]],
+            "recomputed": [e["eval_average_accuracy"] for e in plain["evaluations"]],
+        },
+        "settings": _speed.settings_of(
+            args, "per_task", "eval_per_task", "epochs", "batch_size", "max_length", "threads"
+        ),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    work = _speed.demo_workload(args, {"train": args.per_task, "validation": args.eval_per_task})
+    train_sets, eval_sets = work.splits["train"], work.splits["validation"]
+    cached, plain = (train_frozen(cache, work, args) for cache in (True, False))
+    weights, failures = compare_weights(cached, plain)
+    failures += compare_runs(cached, plain, work.specs, train_sets, eval_sets, args.epochs)
+    samples = args.epochs * sum(len(ds) for ds in train_sets.values())
+    return _speed.emit(result_line(args, cached, plain, samples, weights), failures)
 
 
 if __name__ == "__main__":

@@ -28,20 +28,15 @@ the same rows and real tokens, or a loss is not finite.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import math
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import _speed  # sets the offline environment before transformers is imported
+import numpy as np
+import torch
 
 HERE = Path(__file__).resolve().parent
 LENGTHS_FILE = HERE / "sentence_lengths.json"
@@ -57,10 +52,8 @@ PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 
 
 
 def write_lengths(data_root: str | None) -> None:
-    sys.path.insert(0, str(HERE))
     import collections
 
-    import _speed
     from transformers import AutoTokenizer
 
     _speed.quiet()
@@ -191,7 +184,7 @@ def peak_flops(args) -> tuple[float | None, str]:
     return None, name
 
 
-def main():
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--per-task", type=int, default=20000, help="sentences per task")
     parser.add_argument("--steps", type=int, default=300, help="hydrabert optimizer steps")
@@ -214,154 +207,151 @@ def main():
     parser.add_argument("--smoke", action="store_true", help="tiny model and data on CPU, fp32: does it run?")
     parser.add_argument("--write-lengths", action="store_true", help="rebuild sentence_lengths.json and exit")
     parser.add_argument("--data-root", default=None, help="with --write-lengths: folder of sst2/ and trec/")
-    if "--smoke" in sys.argv[1:]:  # small defaults; flags given still win
+    if "--smoke" in (sys.argv[1:] if argv is None else argv):  # small defaults; flags given still win
         parser.set_defaults(per_task=96, steps=6, warmup_steps=2, batch_size=8)
-    args = parser.parse_args()
-    if args.write_lengths:
-        write_lengths(args.data_root)
-        return
+    return parser.parse_args(argv)
+
+
+def prepare_device(args) -> bool:
+    """Whether the run is on CUDA (with TF32 matmuls); exits when there is no CUDA device and no --smoke."""
     if args.smoke:
         torch.set_num_threads(1)  # tiny ops: a second thread only adds barrier waits
     cuda = torch.cuda.is_available() and not args.smoke
     if not cuda and not args.smoke:
         sys.exit("bench_gpu.py needs a CUDA device (or --smoke for a CPU check of the script)")
-
-    import datasets
-    import transformers
-    from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments, set_seed
-
-    sys.path.insert(0, str(HERE.parent))
-    from hydrabert import HydraBertConfig, HydraBertModel
-    from hydrabert.data import MultiTaskCollator
-    from hydrabert.trainer import MultiTaskTrainer, MultiTaskTrainingArguments
-
-    datasets.disable_progress_bars()
-    transformers.utils.logging.set_verbosity_error()
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    return cuda
 
-    sizes = SMOKE if args.smoke else BERT_BASE
-    encoder = dict(model_type="bert", max_position_embeddings=512, **sizes)
-    tokenizer = make_tokenizer(sizes["vocab_size"])
-    train_sets = make_datasets(args.per_task, args.max_length, sizes["vocab_size"], args.seed)
-    output_dir = tempfile.mkdtemp(prefix="bench_gpu_")
-    common = dict(
-        output_dir=output_dir,
+
+def training_settings(args, cuda: bool) -> dict:
+    """Both sides' TrainingArguments: the CPU benchmarks' settings plus bf16, fused AdamW, torch.compile
+    when asked, and on CUDA two loader workers with pinned memory."""
+    return _speed.trainer_settings(
+        output_dir=tempfile.mkdtemp(prefix="bench_gpu_"),
         per_device_train_batch_size=args.batch_size,
-        num_train_epochs=1,
         bf16=cuda,
         optim="adamw_torch_fused",
         torch_compile=args.compile,
         use_cpu=not cuda,
-        report_to=[],
-        save_strategy="no",
-        logging_strategy="no",
-        disable_tqdm=True,
         seed=args.seed,
         dataloader_num_workers=2 if cuda else 0,
         dataloader_pin_memory=cuda,
     )
-    specs = {name: {"num_labels": k} for name, k in TASKS.items()}
 
-    # ---------------------------------------------------------------------------------- hydrabert
+
+def train_hydrabert(args, sizes: dict, tokenizer, train_sets: dict, settings: dict) -> dict:
+    """HydraBertModel with both heads and MultiTaskTrainer with its defaults, `--steps` steps; its batches,
+    timing window, loss, and the rows per task its batches held (the peer's data)."""
+    from transformers import set_seed
+
+    from hydrabert import HydraBertConfig, HydraBertModel
+    from hydrabert.data import MultiTaskCollator
+    from hydrabert.trainer import MultiTaskTrainer, MultiTaskTrainingArguments
+
     set_seed(args.seed)
-    hydra = HydraBertModel(HydraBertConfig(encoder=encoder, tasks=specs, attn_implementation="sdpa"))
-    hydra_collator = CountingCollator(
-        MultiTaskCollator(tokenizer, pad_to_multiple_of=args.pad_to_multiple_of)
-    )
-    hydra_clock = window_clock(args.warmup_steps)
-    hydra_args = MultiTaskTrainingArguments(max_steps=args.steps, **common)
+    encoder = dict(model_type="bert", max_position_embeddings=512, **sizes)
+    specs = {name: {"num_labels": k} for name, k in TASKS.items()}
+    model = HydraBertModel(HydraBertConfig(encoder=encoder, tasks=specs, attn_implementation="sdpa"))
+    collator = CountingCollator(MultiTaskCollator(tokenizer, pad_to_multiple_of=args.pad_to_multiple_of))
+    clock = window_clock(args.warmup_steps)
     trainer = MultiTaskTrainer(
-        model=hydra,
-        args=hydra_args,
+        model=model,
+        args=MultiTaskTrainingArguments(max_steps=args.steps, **settings),
         train_dataset=train_sets,
         processing_class=tokenizer,
-        data_collator=hydra_collator,
-        callbacks=[hydra_clock],
+        data_collator=collator,
+        callbacks=[clock],
     )
-    rows_per_task = {name: [] for name in TASKS}
-    for batch in trainer.get_train_batch_sampler().epoch_batches(0)[: args.steps]:
-        for index in batch:
-            name, row = trainer.train_dataset.locate(index)
-            rows_per_task[name].append(row)
-    # The Trainer prints its final metrics on stdout, which carries the JSON line only.
-    with contextlib.redirect_stdout(sys.stderr):
-        hydra_result = trainer.train()
-    hydra_window = hydra_collator.batches[args.warmup_steps : args.steps]
-    hydra_attention = hydra.config.encoder._attn_implementation
+    _, rows_per_task, _ = _speed.batches_per_task(trainer, args.steps)
+    result, _ = _speed.timed_train(trainer)
+    return {
+        "all": collator.batches[: args.steps],
+        "window": collator.batches[args.warmup_steps : args.steps],
+        "seconds": clock.seconds,
+        "loss": result.training_loss,
+        "rows_per_task": rows_per_task,
+        "parameters": matmul_parameters(model),
+        "attention": model.config.encoder._attn_implementation,
+    }
 
-    # --------------------------------------------------------------------------------------- peer
-    peer_window, peer_seconds, peer_losses, peer_all = [], 0.0, {}, []
-    peer_parameters, peer_attention = 0, None
+
+def train_peers(args, sizes: dict, tokenizer, train_sets: dict, rows_per_task: dict, settings: dict) -> dict:
+    """Per task a BertForSequenceClassification of the same size, trained by `Trainer` with its defaults
+    on the rows hydrabert's batches held; the runs' batches, summed window time and losses."""
+    import transformers
+    from transformers import BertConfig, BertForSequenceClassification, TrainingArguments, set_seed
+
+    out = {"all": [], "window": [], "seconds": 0.0, "losses": {}, "parameters": 0, "attention": None}
     for name, num_labels in TASKS.items():
         if not rows_per_task[name]:
             continue
         set_seed(args.seed)
-        peer = BertForSequenceClassification(
-            BertConfig(
-                num_labels=num_labels, max_position_embeddings=512, attn_implementation="sdpa", **sizes
-            )
+        config = BertConfig(
+            num_labels=num_labels, max_position_embeddings=512, attn_implementation="sdpa", **sizes
         )
-        peer_parameters = matmul_parameters(peer)
-        peer_attention = peer.config._attn_implementation
+        model = BertForSequenceClassification(config)
+        out["parameters"], out["attention"] = matmul_parameters(model), model.config._attn_implementation
         collator = CountingCollator(
             transformers.DataCollatorWithPadding(tokenizer, pad_to_multiple_of=args.pad_to_multiple_of)
         )
         clock = window_clock(args.warmup_steps)
-        peer_trainer = Trainer(
-            model=peer,
-            args=TrainingArguments(**common),
-            train_dataset=train_sets[name].select(rows_per_task[name]),
-            processing_class=tokenizer,
+        dataset = train_sets[name].select(rows_per_task[name])
+        trainer, result, _ = _speed.train_peer(
+            model,
+            TrainingArguments(**settings),
+            dataset,
+            tokenizer,
             data_collator=collator,
             callbacks=[clock],
         )
-        with contextlib.redirect_stdout(sys.stderr):
-            result = peer_trainer.train()
-        steps = peer_trainer.state.global_step
-        peer_window += collator.batches[args.warmup_steps : steps]
-        peer_all += collator.batches[:steps]
-        peer_seconds += clock.seconds or 0.0
-        peer_losses[name] = round(result.training_loss, 4)
+        steps = trainer.state.global_step
+        out["window"] += collator.batches[args.warmup_steps : steps]
+        out["all"] += collator.batches[:steps]
+        out["seconds"] += clock.seconds or 0.0
+        out["losses"][name] = round(result.training_loss, 4)
+    return out
 
-    # ------------------------------------------------------------------------------------ report
-    failures = []
-    hydra_all = hydra_collator.batches[: args.steps]
-    for key in ("rows", "real"):
-        ours, theirs = sum(b[key] for b in hydra_all), sum(b[key] for b in peer_all)
-        if ours != theirs:
-            failures.append(f"{key}: hydrabert trained {ours}, peer {theirs}")
-    losses = [hydra_result.training_loss, *peer_losses.values()]
-    if not all(math.isfinite(loss) for loss in losses):
-        failures.append(f"non-finite training loss: {losses}")
-    if not hydra_clock.seconds or not peer_seconds:
+
+def check(hydra: dict, peer: dict) -> list[str]:
+    """Same rows and real tokens on both sides, finite losses, and a timing window on each."""
+
+    def work(batches):
+        return {"rows": sum(b["rows"] for b in batches), "real_tokens": sum(b["real"] for b in batches)}
+
+    losses = [hydra["loss"], *peer["losses"].values()]
+    failures = _speed.same_work_failures(work(hydra["all"]), work(peer["all"]), losses)
+    if not hydra["seconds"] or not peer["seconds"]:
         failures.append("a timing window is empty: raise --steps or lower --warmup-steps")
+    return failures
+
+
+def side_stats(run: dict, sizes: dict, peak: float | None) -> dict:
+    """One side's samples/s, real tokens/s, padding, model TFLOP/s and MFU over its timing window."""
+    window, seconds = run["window"], run["seconds"]
+    if not seconds:
+        return {}
+    rows = sum(b["rows"] for b in window)
+    flops = model_flops(window, run["parameters"], sizes["num_hidden_layers"], sizes["hidden_size"])
+    return {
+        "samples_per_s": round(rows / seconds, 1),
+        "real_tokens_per_s": round(sum(b["real"] for b in window) / seconds, 1),
+        "padding_fraction": round(1 - sum(b["real"] for b in window) / sum(b["padded"] for b in window), 4),
+        "model_tflops_per_s": round(flops / seconds / 1e12, 2),
+        "mfu": round(flops / seconds / peak, 4) if peak else None,
+        "window_steps": len(window),
+        "window_seconds": round(seconds, 3),
+    }
+
+
+def result_line(args, cuda: bool, sizes: dict, hydra: dict, peer: dict) -> dict:
+    import transformers
 
     peak, device = peak_flops(args)
-    layers, hidden = sizes["num_hidden_layers"], sizes["hidden_size"]
-
-    def side(window, seconds, parameters):
-        if not seconds:
-            return {}
-        rows = sum(b["rows"] for b in window)
-        flops = model_flops(window, parameters, layers, hidden)
-        return {
-            "samples_per_s": round(rows / seconds, 1),
-            "real_tokens_per_s": round(sum(b["real"] for b in window) / seconds, 1),
-            "padding_fraction": round(
-                1 - sum(b["real"] for b in window) / sum(b["padded"] for b in window), 4
-            ),
-            "model_tflops_per_s": round(flops / seconds / 1e12, 2),
-            "mfu": round(flops / seconds / peak, 4) if peak else None,
-            "window_steps": len(window),
-            "window_seconds": round(seconds, 3),
-        }
-
-    ours = side(hydra_window, hydra_clock.seconds, matmul_parameters(hydra))
-    theirs = side(peer_window, peer_seconds, peer_parameters)
+    ours, theirs = side_stats(hydra, sizes, peak), side_stats(peer, sizes, peak)
     ratio = ours["samples_per_s"] / theirs["samples_per_s"] if ours and theirs else None
-    result = {
+    return {
         "benchmark": "gpu_train" + ("_compile" if args.compile else "") + ("_smoke" if args.smoke else ""),
         "what": "training samples/s and MFU, BERT-base-sized encoder, bf16: MultiTaskTrainer vs HF Trainer",
         "hydrabert_samples_per_s": ours.get("samples_per_s"),
@@ -370,31 +360,42 @@ def main():
         "target": 1.5,
         "hydrabert": ours,
         "peer": theirs,
-        "train_loss": {"hydrabert": round(hydra_result.training_loss, 4), "peer": peer_losses},
-        "attention": {"hydrabert": hydra_attention, "peer": peer_attention},
+        "train_loss": {"hydrabert": round(hydra["loss"], 4), "peer": peer["losses"]},
+        "attention": {"hydrabert": hydra["attention"], "peer": peer["attention"]},
         "device": device,
         "peak_tflops": peak / 1e12 if peak else None,
         "settings": {
             "encoder": sizes,
-            "per_task": args.per_task,
-            "steps": args.steps,
-            "warmup_steps": args.warmup_steps,
-            "batch_size": args.batch_size,
-            "max_length": args.max_length,
+            **_speed.settings_of(args, "per_task", "steps", "warmup_steps", "batch_size", "max_length"),
             "bf16": cuda,
             "compile": args.compile,
             "pad_to_multiple_of": args.pad_to_multiple_of,
             "optim": "adamw_torch_fused",
         },
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
-        "ok": not failures,
-        "failures": failures,
     }
-    print(json.dumps(result), flush=True)
-    if failures:
-        for failure in failures:
-            print(f"FAILED: {failure}", file=sys.stderr)
-        sys.exit(1)
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    args = parse_args(argv)
+    if args.write_lengths:
+        write_lengths(args.data_root)
+        return None
+    cuda = prepare_device(args)
+    sys.path.insert(0, str(HERE.parent))  # hydrabert from this checkout when it is not installed
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.set_verbosity_error()
+
+    sizes = SMOKE if args.smoke else BERT_BASE
+    tokenizer = make_tokenizer(sizes["vocab_size"])
+    train_sets = make_datasets(args.per_task, args.max_length, sizes["vocab_size"], args.seed)
+    settings = training_settings(args, cuda)
+    hydra = train_hydrabert(args, sizes, tokenizer, train_sets, settings)
+    peer = train_peers(args, sizes, tokenizer, train_sets, hydra["rows_per_task"], settings)
+    return _speed.emit(result_line(args, cuda, sizes, hydra, peer), check(hydra, peer), trailer={})
 
 
 if __name__ == "__main__":

@@ -123,7 +123,7 @@ def child(call: str, n: int, model_name: str, batch_size: int, threads: int) -> 
     }
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["minilm", "tiny"], default="minilm")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
@@ -136,31 +136,30 @@ def main() -> None:
         help="torch threads (1: steady on a shared machine; memory does not depend on it)",
     )
     parser.add_argument("--child", nargs=2, metavar=("CALL", "N"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        print(json.dumps(child(args.child[0], int(args.child[1]), args.model, args.batch_size, args.threads)))
-        return
+    return parser.parse_args(argv)
 
+
+def run_children(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
+    """Each (call, size) in a fresh process (this script with `--child`): its JSON line, or a failure."""
     runs, failures = [], []
     for call in args.calls:
         for n in args.sizes:
             command = [sys.executable, os.path.abspath(__file__), "--model", args.model]
-            command += [
-                "--batch-size",
-                str(args.batch_size),
-                "--threads",
-                str(args.threads),
-                "--child",
-                call,
-                str(n),
-            ]
+            command += ["--batch-size", str(args.batch_size), "--threads", str(args.threads)]
+            command += ["--child", call, str(n)]
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode != 0:
                 failures.append(f"{call} x {n}: exit {done.returncode}: {done.stderr[-500:]}")
                 continue
             runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    summary = {}
-    for call in args.calls:
+    return runs, failures
+
+
+def summarize(runs: list[dict], calls: list[str]) -> tuple[dict, list[str]]:
+    """From the smallest to the largest size: for `encode` the growth beyond the output per size (a
+    failure if it grows by more than TOLERANCE_MB), for `predict` the growth per extra sentence."""
+    summary, failures = {}, []
+    for call in calls:
         measured = sorted((r for r in runs if r["call"] == call), key=lambda r: r["sentences"])
         if len(measured) < 2:
             continue
@@ -175,6 +174,16 @@ def main() -> None:
                 (large["growth_mb"] - small["growth_mb"]) * 2**20 / (large["sentences"] - small["sentences"])
             )
             summary["predict_growth_bytes_per_sentence"] = round(per_sentence)
+    return summary, failures
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    args = parse_args(argv)
+    if args.child:
+        print(json.dumps(child(args.child[0], int(args.child[1]), args.model, args.batch_size, args.threads)))
+        return None
+    runs, failures = run_children(args)
+    summary, summary_failures = summarize(runs, args.calls)
     result = {
         "benchmark": "memory",
         "model": "all-MiniLM-L6-v2"
@@ -184,13 +193,8 @@ def main() -> None:
         "torch_threads": args.threads,
         "runs": runs,
         **summary,
-        "ok": not failures,
-        "failures": failures,
-        "cpu_cores": os.cpu_count(),
     }
-    print(json.dumps(result))
-    if failures:
-        sys.exit(1)
+    return _speed.emit(result, failures + summary_failures, trailer={"cpu_cores": os.cpu_count()})
 
 
 if __name__ == "__main__":

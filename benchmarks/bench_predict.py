@@ -17,8 +17,6 @@ probabilities are more than 1e-4 apart) and the same probability within 1e-4.
 
 from __future__ import annotations
 
-import argparse
-
 import _speed
 import torch
 
@@ -63,74 +61,63 @@ def compare(ours: list[dict], theirs: dict, margins: dict, count: int) -> tuple[
     return max_score_diff, label_mismatches, failures
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-length", type=int, default=128)
+def parse_args(argv: list[str] | None = None):
+    parser = _speed.argument_parser(__doc__, max_length=128)
     parser.add_argument("--rounds", type=int, default=1)
-    _speed.add_common_arguments(parser)
-    args = parser.parse_args()
-    _speed.setup(args)
+    return _speed.parse(parser, argv)
 
-    from transformers import AutoTokenizer, pipeline
 
-    path = _speed.minilm_path()
-    loaded = _speed.load_demo_tasks(args.data_root)
-    sentences = [text for task in loaded.values() for text in task.splits["test"]["text"]]
-    specs = _speed.task_specs(loaded)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = _speed.hydrabert_model(path, specs).eval()
+def build_sides(work: _speed.DemoWorkload):
+    """hydrabert's model with a head per task, and per task a pipeline computing the same function."""
+    from transformers import pipeline
+
+    model = _speed.hydrabert_model(work.path, work.specs).eval()
     with torch.no_grad():  # heads with logits of a realistic size, not the near-zero ones of a fresh init
         for head in model.heads.values():
             head.weight.normal_(0.0, 0.5)
     pipes = {
         name: pipeline(
             "text-classification",
-            model=_speed.sequence_classifier(path, spec, like=model, task=name).eval(),
-            tokenizer=tokenizer,
+            model=_speed.sequence_classifier(work.path, spec, like=model, task=name).eval(),
+            tokenizer=work.tokenizer,
             device="cpu",
         )
-        for name, spec in specs.items()
+        for name, spec in work.specs.items()
     }
-    limits = {"batch_size": args.batch_size, "max_length": args.max_length}
+    return model, pipes
 
-    # Warm-up on a few sentences, both sides alike.
-    model.predict(sentences[:64], tokenizer, batch_size=args.batch_size)
-    for pipe in pipes.values():
-        pipe(sentences[:64], batch_size=args.batch_size)
-    outputs, seconds, cpu_seconds = _speed.alternate(
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    work = _speed.demo_workload(args)
+    sentences = [text for task in work.loaded.values() for text in task.splits["test"]["text"]]
+    model, pipes = build_sides(work)
+    limits = {"batch_size": args.batch_size, "max_length": args.max_length}
+    outputs, seconds, cpu_seconds = _speed.race(
         {
-            "hydrabert": lambda: model.predict(sentences, tokenizer, show_progress_bar=False, **limits),
-            "peer": lambda: {
-                name: pipe(sentences, truncation=True, **limits) for name, pipe in pipes.items()
-            },
+            "hydrabert": lambda s: model.predict(s, work.tokenizer, show_progress_bar=False, **limits),
+            "peer": lambda s: {name: pipe(s, truncation=True, **limits) for name, pipe in pipes.items()},
         },
+        sentences,
         args.rounds,
     )
-    margins = top2_margins(model, tokenizer, sentences, args.max_length)
+    margins = top2_margins(model, work.tokenizer, sentences, args.max_length)
     max_score_diff, label_mismatches, failures = compare(
         outputs["hydrabert"], outputs["peer"], margins, len(sentences)
     )
-    _speed.emit(
-        {
-            "benchmark": "predict",
-            "what": "sentences/s, 2 tasks: HydraBertModel.predict vs 2 text-classification pipelines",
-            **_speed.throughput(len(sentences), seconds),
-            "target": 1.8,
-            **_speed.round_times(seconds, cpu_seconds),
-            "sentences": len(sentences),
-            "max_abs_score_diff": max_score_diff,
-            "label_mismatches": label_mismatches,
-            "settings": {
-                "tasks": list(specs),
-                "batch_size": args.batch_size,
-                "max_length": args.max_length,
-                "rounds": args.rounds,
-                "threads": args.threads,
-            },
+    what = "sentences/s, 2 tasks: HydraBertModel.predict vs 2 text-classification pipelines"
+    result = {
+        **_speed.race_headline("predict", what, len(sentences), seconds, target=1.8),
+        **_speed.round_times(seconds, cpu_seconds),
+        "sentences": len(sentences),
+        "max_abs_score_diff": max_score_diff,
+        "label_mismatches": label_mismatches,
+        "settings": {
+            "tasks": list(work.specs),
+            **_speed.settings_of(args, "batch_size", "max_length", "rounds", "threads"),
         },
-        failures,
-    )
+    }
+    return _speed.emit(result, failures)
 
 
 if __name__ == "__main__":

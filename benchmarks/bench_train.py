@@ -31,26 +31,20 @@ and as many optimizer steps; the losses are finite.
 
 from __future__ import annotations
 
-import argparse
-import math
 import tempfile
 
 import _speed
 import torch
 
 
-def batches_per_task(trainer, steps: int):
-    """The batches hydrabert will train on (epoch 0 of the trainer's own sampler, the first `steps`), and
-    per task the rows they hold and how many batches they fill."""
-    batches = trainer.get_train_batch_sampler().epoch_batches(0)[: steps or None]
-    rows = {name: [] for name in trainer.train_dataset.datasets}
-    steps_per_task = dict.fromkeys(rows, 0)
-    for batch in batches:
-        for index in batch:
-            name, row = trainer.train_dataset.locate(index)
-            rows[name].append(row)
-        steps_per_task[name] += 1
-    return batches, rows, steps_per_task
+def parse_args(argv: list[str] | None = None):
+    parser = _speed.argument_parser(__doc__, max_length=64)
+    parser.add_argument("--steps", type=int, default=32, help="hydrabert optimizer steps; 0 = one epoch")
+    parser.add_argument("--per-task", type=int, default=None, help="cut each train set to N sentences")
+    parser.add_argument(
+        "--peer-sampling", default="random", choices=["random", "group_by_length"], help="peer's sampler"
+    )
+    return _speed.parse(parser, argv)
 
 
 def same_function_before_training(hydra, peers: dict, tokenizer, sentences) -> float:
@@ -64,22 +58,41 @@ def same_function_before_training(hydra, peers: dict, tokenizer, sentences) -> f
     return (ours - theirs).abs().max().item()
 
 
+def hydrabert_trainer(work: _speed.DemoWorkload, settings: dict, steps: int):
+    """One HydraBertModel (MiniLM + a head per task) and MultiTaskTrainer with its defaults."""
+    from hydrabert.trainer import MultiTaskTrainer, MultiTaskTrainingArguments
+
+    return MultiTaskTrainer(
+        model=_speed.hydrabert_model(work.path, work.specs),
+        args=MultiTaskTrainingArguments(max_steps=steps or -1, **settings),
+        train_dataset=work.splits["train"],
+        processing_class=work.tokenizer,
+    )
+
+
+def train_hydrabert(trainer) -> dict:
+    """hydrabert's timed run: its time, steps, loss and the tokens its encoder saw."""
+    counter = _speed.TokenCounter().watch(trainer.model.encoder)
+    result, timer = _speed.timed_train(trainer)
+    counter.stop()
+    return {
+        "timer": timer,
+        "steps": trainer.state.global_step,
+        "loss": result.training_loss,
+        "counter": counter,
+    }
+
+
 def train_peers(peers: dict, peer_sets: dict, tokenizer, settings: dict, sampling: str) -> dict:
     """One HF Trainer run per task; the summed time, each run's steps and loss, and the tokens seen."""
-    from transformers import Trainer, TrainingArguments
+    from transformers import TrainingArguments
 
     counter = _speed.TokenCounter()
     out = {"seconds": 0.0, "cpu_seconds": 0.0, "steps": {}, "losses": {}, "counter": counter}
     for name, model in peers.items():
         counter.watch(model.bert)
-        trainer = Trainer(
-            model=model,
-            args=TrainingArguments(train_sampling_strategy=sampling, **settings),
-            train_dataset=peer_sets[name],
-            processing_class=tokenizer,
-        )
-        with _speed.Timer() as timer:
-            result = trainer.train()
+        args = TrainingArguments(train_sampling_strategy=sampling, **settings)
+        trainer, result, timer = _speed.train_peer(model, args, peer_sets[name], tokenizer)
         counter.stop()
         out["seconds"] += timer.seconds
         out["cpu_seconds"] += timer.cpu_seconds
@@ -88,119 +101,74 @@ def train_peers(peers: dict, peer_sets: dict, tokenizer, settings: dict, samplin
     return out
 
 
-def check(samples, batches, steps_per_task, hydra_counter, hydra_steps, hydra_loss, peer) -> list[str]:
-    failures = []
-    if not hydra_counter["rows"] == peer["counter"]["rows"] == samples:
+def check(samples: int, batches, steps_per_task: dict, hydra: dict, peer: dict) -> list[str]:
+    """Same rows (all `samples` of hydrabert's batches), real tokens and optimizer steps; finite losses."""
+    failures = _speed.same_work_failures(
+        hydra["counter"].counts, peer["counter"].counts, [hydra["loss"], *peer["losses"].values()]
+    )
+    if hydra["counter"]["rows"] != samples:
+        failures.insert(0, f"rows trained: hydrabert {hydra['counter']['rows']}, expected {samples}")
+    if hydra["steps"] != len(batches) or peer["steps"] != {n: c for n, c in steps_per_task.items() if c}:
         failures.append(
-            f"rows trained: hydrabert {hydra_counter['rows']}, peer {peer['counter']['rows']}, expected {samples}"
-        )
-    if hydra_counter["real_tokens"] != peer["counter"]["real_tokens"]:
-        failures.append(
-            f"real tokens trained: hydrabert {hydra_counter['real_tokens']}, peer {peer['counter']['real_tokens']}"
-        )
-    if hydra_steps != len(batches) or peer["steps"] != {n: c for n, c in steps_per_task.items() if c}:
-        failures.append(
-            f"optimizer steps: hydrabert {hydra_steps} (expected {len(batches)}), peer {peer['steps']} "
+            f"optimizer steps: hydrabert {hydra['steps']} (expected {len(batches)}), peer {peer['steps']} "
             f"(expected {steps_per_task})"
         )
-    losses = [hydra_loss, *peer["losses"].values()]
-    if not all(math.isfinite(loss) for loss in losses):
-        failures.append(f"non-finite training loss: {losses}")
     return failures
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=32, help="hydrabert optimizer steps; 0 = one epoch")
-    parser.add_argument("--per-task", type=int, default=None, help="cut each train set to N sentences")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-length", type=int, default=64)
-    _speed.add_common_arguments(parser)
-    parser.add_argument(
-        "--peer-sampling", default="random", choices=["random", "group_by_length"], help="peer's sampler"
-    )
-    args = parser.parse_args()
-    _speed.setup(args)
+def result_line(args, work, samples: int, hydra: dict, peer: dict, embedding_diff: float) -> dict:
+    hydra_counter, peer_counter = hydra["counter"], peer["counter"]
+    seconds = {"hydrabert": hydra["timer"].seconds, "peer": peer["seconds"]}
+    what = "training samples/s: MultiTaskTrainer (1 model, 2 heads) vs HF Trainer (1 model per task)"
+    return {
+        **_speed.headline("train", what, samples, seconds, target=1.25),
+        "cpu_time_ratio": round(peer["cpu_seconds"] / hydra["timer"].cpu_seconds, 3),
+        "hydrabert_seconds": round(seconds["hydrabert"], 2),
+        "peer_seconds": round(seconds["peer"], 2),
+        "samples": samples,
+        "steps": {"hydrabert": hydra["steps"], "peer": peer["steps"]},
+        "tokens": {
+            "real": hydra_counter["real_tokens"],
+            "hydrabert_padded": hydra_counter["padded_tokens"],
+            "peer_padded": peer_counter["padded_tokens"],
+        },
+        "padding_fraction": {
+            "hydrabert": round(1 - hydra_counter["real_tokens"] / hydra_counter["padded_tokens"], 3),
+            "peer": round(1 - peer_counter["real_tokens"] / peer_counter["padded_tokens"], 3),
+        },
+        "train_loss": {"hydrabert": round(hydra["loss"], 4), "peer": peer["losses"]},
+        "embedding_max_diff_before_training": embedding_diff,
+        "settings": {
+            **_speed.settings_of(args, "steps", "per_task"),
+            "train_sizes": {name: len(ds) for name, ds in work.splits["train"].items()},
+            **_speed.settings_of(args, "batch_size", "max_length", "peer_sampling", "threads"),
+        },
+    }
 
-    from transformers import AutoTokenizer
 
-    from hydrabert.trainer import MultiTaskTrainer, MultiTaskTrainingArguments
-
-    path = _speed.minilm_path()
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    loaded = _speed.load_demo_tasks(args.data_root)
-    specs = _speed.task_specs(loaded)
-    train_sets = _speed.tokenized_splits(loaded, tokenizer, args.max_length, {"train": args.per_task})[
-        "train"
-    ]
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    work = _speed.demo_workload(args, {"train": args.per_task})
     settings = _speed.trainer_settings(
         output_dir=tempfile.mkdtemp(prefix="bench_train_"), per_device_train_batch_size=args.batch_size
     )
+    trainer = hydrabert_trainer(work, settings, args.steps)
+    batches, rows_per_task, steps_per_task = _speed.batches_per_task(trainer, args.steps)
+    peer_sets = {
+        name: work.splits["train"][name].select(rows) for name, rows in rows_per_task.items() if rows
+    }
+    peers = {name: _speed.sequence_classifier(work.path, work.specs[name]) for name in peer_sets}
+    probe = list(work.loaded["sentiment"].splits["test"]["text"][:16])
+    embedding_diff = same_function_before_training(trainer.model, peers, work.tokenizer, probe)
 
-    hydra = _speed.hydrabert_model(path, specs)
-    trainer = MultiTaskTrainer(
-        model=hydra,
-        args=MultiTaskTrainingArguments(max_steps=args.steps or -1, **settings),
-        train_dataset=train_sets,
-        processing_class=tokenizer,
-    )
-    batches, rows_per_task, steps_per_task = batches_per_task(trainer, args.steps)
-    peer_sets = {name: train_sets[name].select(rows) for name, rows in rows_per_task.items() if rows}
-    peers = {name: _speed.sequence_classifier(path, specs[name]) for name in peer_sets}
-    probe = list(loaded["sentiment"].splits["test"]["text"][:16])
-    embedding_diff = same_function_before_training(hydra, peers, tokenizer, probe)
-
-    with _speed.stdout_to_stderr():
-        hydra_counter = _speed.TokenCounter().watch(hydra.encoder)
-        with _speed.Timer() as hydra_time:
-            hydra_result = trainer.train()
-        hydra_counter.stop()
-        peer = train_peers(peers, peer_sets, tokenizer, settings, args.peer_sampling)
+    hydra = train_hydrabert(trainer)
+    peer = train_peers(peers, peer_sets, work.tokenizer, settings, args.peer_sampling)
 
     samples = sum(len(batch) for batch in batches)
-    hydra_steps = trainer.state.global_step
-    failures = check(
-        samples, batches, steps_per_task, hydra_counter, hydra_steps, hydra_result.training_loss, peer
-    )
+    failures = check(samples, batches, steps_per_task, hydra, peer)
     if embedding_diff > 1e-5:
         failures.insert(0, f"hydrabert embedding != peer pooled output (max diff {embedding_diff:.2e})")
-    hydra_rate, peer_rate = samples / hydra_time.seconds, samples / peer["seconds"]
-    _speed.emit(
-        {
-            "benchmark": "train",
-            "what": "training samples/s: MultiTaskTrainer (1 model, 2 heads) vs HF Trainer (1 model per task)",
-            "hydrabert_samples_per_s": round(hydra_rate, 2),
-            "peer_samples_per_s": round(peer_rate, 2),
-            "ratio": round(hydra_rate / peer_rate, 3),
-            "target": 1.25,
-            "cpu_time_ratio": round(peer["cpu_seconds"] / hydra_time.cpu_seconds, 3),
-            "hydrabert_seconds": round(hydra_time.seconds, 2),
-            "peer_seconds": round(peer["seconds"], 2),
-            "samples": samples,
-            "steps": {"hydrabert": hydra_steps, "peer": peer["steps"]},
-            "tokens": {
-                "real": hydra_counter["real_tokens"],
-                "hydrabert_padded": hydra_counter["padded_tokens"],
-                "peer_padded": peer["counter"]["padded_tokens"],
-            },
-            "padding_fraction": {
-                "hydrabert": round(1 - hydra_counter["real_tokens"] / hydra_counter["padded_tokens"], 3),
-                "peer": round(1 - peer["counter"]["real_tokens"] / peer["counter"]["padded_tokens"], 3),
-            },
-            "train_loss": {"hydrabert": round(hydra_result.training_loss, 4), "peer": peer["losses"]},
-            "embedding_max_diff_before_training": embedding_diff,
-            "settings": {
-                "steps": args.steps,
-                "per_task": args.per_task,
-                "train_sizes": {name: len(ds) for name, ds in train_sets.items()},
-                "batch_size": args.batch_size,
-                "max_length": args.max_length,
-                "peer_sampling": args.peer_sampling,
-                "threads": args.threads,
-            },
-        },
-        failures,
-    )
+    return _speed.emit(result_line(args, work, samples, hydra, peer, embedding_diff), failures)
 
 
 if __name__ == "__main__":
