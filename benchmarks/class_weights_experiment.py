@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -28,6 +27,8 @@ from transformers import EvalPrediction, set_seed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+
+from experiments import machine  # noqa: E402  (benchmarks/, this script's folder)
 
 import run_mtl  # noqa: E402
 from hydrabert.trainer import MultiTaskTrainer, default_task_metrics  # noqa: E402
@@ -148,16 +149,6 @@ def _mean_std(values: list[float]) -> dict:
     }
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{os.cpu_count()} CPU cores ({cpu}), OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -204,7 +195,7 @@ def main() -> None:
         + os.environ.get("OMP_NUM_THREADS", "")
         + " python "
         + shlex.join([os.path.relpath(__file__, REPO), *sys.argv[1:]]),
-        "machine": machine(),
+        "machine": f"{machine()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
         "summary": summary(runs),
         "runs": runs,
     }
