@@ -31,8 +31,11 @@ from .data import (
     MultiTaskCollator,
     build_multitask_dataset,
     check_padded,
+    label_tasks,
+    per_task_datasets,
     token_lengths,
 )
+from .data.collation import MODEL_INPUTS
 from .feature_cache import FrozenEncoder
 from .freezing import (
     FREEZE_POLICIES,
@@ -214,7 +217,11 @@ class MultiTaskTrainer(Trainer):
                     raise TypeError(
                         f"{name} must be a dict {{task name: dataset}}, got {type(datasets_).__name__}"
                     )
-                _check_task_names(model, datasets_, name)
+                _check_units(model, datasets_, name)
+        if (
+            eval_dataset is not None
+        ):  # a shared source is evaluated task by task, on each task's labelled rows
+            eval_dataset = per_task_datasets(eval_dataset)
         _apply_task_weights(model, args.task_weights)
 
         # Freezing happens here, before anything wraps the model (DDP registers parameters once).
@@ -364,7 +371,8 @@ class MultiTaskTrainer(Trainer):
                 indices = [index for _, source_number, index in batch if source_number == number]
                 if indices:
                     features += source.__getitems__(indices)
-            yield self.data_collator(features)
+            # Token inputs only: the cache needs no labels, and rows of a shared source carry theirs by task.
+            yield self.data_collator([{k: row[k] for k in MODEL_INPUTS if k in row} for row in features])
 
     # ---------------------------------------------------------------------------------- training
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
@@ -554,7 +562,8 @@ class MultiTaskTrainer(Trainer):
             raise TypeError(
                 f"eval_dataset must be a dict {{task name: dataset}}, got {type(datasets_).__name__}"
             )
-        _check_task_names(self.model, datasets_, "eval_dataset")
+        _check_units(self.model, datasets_, "eval_dataset")
+        datasets_ = per_task_datasets(datasets_)
         start_time = time.time()
         metrics: dict[str, float] = {}
         num_samples = 0
@@ -668,10 +677,19 @@ class _SingleTaskCollator:
         return batch
 
 
-def _check_task_names(model, datasets_: Mapping, what: str) -> None:
-    unknown = [name for name in datasets_ if name not in model.config.tasks]
+def _check_task_names(model, names, what: str) -> None:
+    unknown = [name for name in names if name not in model.config.tasks]
     if unknown:
         raise ValueError(f"{what}: unknown task(s) {unknown}; the model's tasks are {model.task_names}")
+
+
+def _check_units(model, datasets_: Mapping, what: str) -> None:
+    """Each key of `datasets_` names a task, or holds a shared source whose labels name tasks."""
+    _check_task_names(
+        model, [name for name, dataset in datasets_.items() if label_tasks(dataset) is None], what
+    )
+    for name, dataset in datasets_.items():
+        _check_task_names(model, label_tasks(dataset) or [], f"{what}[{name!r}] (a shared source)")
 
 
 def _apply_task_weights(model, task_weights: dict | None) -> None:

@@ -11,7 +11,8 @@ The pipeline, one task at a time, then all tasks together:
 
 Modules: `tasks` (TaskDataConfig, LoadedTask), `loading` (datasets' builders, Hub datasets, the
 error wrapper), `rows` (text and label checks, label encoding), `tokenizing`, `multitask_dataset`,
-`sampling` (per-task batch samplers and the strategies that interleave them), `collation`.
+`sampling` (per-task batch samplers and the strategies that interleave them), `collation`, `shared`
+(sources whose rows are labelled for several tasks: one unit in training, per-task rows in evaluation).
 
 Every problem with the data (missing file or column, undecodable bytes, a label outside the
 label set, an empty split...) raises `HydraBertDataError` while loading, before any training
@@ -22,6 +23,7 @@ from .collation import MultiTaskCollator, check_padded
 from .loading import load_task_splits, load_tasks
 from .multitask_dataset import MultiTaskDataset, build_multitask_dataset
 from .sampling import SAMPLING_STRATEGIES, MultiTaskBatchSampler, TaskBatchSampler
+from .shared import label_counts, label_tasks, per_task_datasets, task_rows
 from .tasks import FILE_FORMATS, PROBLEM_TYPES, HydraBertDataError, LoadedTask, TaskDataConfig
 from .tokenizing import token_lengths, tokenize_task
 
@@ -38,8 +40,12 @@ __all__ = [
     "TaskDataConfig",
     "build_multitask_dataset",
     "check_padded",
+    "label_counts",
+    "label_tasks",
     "load_task_splits",
     "load_tasks",
+    "per_task_datasets",
+    "task_rows",
     "token_lengths",
     "tokenize_task",
 ]
