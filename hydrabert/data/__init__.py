@@ -20,22 +20,32 @@ starts, with a message that names the task, the split, the file and the row or l
 """
 
 from .collation import MultiTaskCollator, check_padded
-from .loading import load_task_splits, load_tasks
+from .loading import load_shared_source, load_task_splits, load_tasks, source_groups
 from .multitask_dataset import MultiTaskDataset, build_multitask_dataset
 from .sampling import SAMPLING_STRATEGIES, MultiTaskBatchSampler, TaskBatchSampler
 from .shared import label_counts, label_tasks, per_task_datasets, task_rows
-from .tasks import FILE_FORMATS, PROBLEM_TYPES, HydraBertDataError, LoadedTask, TaskDataConfig
+from .tasks import (
+    FILE_FORMATS,
+    PROBLEM_TYPES,
+    SOURCE_FIELDS,
+    HydraBertDataError,
+    LoadedTask,
+    SharedSource,
+    TaskDataConfig,
+)
 from .tokenizing import token_lengths, tokenize_task
 
 __all__ = [
     "FILE_FORMATS",
     "PROBLEM_TYPES",
+    "SOURCE_FIELDS",
     "SAMPLING_STRATEGIES",
     "HydraBertDataError",
     "LoadedTask",
     "MultiTaskBatchSampler",
     "MultiTaskCollator",
     "MultiTaskDataset",
+    "SharedSource",
     "TaskBatchSampler",
     "TaskDataConfig",
     "build_multitask_dataset",
@@ -43,8 +53,10 @@ __all__ = [
     "label_counts",
     "label_tasks",
     "load_task_splits",
+    "load_shared_source",
     "load_tasks",
     "per_task_datasets",
+    "source_groups",
     "task_rows",
     "token_lengths",
     "tokenize_task",
