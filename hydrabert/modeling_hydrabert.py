@@ -10,7 +10,6 @@ from __future__ import annotations
 import inspect
 import os
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -390,11 +389,11 @@ class HydraBertModel(HydraBertPreTrainedModel):
             self._check_task(task)
             if task_ids is not None:
                 raise ValueError("Pass either `task` or `task_ids`, not both.")
-        if isinstance(labels, Mapping) and (task is not None or task_ids is not None):
+        if isinstance(labels, dict) and (task is not None or task_ids is not None):
             raise ValueError(
                 "`labels` as a dict {task: tensor} names the tasks itself: pass no `task` or `task_ids`."
             )
-        if labels is not None and task is None and task_ids is None and not isinstance(labels, Mapping):
+        if labels is not None and task is None and task_ids is None and not isinstance(labels, dict):
             if len(self.config.tasks) != 1:
                 raise ValueError(
                     f"`labels` needs `task` (one task for the batch) or `task_ids` (one per row); "
@@ -463,7 +462,7 @@ class HydraBertModel(HydraBertPreTrainedModel):
         """(loss, task_losses): each task's loss over its rows, then their weighted mean over the tasks that
         have rows in the batch. The rows of a task: the whole batch (`task`), the rows whose `task_ids` name it,
         or (`labels` a dict by task) the rows whose label for it is not missing."""
-        if isinstance(labels, Mapping):
+        if isinstance(labels, dict):
             batch_size = len(next(iter(all_logits.values())))
             rows_per_task, labels_per_task = self._labelled_rows(labels, batch_size), labels
         elif task is not None:
@@ -505,7 +504,7 @@ class HydraBertModel(HydraBertPreTrainedModel):
             loss = loss + 0.0 * torch.stack(unused).sum()
         return loss, task_losses
 
-    def _labelled_rows(self, labels: Mapping[str, torch.Tensor], batch_size: int):
+    def _labelled_rows(self, labels: dict[str, torch.Tensor], batch_size: int):
         """For `labels` given as `{task: tensor}`: each task's labelled rows (a boolean mask), for the tasks that
         have at least one. Missing: -100 in integer tensors and in a single-label task's class ids, NaN in float
         tensors; a multi-label or multi-output row with a missing value anywhere is missing."""
