@@ -188,7 +188,10 @@ class MultiTaskTrainer(Trainer):
     Args:
         model: a `HydraBertModel` (its config's tasks name the heads).
         args: `MultiTaskTrainingArguments`.
-        train_dataset / eval_dataset: `{task name: tokenized datasets.Dataset}` (see `hydrabert.data`).
+        train_dataset / eval_dataset: `{task name: tokenized datasets.Dataset}` (see `hydrabert.data`). An entry
+            may instead be a shared source (any name; its `labels` hold `{task: label or None}` per row): it trains
+            as one unit, every task it labels from one encoder pass per batch, and is evaluated task by task on
+            each task's labelled rows (docs/shared-sources.md).
         compute_metrics: optional `fn(task_name, EvalPrediction) -> dict`; default: accuracy and macro-F1
             (classification), MSE (regression).
         Everything else as `transformers.Trainer`.
