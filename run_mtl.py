@@ -17,6 +17,7 @@ script orchestrates; model assembly lives in `hydrabert.assembly`, resume decisi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -26,6 +27,7 @@ import sys
 from dataclasses import dataclass, field
 
 import datasets
+import huggingface_hub
 import transformers
 from transformers import AutoTokenizer, HfArgumentParser, set_seed
 
@@ -110,8 +112,9 @@ class DataArguments:
     tasks: list | str | None = field(
         default=None,
         metadata={
-            "help": "The tasks: a JSON list of task objects (see hydrabert.data.TaskDataConfig: name, dataset_name, "
-            "data_dir, train_file, ..., labels) or the path of a JSON file holding that list."
+            "help": "The tasks: a JSON list of task objects (keys name, data_dir or dataset_name, train_file, ..., "
+            "labels, class_weights: every key, its default and the rules in docs/task-config.md) or the path of a "
+            "JSON file holding that list."
         },
     )
     data_root: str | None = field(
@@ -374,10 +377,42 @@ def evaluate(trainer: MultiTaskTrainer, sets: dict | None, prefix: str) -> dict:
     return metrics
 
 
+@contextlib.contextmanager
+def progress_bars(enabled: bool):
+    """`--disable_tqdm true` turns off the Trainer's bars; this turns off the rest while the run lasts: datasets'
+    (reading, checking and tokenizing the data), transformers' and huggingface_hub's (loading weights, downloads),
+    and with them encode()/predict()'s. Each library's setting is restored afterwards."""
+    if enabled:
+        yield
+        return
+    datasets_on = not datasets.utils.are_progress_bars_disabled()
+    transformers_on = transformers.utils.logging.is_progress_bar_enabled()
+    hub_on = not huggingface_hub.utils.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()  # huggingface_hub's too
+    try:
+        yield
+    finally:
+        if transformers_on:
+            transformers.utils.logging.enable_progress_bar()  # huggingface_hub's too: set it back below
+        (
+            huggingface_hub.utils.enable_progress_bars
+            if hub_on
+            else huggingface_hub.utils.disable_progress_bars
+        )()
+        if datasets_on:
+            datasets.enable_progress_bars()
+
+
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, training_args = parse_args(sys.argv[1:] if argv is None else argv)
     setup_logging(training_args)
     logger.debug("Training arguments %s", training_args)
+    with progress_bars(not training_args.disable_tqdm):
+        return run(model_args, data_args, training_args)
+
+
+def run(model_args: ModelArguments, data_args: DataArguments, training_args: RunTrainingArguments) -> dict:
 
     # Everything that can be wrong with the input is checked before any training work starts.
     configs = task_configs(data_args)

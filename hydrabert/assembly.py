@@ -12,6 +12,7 @@ import json
 import logging
 import os
 
+from .configuration_hydrabert import _normalize_task
 from .modeling_hydrabert import CONFIG_SETTINGS, HydraBertModel
 
 logger = logging.getLogger(__name__)
@@ -71,18 +72,31 @@ def check_checkpoint_heads(checkpoint: str, loading: dict) -> None:
 
 def reconcile_heads(model: HydraBertModel, tasks: dict[str, dict], checkpoint: str) -> None:
     """Keep the heads whose labels agree with the configured tasks, add a head for each new task and
-    refuse a task whose labels disagree with the checkpoint's head of that name."""
+    refuse a task whose labels disagree with the checkpoint's head of that name. The run's class weights
+    replace the checkpoint's: they shape this run's loss, and the saved config reports what it trained with."""
     for name, spec in tasks.items():
         known = model.config.tasks.get(name)
+        class_weights = spec.get("class_weights")
         if known is None:
             logger.info("Adding a new head for task %r to %s", name, checkpoint)
-            model.add_task(name, spec["num_labels"], spec["labels"], spec["problem_type"], spec["weight"])
+            model.add_task(
+                name, spec["num_labels"], spec["labels"], spec["problem_type"], spec["weight"], class_weights
+            )
         elif known["labels"] != spec["labels"] or known["problem_type"] != spec["problem_type"]:
             raise ValueError(
                 f"Task {name!r}: the data's labels {spec['labels']} ({spec['problem_type']}) disagree with "
                 f"the checkpoint's head {known['labels']} ({known['problem_type']}); rename the task to "
                 "train a new head"
             )
+        elif known.get("class_weights") != class_weights:
+            logger.info(
+                "Task %r: class_weights %s replace the checkpoint's %s",
+                name,
+                class_weights,
+                known.get("class_weights"),
+            )
+            updated = _normalize_task(name, {**known, "class_weights": class_weights})
+            model.config.tasks = {**model.config.tasks, name: updated}
 
 
 def load_model(

@@ -26,9 +26,10 @@ class HydraBertConfig(PreTrainedConfig):
         encoder (`dict` or `PreTrainedConfig`, *optional*):
             The backbone's config (any BERT-family model type); a `BertConfig` by default.
         tasks (`dict[str, dict]`, *optional*):
-            `{name: {"num_labels": int, "labels": [str, ...], "problem_type": str, "weight": float}}`.
-            Every key is optional except that a task needs `num_labels` or `labels`. Heads are keyed
-            by task name, never by position.
+            `{name: {"num_labels": int, "labels": [str, ...], "problem_type": str, "weight": float,
+            "class_weights": [float, ...] | None}}`. Every key is optional except that a task needs
+            `num_labels` or `labels`. Heads are keyed by task name, never by position. `class_weights`
+            (single-label tasks only, one per label) scales each row's cross-entropy by its label's weight.
         embedding_dim (`int`, *optional*):
             Size of the sentence embedding; defaults to the encoder's hidden size.
         pooling (`str`, defaults to `"cls"`):
@@ -109,7 +110,7 @@ def _normalize_task(name, spec) -> dict:
         raise ValueError(f"tasks: task name {name!r} must be a valid Python identifier (letters, digits, _)")
     if not isinstance(spec, dict):
         raise ValueError(f"tasks[{name!r}] must be a dict, got {type(spec).__name__}")
-    unknown = set(spec) - {"num_labels", "labels", "problem_type", "weight"}
+    unknown = set(spec) - {"num_labels", "labels", "problem_type", "weight", "class_weights"}
     if unknown:
         raise ValueError(f"tasks[{name!r}] has unknown keys {sorted(unknown)}")
     problem_type = spec.get("problem_type") or "single_label_classification"
@@ -144,7 +145,47 @@ def _normalize_task(name, spec) -> dict:
         or weight < 0
     ):
         raise ValueError(f"tasks[{name!r}].weight must be a finite number >= 0, got {weight!r}")
-    return {"num_labels": num_labels, "labels": labels, "problem_type": problem_type, "weight": float(weight)}
+    return {
+        "num_labels": num_labels,
+        "labels": labels,
+        "problem_type": problem_type,
+        "weight": float(weight),
+        "class_weights": _checked_class_weights(name, spec.get("class_weights"), problem_type, num_labels),
+    }
+
+
+def _checked_class_weights(name, class_weights, problem_type: str, num_labels: int) -> list[float] | None:
+    """One finite weight >= 0 per label, not all 0; the loss reads them by label id."""
+    if class_weights is None:
+        return None
+    field = f"tasks[{name!r}].class_weights"
+    if problem_type != "single_label_classification":
+        raise ValueError(f"{field} is for single-label classification tasks, not {problem_type}")
+    if not isinstance(class_weights, (list, tuple)):
+        # "balanced" is resolved from a training split's label counts (hydrabert.data.TaskDataConfig does it).
+        hint = (
+            ": 'balanced' needs the training data; pass the weights it gives"
+            if class_weights == "balanced"
+            else ""
+        )
+        raise ValueError(
+            f"{field} must be a list of {num_labels} numbers (one per label), got {class_weights!r}{hint}"
+        )
+    if len(class_weights) != num_labels:
+        raise ValueError(
+            f"{field} has {len(class_weights)} weights but the task has {num_labels} labels: give one per label"
+        )
+    for value in class_weights:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or value < 0
+        ):
+            raise ValueError(f"{field} must hold finite numbers >= 0, got {value!r} in {list(class_weights)}")
+    if not any(class_weights):
+        raise ValueError(f"{field} are all 0: no row would count in the loss")
+    return [float(value) for value in class_weights]
 
 
 __all__ = ["HydraBertConfig"]

@@ -104,7 +104,7 @@ class HydraBertCardData(CardData):
     def update_from_model(self, model) -> None:
         """Tasks, architecture facts and (unless already set) the base model, from a `HydraBertModel`."""
         config, encoder = model.config, model.config.encoder
-        keys = ("num_labels", "labels", "problem_type", "weight")
+        keys = ("num_labels", "labels", "problem_type", "weight", "class_weights")
         self.tasks = {name: {k: spec[k] for k in keys if k in spec} for name, spec in config.tasks.items()}
         self.architecture = {
             "encoder_type": getattr(encoder, "model_type", None),
@@ -234,6 +234,9 @@ class HydraBertCardData(CardData):
             hub_datasets=self.hub_datasets(),
             example_sentences=list(self.example_sentences) or DEFAULT_EXAMPLES.copy(),
             dataset_splits=sorted(splits, key=lambda s: (order.get(s, 3), s)),
+            reported_metrics=sorted(
+                {m for tasks in self.results.values() for ms in tasks.values() for m in ms}
+            ),
             history=_history(self),
             plot_images={
                 Path(p).stem.replace("_", " ").replace("-", " ").capitalize(): p for p in self.plots

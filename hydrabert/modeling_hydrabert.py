@@ -18,6 +18,7 @@ from torch.nn import functional as F
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput, can_return_tuple
+from transformers.utils import logging as hf_logging
 
 from .configuration_hydrabert import HydraBertConfig, _normalize_task
 from .pipeline_hydrabert import custom_pipelines_entry
@@ -307,13 +308,13 @@ class HydraBertModel(HydraBertPreTrainedModel):
         labels: list[str] | None = None,
         problem_type: str = "single_label_classification",
         weight: float = 1.0,
+        class_weights: list[float] | None = None,
     ) -> nn.Linear:
         """Add a new, freshly initialised head; the encoder and the other heads are untouched."""
         if name in self.config.tasks:
             raise ValueError(f"Task {name!r} already exists; known tasks: {self.task_names}")
-        spec = _normalize_task(
-            name, {"num_labels": num_labels, "labels": labels, "problem_type": problem_type, "weight": weight}
-        )
+        spec = {"num_labels": num_labels, "labels": labels, "problem_type": problem_type, "weight": weight}
+        spec = _normalize_task(name, {**spec, "class_weights": class_weights})
         head = nn.Linear(self.config.embedding_dim, spec["num_labels"])
         std = getattr(self.config.encoder, "initializer_range", 0.02)
         nn.init.normal_(head.weight, mean=0.0, std=std)
@@ -333,9 +334,10 @@ class HydraBertModel(HydraBertPreTrainedModel):
             raise ValueError(f"Unknown task {name!r}; known tasks: {self.task_names}")
 
     def per_example_loss(self, task: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """`(batch,)`: each row's unweighted loss for `task` (NaN where the label is -100); their mean over the
-        rows that count is `forward(task=task, labels=labels).loss`. Evaluation averages these over a whole
-        data set, so that the result does not depend on how the rows were batched or sharded."""
+        """`(batch,)`: each row's loss for `task` (NaN where the label is -100), times its label's weight when the
+        task has `class_weights` (never times the task's `weight`); their mean over the rows that count is
+        `forward(task=task, labels=labels).loss`. Evaluation averages these over a whole data set, so that the
+        result does not depend on how the rows were batched or sharded."""
         self._check_task(task)
         return _task_loss(task, self.config.tasks[task], logits, labels, reduction="none")
 
@@ -385,44 +387,13 @@ class HydraBertModel(HydraBertPreTrainedModel):
             What `get_encoder_features` returns for this batch: the encoder and pooling are skipped (a
             frozen encoder's outputs computed once and reused; see `hydrabert.feature_cache`).
         """
-        if task is not None:
-            self._check_task(task)
-            if task_ids is not None:
-                raise ValueError("Pass either `task` or `task_ids`, not both.")
-        if isinstance(labels, dict) and (task is not None or task_ids is not None):
-            raise ValueError(
-                "`labels` as a dict {task: tensor} names the tasks itself: pass no `task` or `task_ids`."
-            )
-        if labels is not None and task is None and task_ids is None and not isinstance(labels, dict):
-            if len(self.config.tasks) != 1:
-                raise ValueError(
-                    f"`labels` needs `task` (one task for the batch) or `task_ids` (one per row); "
-                    f"known tasks: {self.task_names}"
-                )
-            task = self.task_names[0]
+        task = self._batch_task(task, task_ids, labels)
         hidden_states = attentions = None
         if encoder_features is None:
-            # Resolved here, as BertModel does from its own config: an explicit None passed down would switch the
-            # encoder's output capture off, and the encoder reads config.encoder, not this model's config.
-            if output_hidden_states is None:
-                output_hidden_states = getattr(self.config, "output_hidden_states", False)
-            if output_attentions is None:
-                output_attentions = getattr(self.config, "output_attentions", False)
-            encoder_kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
-            if position_ids is not None:
-                encoder_kwargs["position_ids"] = position_ids
-            encoder_outputs = self.encoder(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                inputs_embeds=inputs_embeds,
-                output_hidden_states=output_hidden_states,
-                output_attentions=output_attentions,
-                return_dict=True,
-                **encoder_kwargs,
-                **kwargs,
+            inputs = dict(input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids)
+            encoder_features, hidden_states, attentions = self._run_encoder(
+                attention_mask, inputs_embeds, output_hidden_states, output_attentions, **inputs, **kwargs
             )
-            hidden_states, attentions = encoder_outputs.hidden_states, encoder_outputs.attentions
-            encoder_features = self.pooler.pool(encoder_outputs.last_hidden_state, attention_mask)
         embedding = self.pooler.project(encoder_features)
         if self.adapter is not None:
             embedding = self.adapter(embedding)
@@ -443,6 +414,48 @@ class HydraBertModel(HydraBertPreTrainedModel):
             hidden_states=hidden_states,
             attentions=attentions,
         )
+
+    def _batch_task(self, task, task_ids, labels) -> str | None:
+        """The one task of the batch (None: all heads, or one task per row from `task_ids`)."""
+        if task is not None:
+            self._check_task(task)
+            if task_ids is not None:
+                raise ValueError("Pass either `task` or `task_ids`, not both.")
+        if isinstance(labels, dict):  # labels by task: the rows of each task are those labelled for it
+            if task is not None or task_ids is not None:
+                raise ValueError(
+                    "`labels` as a dict {task: tensor} names the tasks itself: pass no `task` or `task_ids`."
+                )
+            return None
+        if labels is not None and task is None and task_ids is None:
+            if len(self.config.tasks) != 1:
+                raise ValueError(
+                    f"`labels` needs `task` (one task for the batch) or `task_ids` (one per row); "
+                    f"known tasks: {self.task_names}"
+                )
+            task = self.task_names[0]
+        return task
+
+    def _run_encoder(self, attention_mask, inputs_embeds, output_hidden_states, output_attentions, **inputs):
+        """The encoder's pass for `forward`: (pooled features, hidden states, attentions)."""
+        # Resolved here, as BertModel does from its own config: an explicit None passed down would switch the
+        # encoder's output capture off, and the encoder reads config.encoder, not this model's config.
+        if output_hidden_states is None:
+            output_hidden_states = getattr(self.config, "output_hidden_states", False)
+        if output_attentions is None:
+            output_attentions = getattr(self.config, "output_attentions", False)
+        # Optional inputs only when given: not every encoder family takes token_type_ids or position_ids.
+        inputs = {key: value for key, value in inputs.items() if value is not None}
+        outputs = self.encoder(
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            return_dict=True,
+            **inputs,
+        )
+        features = self.pooler.pool(outputs.last_hidden_state, attention_mask)
+        return features, outputs.hidden_states, outputs.attentions
 
     def get_encoder_features(
         self,
@@ -605,8 +618,10 @@ class HydraBertModel(HydraBertPreTrainedModel):
         lengths = _token_lengths(sentences, tokenizer, max_length)
         order = sorted(range(len(sentences)), key=lambda i: -lengths[i])
         starts = range(0, len(order), batch_size)
-        if show_progress_bar is None:
-            show_progress_bar = len(starts) > _PROGRESS_BAR_MIN_BATCHES
+        if show_progress_bar is None:  # off where transformers' bars are (run_mtl.py --disable_tqdm true)
+            show_progress_bar = (
+                len(starts) > _PROGRESS_BAR_MIN_BATCHES and hf_logging.is_progress_bar_enabled()
+            )
         was_training = self.training
         self.eval()
         try:
@@ -713,6 +728,8 @@ def _task_loss(
                 f"Task {name!r}: labels must be in [0, {num_labels}) (labels {spec['labels']}), "
                 f"got {labels[bad].unique().tolist()}"
             )
+        if spec.get("class_weights") is not None:
+            return _class_weighted_cross_entropy(logits, labels, spec["class_weights"], per_row)
         loss = F.cross_entropy(logits.float(), labels, ignore_index=-100, reduction=reduction)
         return torch.where(labels == -100, float("nan"), loss) if per_row else loss
     if problem_type == "multi_label_classification":
@@ -726,6 +743,22 @@ def _task_loss(
     predictions = logits.float().squeeze(-1) if num_labels == 1 else logits.float()
     loss = F.mse_loss(predictions, labels.float().view_as(predictions), reduction=reduction)
     return loss.reshape(len(loss), -1).mean(-1) if per_row else loss
+
+
+def _class_weighted_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, class_weights: list[float], per_row: bool
+) -> torch.Tensor:
+    """Each row's cross-entropy times its label's weight; the batch's loss is their mean over the rows that
+    count. Not divided by the sum of the weights, as `F.cross_entropy(weight=...)` does: so each row's loss
+    stands alone, and a mean over rows gives the same value however the rows are split into batches,
+    gradient-accumulation steps or DDP shards (evaluation averages `per_example_loss` over a data set)."""
+    losses = F.cross_entropy(logits.float(), labels, ignore_index=-100, reduction="none")
+    weights = torch.tensor(class_weights, dtype=losses.dtype, device=losses.device)
+    counted = labels != -100
+    losses = losses * weights[labels.clamp(min=0)]  # ignored rows: their loss is 0 and their "label" 0
+    if per_row:
+        return torch.where(counted, losses, float("nan"))
+    return losses.sum() / counted.sum()  # NaN when no row counts, as F.cross_entropy's mean
 
 
 def _readable_predictions(spec: dict, logits: torch.Tensor) -> list[dict]:

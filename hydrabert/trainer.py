@@ -215,37 +215,14 @@ class MultiTaskTrainer(Trainer):
         elif not isinstance(args, MultiTaskTrainingArguments):
             raise TypeError(f"args must be MultiTaskTrainingArguments, got {type(args).__name__}")
         for name, datasets_ in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
-            if datasets_ is not None:
-                if not isinstance(datasets_, Mapping):
-                    raise TypeError(
-                        f"{name} must be a dict {{task name: dataset}}, got {type(datasets_).__name__}"
-                    )
-                _check_units(model, datasets_, name)
-        if (
-            eval_dataset is not None
-        ):  # a shared source is evaluated task by task, on each task's labelled rows
-            eval_dataset = per_task_datasets(eval_dataset)
+            _check_task_datasets(model, datasets_, name)
         _apply_task_weights(model, args.task_weights)
-
         # Freezing happens here, before anything wraps the model (DDP registers parameters once).
-        self.never_trained = frozen_parameter_names(
-            model, args.freeze_policy, args.frozen_tasks, args.freeze_embeddings, args.freeze_lower_layers
-        )
-        self.unfreezing = None
-        if args.gradual_unfreezing:
-            self.unfreezing = UnfreezingSchedule(
-                num_layers=model.config.encoder.num_hidden_layers,
-                unfreeze_every=args.unfreeze_every,
-                lowest_trainable_depth=lowest_trainable_depth(
-                    args.freeze_embeddings, args.freeze_lower_layers
-                ),
-            )
-        set_requires_grad(model, self.never_trained)
-        self._waiting = set()  # parameters whose unfreezing turn has not come yet
-        self._unfrozen_levels = None
+        self._set_up_freezing(model, args)
 
         self.task_datasets = dict(train_dataset) if train_dataset is not None else None
-        self.eval_datasets = dict(eval_dataset) if eval_dataset is not None else None
+        # A shared source is evaluated task by task, on each task's labelled rows.
+        self.eval_datasets = per_task_datasets(eval_dataset) if eval_dataset is not None else None
         combined = None
         if train_dataset is not None:
             combined, _ = build_multitask_dataset(train_dataset, task_names=model.task_names)
@@ -281,6 +258,24 @@ class MultiTaskTrainer(Trainer):
         )
         if self.frozen_encoder is not None:
             self.add_callback(self.frozen_encoder)
+
+    def _set_up_freezing(self, model, args: MultiTaskTrainingArguments) -> None:
+        """Freeze what the policies never train, and plan the gradual unfreezing of the rest."""
+        self.never_trained = frozen_parameter_names(
+            model, args.freeze_policy, args.frozen_tasks, args.freeze_embeddings, args.freeze_lower_layers
+        )
+        self.unfreezing = None
+        if args.gradual_unfreezing:
+            self.unfreezing = UnfreezingSchedule(
+                num_layers=model.config.encoder.num_hidden_layers,
+                unfreeze_every=args.unfreeze_every,
+                lowest_trainable_depth=lowest_trainable_depth(
+                    args.freeze_embeddings, args.freeze_lower_layers
+                ),
+            )
+        set_requires_grad(model, self.never_trained)
+        self._waiting = set()  # parameters whose unfreezing turn has not come yet
+        self._unfrozen_levels = None
 
     # ------------------------------------------------------------------------------- optimizer
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
@@ -680,6 +675,14 @@ class _SingleTaskCollator:
         return batch
 
 
+def _check_task_datasets(model, datasets_, what: str) -> None:
+    if datasets_ is None:
+        return
+    if not isinstance(datasets_, Mapping):
+        raise TypeError(f"{what} must be a dict {{task name: dataset}}, got {type(datasets_).__name__}")
+    _check_units(model, datasets_, what)
+
+
 def _check_task_names(model, names, what: str) -> None:
     unknown = [name for name in names if name not in model.config.tasks]
     if unknown:
@@ -730,7 +733,12 @@ def _averages(metrics: dict[str, float], prefix: str, tasks: list[str]) -> dict[
 
 def default_task_metrics(model) -> Callable[[str, EvalPrediction], dict]:
     """Accuracy and macro-F1 for classification (via the `evaluate` modules shipped in
-    `hydrabert/metrics`), mean squared error for regression."""
+    `hydrabert/metrics`), mean squared error for regression.
+
+    `f1` is the usual macro-F1 (scikit-learn's and `evaluate`'s default): the mean over the labels that occur
+    in the references or the predictions. `f1_declared_labels` is the mean over every label of the task, so
+    that a label absent from both counts as F1 = 0; the two differ only when a split lacks a label that the
+    model never predicts either."""
     tasks = model.config.tasks
 
     def compute(task: str, prediction: EvalPrediction) -> dict:
@@ -740,27 +748,36 @@ def default_task_metrics(model) -> Callable[[str, EvalPrediction], dict]:
         if problem_type == "regression":
             values = logits.squeeze(-1) if logits.ndim > 1 and logits.shape[-1] == 1 else logits
             return {"mse": float(np.mean((values - references) ** 2))}
+        declared = list(range(tasks[task]["num_labels"]))
         if problem_type == "multi_label_classification":
-            predicted = (logits > 0).astype(int).tolist()
-            truth = references.astype(int).tolist()
-            accuracy = load_metric("accuracy", "multilabel").compute(predictions=predicted, references=truth)
-            f1 = load_metric("f1", "multilabel").compute(
-                predictions=predicted, references=truth, average="macro"
+            predicted = (logits > 0).astype(int)
+            truth = references.astype(int)
+            present = np.flatnonzero((predicted | truth).any(axis=0)).tolist() or declared
+            accuracy = load_metric("accuracy", "multilabel").compute(
+                predictions=predicted.tolist(), references=truth.tolist()
             )
-            return {"accuracy": accuracy["accuracy"], "f1": f1["f1"]}
+            return {
+                "accuracy": accuracy["accuracy"],
+                **_macro_f1(predicted, truth, present, declared, "multilabel"),
+            }
         keep = references != -100
         predicted = logits.argmax(-1)[keep].tolist()
         truth = references[keep].tolist()
         accuracy = load_metric("accuracy").compute(predictions=predicted, references=truth)
-        f1 = load_metric("f1").compute(
-            predictions=predicted,
-            references=truth,
-            average="macro",
-            labels=list(range(tasks[task]["num_labels"])),
-        )
-        return {"accuracy": accuracy["accuracy"], "f1": f1["f1"]}
+        return {"accuracy": accuracy["accuracy"], **_macro_f1(predicted, truth, None, declared)}
 
     return compute
+
+
+def _macro_f1(predicted, truth, present, declared, config_name=None) -> dict[str, float]:
+    """`f1` over the labels present in references or predictions (`present`; None: scikit-learn finds them),
+    `f1_declared_labels` over every label of the task."""
+    metric = load_metric("f1", config_name)
+    predicted, truth = np.asarray(predicted).tolist(), np.asarray(truth).tolist()
+    return {
+        name: metric.compute(predictions=predicted, references=truth, average="macro", labels=labels)["f1"]
+        for name, labels in (("f1", present), ("f1_declared_labels", declared))
+    }
 
 
 __all__ = ["MultiTaskTrainer", "MultiTaskTrainingArguments", "default_task_metrics"]

@@ -7,6 +7,7 @@ WordPiece vocabulary built in code. The real data sets in ../shared/data appear 
 
 import csv
 import json
+import logging
 import math
 import os
 import random
@@ -176,6 +177,7 @@ def test_configured_labels_fix_the_ids(tmp_path):
         "labels": ["pos", "neg", "neu"],
         "problem_type": "single_label_classification",
         "weight": 1.0,
+        "class_weights": None,
     }
 
 
@@ -284,6 +286,84 @@ def test_validation_split_is_carved_from_train_with_the_seed(tmp_path):
     assert len(validation) == 5 and sorted(train + validation) == sorted(t for _, t in rows)
     assert again.splits["validation"]["text"] == validation
     assert other.splits["validation"]["text"] != validation
+
+
+def test_inferred_labels_and_a_carved_validation_split_are_logged(tmp_path, caplog):
+    rows = [(label, f"text {i}") for i, label in enumerate(["pos", "neg", "neu", "pos"] * 5)]
+    with caplog.at_level(logging.INFO, logger="hydrabert"):
+        load_rows(tmp_path, rows, validation_split_percentage=10)
+    messages = [record.getMessage() for record in caplog.records]
+    assert (
+        "Task 'sentiment': 3 labels inferred from train, sorted (set `labels` to fix the ids): neg, neu, pos"
+        in messages
+    )
+    assert (
+        "Task 'sentiment': no validation split; carved 10% of train (2 rows, seed 42), 18 rows left to train on"
+        in messages
+    )
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="hydrabert"):  # labels given: nothing inferred, nothing said
+        load_rows(tmp_path, rows, labels=["pos", "neg", "neu"])
+    assert not [r for r in caplog.records if "labels" in r.getMessage()]
+
+
+def test_numeric_and_classlabel_label_orders_are_logged(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="hydrabert"):
+        load_rows(tmp_path, [("10", "a"), ("2", "b")])
+        table = pa.table({"sentence": ["x", "y"], "polarity": [1, 0]})
+        features = datasets.Features(
+            {"sentence": datasets.Value("string"), "polarity": datasets.ClassLabel(names=["zebra", "apple"])}
+        )
+        datasets.Dataset(table.cast(features.arrow_schema)).to_parquet(tmp_path / "train.parquet")
+        load_task_splits(config_for("parquet", tmp_path, "train.parquet"))
+    messages = [record.getMessage() for record in caplog.records]
+    assert any(
+        "2 labels inferred from train, sorted as numbers (set `labels` to fix the ids): 2, 10" in m
+        for m in messages
+    )
+    assert any(
+        "2 labels taken from the data's ClassLabel names, in their order" in m and "zebra, apple" in m
+        for m in messages
+    )
+
+
+def test_balanced_class_weights_come_from_the_train_split_counts(tmp_path, caplog):
+    train = [("pos", "a")] * 6 + [("neg", "b")] * 3 + [("neu", "c")]
+    write_labeled_lines(tmp_path / "train.txt", train)
+    write_labeled_lines(tmp_path / "test.txt", [("neu", "c")] * 5)  # other splits do not count
+    options = {"test_file": "test.txt", "class_weights": "balanced"}
+    with caplog.at_level(logging.INFO, logger="hydrabert"):
+        task = load_task_splits(config_for("labeled_lines", tmp_path, "train.txt", **options))
+    assert task.labels == ["neg", "neu", "pos"]
+    # scikit-learn's compute_class_weight("balanced"): n_rows / (n_labels * rows of the label)
+    expected = [10 / (3 * 3), 10 / (3 * 1), 10 / (3 * 6)]
+    assert task.class_weights == pytest.approx(expected)
+    assert task.task_spec()["class_weights"] == pytest.approx(expected)
+    assert (
+        "Task 'sentiment': class_weights 'balanced' from the 10 train rows: neg 1.111 (3 rows), neu 3.333 (1 row), pos 0.5556 (6 rows)"
+        in [r.getMessage() for r in caplog.records]
+    )
+    explicit = load_task_splits(config_for("labeled_lines", tmp_path, "train.txt", class_weights=[1, 2, 3]))
+    assert explicit.task_spec()["class_weights"] == [1.0, 2.0, 3.0]
+
+
+@pytest.mark.parametrize(
+    ("options", "pattern"),
+    [
+        (
+            {"class_weights": [1.0, 2.0]},
+            r"class_weights has 2 weights but the task has 3 labels \['neg', 'neu', 'pos'\]",
+        ),
+        (
+            {"class_weights": "balanced", "labels": ["neg", "neu", "pos", "other"]},
+            r'class_weights="balanced": label\(s\) \[\'other\'\] have no row in the train split',
+        ),
+    ],
+)
+def test_class_weights_that_do_not_fit_the_data_are_refused_while_loading(tmp_path, options, pattern):
+    write_labeled_lines(tmp_path / "train.txt", [("pos", "a"), ("neg", "b"), ("neu", "c")])
+    with pytest.raises(HydraBertDataError, match=r"Task 'sentiment': " + pattern):
+        load_task_splits(config_for("labeled_lines", tmp_path, "train.txt", **options))
 
 
 def test_existing_data_dir_wins_over_the_hub(tmp_path, monkeypatch):
@@ -484,6 +564,18 @@ def test_config_rejects_unknown_keys_by_name():
         ({"label_ids": True}, "label_ids=True needs the label names"),
         ({"validation_split_percentage": 100}, "validation_split_percentage"),
         ({"data_dir": None}, "give a dataset_name"),
+        ({"class_weights": "inverse"}, r"class_weights must be 'balanced' or a list of numbers"),
+        ({"class_weights": [1, -2]}, r"class_weights must hold finite numbers >= 0, got -2"),
+        ({"class_weights": [1, math.nan]}, r"class_weights must hold finite numbers >= 0, got nan"),
+        ({"class_weights": [0, 0]}, r"class_weights are all 0"),
+        (
+            {"class_weights": [1, 2, 3], "labels": ["a", "b"]},
+            r"class_weights has 3 weights but the task has 2 labels",
+        ),
+        (
+            {"class_weights": "balanced", "problem_type": "regression"},
+            r"class_weights is for single_label_classification tasks, not regression",
+        ),
     ],
 )
 def test_config_validates_fields(options, pattern):

@@ -13,7 +13,7 @@ import textwrap
 import pytest
 import torch
 from conftest import TINY_ENCODER, seeded_model
-from test_run_mtl import _config, data_root  # noqa: F401  (data_root: the tiny task files, a fixture)
+from test_run_mtl import PUSH_SETTINGS, _config, data_root  # noqa: F401  (data_root: the tiny task files, a fixture)
 from transformers import AutoTokenizer
 
 import run_mtl
@@ -372,12 +372,8 @@ def test_run_mtl_exports_next_to_the_model_and_pushes_one_repo_per_standard_mode
         tiny_encoder_dir,
         data_root,
         out,
-        num_train_epochs=1,
-        save_strategy="no",
+        **PUSH_SETTINGS,
         do_predict=False,
-        push_to_hub=True,
-        hub_model_id="test-user/tiny-mtl",
-        hub_strategy="end",
         export="all",
     )
     run_mtl.main([config])

@@ -448,3 +448,28 @@ def test_mean_pooling_adapter_regression_and_multi_label_render_cleanly(tmp_path
     prediction = model.predict(["good film"], tiny_tokenizer)[0]
     score = round(prediction["score"]["score"], 4)
     assert f"# score: {score:g}, tags: [" in text
+
+
+def test_card_reports_class_weights_and_defines_both_f1s(tmp_path):
+    tasks = {
+        "intent": {"labels": ["book", "cancel", "ask"], "class_weights": [0.5, 2.0, 1.25]},
+        "sentiment": {"labels": ["negative", "positive"]},
+    }
+    model = HydraBertModel(tiny_config(tasks=tasks)).eval()
+    metrics = {"eval_intent_f1": 0.7, "eval_intent_f1_declared_labels": 0.6, "eval_sentiment_f1": 0.8}
+    callback = _run_callback(model, _args(tmp_path), eval_metrics=metrics, test_metrics={})
+    text = str(render_model_card(callback.card_data))
+    _assert_clean_markdown(text)
+    assert (
+        "\n\nClass-weighted loss: each training row's cross-entropy is multiplied by its label's weight"
+        in text
+    )
+    assert "\n\n- `intent`: `book` 0.5, `cancel` 2, `ask` 1.25\n" in text
+    assert "- `sentiment`:" not in text  # unweighted tasks are not listed
+    assert "`f1` is macro-F1 over the labels that occur in the split's references or predictions" in text
+    assert "`f1_declared_labels` averages over every label of the task" in text
+    # No class weights, no f1: neither paragraph.
+    plain = HydraBertCardData()
+    plain.update_from_model(HydraBertModel(tiny_config()))
+    text = str(render_model_card(plain))
+    assert "Class-weighted" not in text and "macro-F1" not in text

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY_ENCODER, tiny_config
@@ -29,6 +30,7 @@ def test_config_fills_task_defaults_and_sorts_tasks():
         "labels": ["LABEL_0", "LABEL_1", "LABEL_2"],
         "problem_type": "single_label_classification",
         "weight": 1.0,
+        "class_weights": None,
     }
     assert config.tasks["alpha"]["weight"] == 2.0
     assert config.embedding_dim == TINY_ENCODER["hidden_size"]
@@ -124,6 +126,92 @@ def test_mixed_task_batch_averages_each_tasks_loss_with_its_weight(tiny_model, t
     expected = (1.0 * sentiment + 0.5 * topic) / 2
     torch.testing.assert_close(out.loss, expected)
     torch.testing.assert_close(out.task_losses["topic"], topic)
+
+
+def _weighted_cross_entropy(logits, labels, class_weights):
+    """By hand: each row's -log p(label), times its label's weight, averaged over the rows."""
+    rows = -torch.log_softmax(logits.float(), -1).gather(1, labels.view(-1, 1)).squeeze(1)
+    return (torch.tensor(class_weights)[labels] * rows).mean()
+
+
+def test_balanced_class_weights_give_the_hand_computed_weighted_cross_entropy(tiny_tokenizer):
+    from sklearn.utils.class_weight import compute_class_weight
+
+    train_labels = np.array([0, 0, 0, 0, 0, 1])
+    balanced = compute_class_weight("balanced", classes=np.arange(2), y=train_labels).tolist()
+    assert balanced == pytest.approx([6 / (2 * 5), 6 / (2 * 1)])  # n_rows / (n_labels * rows of the label)
+    labels = torch.tensor([0, 1, 1, 0])
+    torch.manual_seed(0)
+    model = HydraBertModel(
+        tiny_config(tasks={"sentiment": {"num_labels": 2, "class_weights": balanced}})
+    ).eval()
+    batch = _batch(tiny_tokenizer)
+    out = model(**batch, task="sentiment", labels=labels)
+    expected = _weighted_cross_entropy(out.logits, labels, balanced)
+    torch.testing.assert_close(out.loss, expected)
+    # Not F.cross_entropy(weight=...), which divides by the sum of the rows' weights instead of their count.
+    normalised = F.cross_entropy(out.logits, labels, weight=torch.tensor(balanced))
+    assert not torch.isclose(out.loss, normalised)
+    # Rows stay additive: an ignored row is NaN per row and left out of the mean; the rest average to the loss.
+    ignored = torch.tensor([0, 1, -100, 0])
+    rows = model.per_example_loss("sentiment", out.logits, ignored)
+    assert torch.isnan(rows[2]) and not torch.isnan(rows[[0, 1, 3]]).any()
+    kept = torch.tensor([0, 1, 3])
+    torch.testing.assert_close(
+        model(**batch, task="sentiment", labels=ignored).loss,
+        _weighted_cross_entropy(out.logits[kept], ignored[kept], balanced),
+    )
+    torch.testing.assert_close(rows[kept].mean(), model(**batch, task="sentiment", labels=ignored).loss)
+
+
+def test_mixed_batch_uses_each_tasks_own_class_weights(tiny_tokenizer):
+    tasks = {
+        "sentiment": {"num_labels": 2, "class_weights": [1.0, 3.0]},
+        "topic": {"num_labels": 3, "weight": 0.5, "class_weights": [0.5, 1.0, 2.0]},
+    }
+    torch.manual_seed(0)
+    model = HydraBertModel(tiny_config(tasks=tasks)).eval()
+    batch = _batch(tiny_tokenizer)
+    task_ids = torch.tensor([0, 1, 1, 0])  # sentiment, topic, topic, sentiment
+    labels = torch.tensor([1, 2, 0, 0])
+    out = model(**batch, task_ids=task_ids, labels=labels)
+    logits = model(**batch).logits
+    sentiment = _weighted_cross_entropy(logits["sentiment"][[0, 3]], labels[[0, 3]], [1.0, 3.0])
+    topic = _weighted_cross_entropy(logits["topic"][[1, 2]], labels[[1, 2]], [0.5, 1.0, 2.0])
+    torch.testing.assert_close(out.task_losses["sentiment"], sentiment)
+    torch.testing.assert_close(out.task_losses["topic"], topic)
+    torch.testing.assert_close(out.loss, (1.0 * sentiment + 0.5 * topic) / 2)
+
+
+@pytest.mark.parametrize(
+    ("spec", "pattern"),
+    [
+        ({"num_labels": 2, "class_weights": [1.0]}, r"has 1 weights but the task has 2 labels"),
+        ({"num_labels": 2, "class_weights": [1.0, -1.0]}, r"finite numbers >= 0, got -1\.0"),
+        ({"num_labels": 2, "class_weights": [0, 0]}, r"are all 0"),
+        ({"num_labels": 2, "class_weights": "balanced"}, r"'balanced' needs the training data"),
+        (
+            {"num_labels": 2, "problem_type": "multi_label_classification", "class_weights": [1, 2]},
+            r"for single-label classification tasks, not multi_label_classification",
+        ),
+    ],
+)
+def test_config_rejects_bad_class_weights(spec, pattern):
+    with pytest.raises(ValueError, match=r"tasks\['t'\]\.class_weights .*" + pattern):
+        tiny_config(tasks={"t": spec})
+
+
+def test_class_weights_travel_with_the_saved_config(tmp_path):
+    model = HydraBertModel(tiny_config(tasks={"t": {"num_labels": 3, "class_weights": [1, 2.5, 0.5]}}))
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["tasks"]["t"]["class_weights"] == [
+        1.0,
+        2.5,
+        0.5,
+    ]
+    assert HydraBertModel.from_pretrained(tmp_path).config.tasks["t"]["class_weights"] == [1.0, 2.5, 0.5]
+    model.add_task("u", labels=["a", "b"], class_weights=[2, 1])
+    assert model.config.tasks["u"]["class_weights"] == [2.0, 1.0]
 
 
 def test_task_ids_out_of_range_raise(tiny_model, tiny_tokenizer):
@@ -489,3 +577,20 @@ def test_from_pretrained_without_model_type_names_from_encoder_pretrained(tmp_pa
     (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 32}))
     with pytest.raises(ValueError, match="from_encoder_pretrained"):
         HydraBertModel.from_pretrained(tmp_path)
+
+
+def test_encode_shows_its_progress_bar_on_long_inputs_unless_bars_are_off(tiny_model, tiny_tokenizer, capsys):
+    """Past 20 batches encode() and predict() draw a bar, except where transformers' bars are switched off
+    (what run_mtl.py --disable_tqdm true does)."""
+    from transformers.utils import logging as hf_logging
+
+    sentences = ["the good film"] * 21
+    tiny_model.encode(sentences, tiny_tokenizer, batch_size=1)
+    assert "Batches: 100%" in capsys.readouterr().err
+    hf_logging.disable_progress_bar()
+    try:
+        tiny_model.encode(sentences, tiny_tokenizer, batch_size=1)
+        tiny_model.predict(sentences, tiny_tokenizer, batch_size=1)
+    finally:
+        hf_logging.enable_progress_bar()
+    assert "Batches" not in capsys.readouterr().err

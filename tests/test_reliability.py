@@ -229,6 +229,31 @@ def test_labels_outside_a_tasks_range_raise_before_the_loss(tiny_model, tiny_tok
     )
 
 
+def test_class_weights_that_cannot_apply_are_refused_before_training(tmp_path):
+    (tmp_path / "train.csv").write_text("text,label\na good film,pos\nbad,neg\nfine,pos\n")
+    options = {"name": "sentiment", "data_dir": str(tmp_path), "train_file": "train.csv"}
+    expect(
+        "class_weights on a regression task",
+        HydraBertDataError,
+        r"Task 'sentiment': class_weights is for single_label_classification tasks, not regression",
+        lambda: TaskDataConfig(**options, problem_type="regression", class_weights="balanced"),
+    )
+    expect(
+        "class_weights: one weight for inferred labels ['neg', 'pos']",
+        HydraBertDataError,
+        r"Task 'sentiment': class_weights has 1 weights but the task has 2 labels \['neg', 'pos'\]",
+        lambda: load_task_splits(TaskDataConfig(**options, class_weights=[2.0])),
+    )
+    expect(
+        "class_weights='balanced' with a label that has no train row",
+        HydraBertDataError,
+        r"Task 'sentiment': class_weights=\"balanced\": label\(s\) \['neu'\] have no row in the train split",
+        lambda: load_task_splits(
+            TaskDataConfig(**options, labels=["neg", "neu", "pos"], class_weights="balanced")
+        ),
+    )
+
+
 # ------------------------------------------------------------------------------------- arguments
 @pytest.mark.parametrize(
     ("case", "settings", "pattern"),
@@ -548,6 +573,10 @@ def valid_task(draw):
     if draw(st.booleans()):
         spec["weight"] = draw(st.floats(0, 10, allow_nan=False))
     if problem_type == "single_label_classification" and draw(st.booleans()):
+        size = len(spec["labels"]) if "labels" in spec else spec["num_labels"]
+        weights = st.lists(st.floats(0, 10, allow_nan=False), min_size=size, max_size=size)
+        spec["class_weights"] = draw(weights.filter(any))
+    if problem_type == "single_label_classification" and draw(st.booleans()):
         del spec["problem_type"]  # the default
     return spec
 
@@ -569,6 +598,14 @@ DEFECTS = {
         {"weight": math.inf},
         {"weight": "1"},
         {"weight": True},
+    ],
+    "class_weights": [
+        {"class_weights": [1.0]},
+        {"class_weights": [1.0, -1.0]},
+        {"class_weights": [math.nan, 1.0]},
+        {"class_weights": [True, 1.0]},
+        {"class_weights": [0.0, 0.0]},
+        {"class_weights": "balanced"},
     ],
     "unknown keys": [{"num_label": 2, "num_labels": 2}],
     "single-label classification needs at least 2 labels": [{"num_labels": 1}],

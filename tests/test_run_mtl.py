@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -112,6 +113,16 @@ def _config(path, encoder, data_root, output_dir, **overrides):
     return str(path)
 
 
+# One epoch, no checkpoints, pushed at the end to the offline Hub server's test-user/tiny-mtl.
+PUSH_SETTINGS = dict(
+    num_train_epochs=1,
+    save_strategy="no",
+    push_to_hub=True,
+    hub_model_id="test-user/tiny-mtl",
+    hub_strategy="end",
+)
+
+
 def _weights_digest(folder) -> str:
     state = load_file(os.path.join(folder, "model.safetensors"))
     digest = hashlib.sha256()
@@ -156,6 +167,49 @@ def test_run_mtl_trains_evaluates_and_writes_a_loadable_model(tmp_path, tiny_enc
     prediction = model.predict(["who was the good film"], tokenizer)[0]
     assert prediction["question"]["label"] in {"DESC", "HUM", "LOC"}
     assert prediction["sentiment"]["label"] in {"neg", "pos"}
+
+
+# What a tqdm bar writes to stderr: "Checking rows: 100%|██████████| 64/64 [00:00<00:00, ...]", or without a
+# total, "Generating train split: 64 examples [00:00, 5120.00 examples/s]".
+_PROGRESS_BAR = re.compile(r"\d+%\||\[\d\d:\d\d[<,]")
+
+
+@pytest.mark.parametrize("disable_tqdm", [True, False])
+def test_disable_tqdm_silences_every_bar_of_the_run_and_restores_the_settings(
+    tmp_path, tiny_encoder_dir, data_root, capfd, disable_tqdm
+):
+    import datasets
+    import transformers
+
+    # A copy of the data of its own: datasets reads, checks and tokenizes it here, not from another test's cache.
+    shutil.copytree(data_root, tmp_path / "data")
+    config = _config(
+        tmp_path / "c.json",
+        tiny_encoder_dir,
+        str(tmp_path / "data"),
+        tmp_path / "out",
+        max_steps=2,
+        eval_strategy="no",
+        save_strategy="no",
+        disable_tqdm=disable_tqdm,
+    )
+    capfd.readouterr()
+    run_mtl.main([config])
+    err = capfd.readouterr().err
+    bars = [line for line in err.replace("\r", "\n").splitlines() if _PROGRESS_BAR.search(line)]
+    if disable_tqdm:
+        assert bars == [], bars[:5]
+    else:  # the same run draws bars when they are on: reading and tokenizing the data, training
+        for expected in (
+            "Generating train split",
+            "Checking rows",
+            "Tokenizing train",
+            "Loading weights",
+            "2/2 [",
+        ):
+            assert any(expected in bar for bar in bars), (expected, bars)
+    assert not datasets.utils.are_progress_bars_disabled()
+    assert transformers.utils.logging.is_progress_bar_enabled()
 
 
 def test_flags_after_the_json_file_override_it(tmp_path, tiny_encoder_dir, data_root):
@@ -280,6 +334,25 @@ def test_model_arguments_are_the_config_settings_and_reach_the_model(
         again = run_mtl.build_model(model_args, specs)
     assert again.config.pooling == "mean"
     assert "keeps its own {'pooling': 'mean'}; ignoring {'pooling': 'cls'}" in caplog.text
+
+
+def test_class_weights_reach_new_and_continued_heads(tmp_path, tiny_encoder_dir):
+    spec = {
+        "labels": ["neg", "pos"],
+        "num_labels": 2,
+        "problem_type": "single_label_classification",
+        "weight": 1.0,
+    }
+    model_args = run_mtl.ModelArguments(model_name_or_path=tiny_encoder_dir)
+    model = run_mtl.build_model(model_args, {"sentiment": {**spec, "class_weights": [0.75, 1.5]}})
+    assert model.config.tasks["sentiment"]["class_weights"] == [0.75, 1.5]
+    model.save_pretrained(tmp_path / "trained")
+    # Continued training: the run's weights replace the checkpoint's; a new head gets its own.
+    model_args.model_name_or_path = str(tmp_path / "trained")
+    specs = {"sentiment": {**spec, "class_weights": None}, "intent": {**spec, "class_weights": [2.0, 1.0]}}
+    again = run_mtl.build_model(model_args, specs)
+    assert again.config.tasks["sentiment"]["class_weights"] is None
+    assert again.config.tasks["intent"]["class_weights"] == [2.0, 1.0]
 
 
 # ------------------------------------------------------------------------------------ bad input
@@ -445,6 +518,8 @@ def test_two_process_ddp_keeps_ranks_identical_with_frozen_head_and_gradual_unfr
         do_eval=False,
         do_predict=True,
         use_cpu=True,
+        # A class-weighted task trains under DDP as any other (the weights are data, not parameters).
+        tasks=[{**TASKS[0], "class_weights": "balanced"}, TASKS[1]],
     )
     script = tmp_path / "record.py"
     script.write_text(RECORD_RANK_WEIGHTS)
@@ -477,6 +552,8 @@ def test_two_process_ddp_keeps_ranks_identical_with_frozen_head_and_gradual_unfr
     off = sorted(n for n, flag in ranks[0]["requires_grad"].items() if not flag)
     assert off == ["heads.question.bias", "heads.question.weight"]
     assert (out / "test_results.json").exists()
+    saved = json.loads((out / "config.json").read_text())["tasks"]
+    assert len(saved["sentiment"]["class_weights"]) == 2 and saved["question"]["class_weights"] is None
 
 
 # ------------------------------------------------------------------------------------ push_to_hub
@@ -512,11 +589,7 @@ def test_run_mtl_pushes_one_loadable_commit_and_pins_the_card(
         tiny_encoder_dir,
         data_root,
         out,
-        num_train_epochs=1,
-        save_strategy="no",
-        push_to_hub=True,
-        hub_model_id="test-user/tiny-mtl",
-        hub_strategy="end",
+        **PUSH_SETTINGS,
     )
     run_mtl.main([config])
 

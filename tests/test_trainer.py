@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
-from conftest import seeded_model, tiny_training_args
-from transformers import TrainerCallback
+from conftest import seeded_model, tiny_config, tiny_training_args
+from sklearn.metrics import f1_score
+from transformers import EvalPrediction, TrainerCallback
 
 from hydrabert.optim import layerwise_parameter_groups
-from hydrabert.trainer import MultiTaskTrainer, MultiTaskTrainingArguments
+from hydrabert.trainer import MultiTaskTrainer, MultiTaskTrainingArguments, default_task_metrics
 
 
 # ------------------------------------------------------------------------------- optimizer groups
@@ -106,7 +108,12 @@ FREEZE_CASES = {
 @pytest.mark.parametrize("case", list(FREEZE_CASES))
 def test_freeze_policy_keeps_frozen_parameters_bit_identical(case, tmp_path, task_data, tiny_tokenizer):
     settings, is_frozen = FREEZE_CASES[case]
-    model = seeded_model(adapter_size=4)
+    # Class-weighted losses: the weights are data, so every policy freezes and trains exactly as without them.
+    tasks = {
+        "sentiment": {"labels": ["negative", "positive"], "class_weights": [0.7, 1.6]},
+        "topic": {"num_labels": 3, "weight": 0.5, "class_weights": [1.0, 2.0, 0.5]},
+    }
+    model = seeded_model(adapter_size=4, tasks=tasks)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     args = tiny_training_args(tmp_path, max_steps=6, **settings)
     MultiTaskTrainer(
@@ -327,9 +334,11 @@ def test_evaluate_reports_once_with_todays_names_and_the_exact_mean_loss(tmp_pat
         ]
     expected = {"epoch", "test_runtime", "test_samples_per_second", "test_steps_per_second"}
     expected |= {
-        f"test_{task}_{m}" for task in eval_sets for m in ("loss", "accuracy", "f1", "model_preparation_time")
+        f"test_{task}_{m}"
+        for task in eval_sets
+        for m in ("loss", "accuracy", "f1", "f1_declared_labels", "model_preparation_time")
     }
-    expected |= {f"test_average_{m}" for m in ("loss", "accuracy", "f1")}
+    expected |= {f"test_average_{m}" for m in ("loss", "accuracy", "f1", "f1_declared_labels")}
     assert set(results[0]) == expected
     model = seeded_model().eval()
     for task_id, (task, dataset) in enumerate(eval_sets.items()):
@@ -370,3 +379,33 @@ def test_training_keeps_task_losses_on_the_device_between_logs(
     mean = sum(losses[task].item() for losses in task_losses) / 3
     assert trainer._task_training_losses() == {f"loss/{task}": round(mean, 4)}
     assert trainer._task_loss_sums == {}  # reset after each log
+
+
+def test_f1_is_sklearns_macro_f1_and_the_declared_label_variant_keeps_its_own_name():
+    """`f1`: the mean over the labels in the references or the predictions (scikit-learn's default, the one
+    papers report); `f1_declared_labels`: over every label of the task, an absent one counting 0."""
+    from hydrabert import HydraBertModel
+
+    tasks = {
+        "topic": {"num_labels": 4},
+        "tags": {"num_labels": 3, "problem_type": "multi_label_classification"},
+    }
+    compute = default_task_metrics(HydraBertModel(tiny_config(tasks=tasks)))
+    # Label 3 is in neither the references nor the predictions that count (the -100 row is ignored).
+    truth, predicted = np.array([0, 0, 1, 1, 2, -100]), np.array([0, 1, 1, 1, 0, 3])
+    metrics = compute("topic", EvalPrediction(predictions=np.eye(4)[predicted], label_ids=truth))
+    assert metrics["f1"] == pytest.approx(f1_score(truth[:5], predicted[:5], average="macro"))
+    assert metrics["f1"] == pytest.approx((0.5 + 0.8 + 0) / 3)
+    assert metrics["f1_declared_labels"] == pytest.approx((0.5 + 0.8 + 0 + 0) / 4)
+    # Multi-label: tag 2 is never true nor predicted.
+    truth = np.array([[1, 0, 0], [1, 1, 0], [0, 1, 0]])
+    predicted = np.array([[1, 0, 0], [0, 1, 0], [0, 1, 0]])
+    metrics = compute(
+        "tags", EvalPrediction(predictions=np.where(predicted, 3.0, -3.0), label_ids=truth * 1.0)
+    )
+    assert metrics["f1"] == pytest.approx((2 / 3 + 1.0) / 2)
+    assert metrics["f1_declared_labels"] == pytest.approx((2 / 3 + 1.0 + 0) / 3)
+    # With every label present, the two agree.
+    truth, predicted = np.array([0, 1, 2, 3]), np.array([0, 1, 2, 2])
+    metrics = compute("topic", EvalPrediction(predictions=np.eye(4)[predicted], label_ids=truth))
+    assert metrics["f1"] == metrics["f1_declared_labels"]

@@ -328,7 +328,7 @@ def load_task_splits(cfg: TaskDataConfig, seed: int = 42) -> LoadedTask:
         for split, (source, dataset) in raw.items()
     }
     names = [class_names(dataset.features).get(cfg.label_column) for _, dataset in raw.values()]
-    labels = resolve_labels(cfg, list(rows.values()), names)
+    labels = resolve_labels(cfg, list(rows.values()), names, split_names=list(rows))
     splits = datasets.DatasetDict()
     for split in SPLITS:
         if split in rows:
@@ -360,6 +360,14 @@ def _carve_validation(cfg: TaskDataConfig, splits: datasets.DatasetDict, seed: i
         raise cfg.error(f"train has {size} rows: too few to carve a {pct}% validation split")
     parts = splits["train"].train_test_split(test_size=n_validation, shuffle=True, seed=seed)
     splits["train"], splits["validation"] = parts["train"], parts["test"]
+    logger.info(
+        "Task %r: no validation split; carved %s%% of train (%d rows, seed %d), %d rows left to train on",
+        cfg.name,
+        f"{pct:g}",
+        n_validation,
+        seed,
+        size - n_validation,
+    )
     if "test" in splits:  # keep the train, validation, test order
         splits["test"] = splits.pop("test")
 
@@ -443,7 +451,8 @@ def _encoded_labels(cfg: TaskDataConfig, raw: dict, rows: dict) -> dict:
     labelled = {split: parts[cfg.name] for split, parts in rows.items()}
     positions = {split: _labelled_positions(dataset) for split, dataset in labelled.items()}
     names = [class_names(dataset.features).get(cfg.label_column) for _, dataset in raw.values()]
-    labels = resolve_labels(cfg, [labelled[s].select(positions[s]) for s in labelled], names)
+    labelled_rows = [labelled[s].select(positions[s]) for s in labelled]
+    labels = resolve_labels(cfg, labelled_rows, names, split_names=list(labelled))
     out: dict = {"labels": labels}
     for split, dataset in labelled.items():
         source = dataclasses.replace(raw[split][0], task=cfg.name)

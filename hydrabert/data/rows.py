@@ -4,6 +4,7 @@ tasks). Each problem names the row (or line) it is in."""
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -15,10 +16,14 @@ from .tasks import TaskDataConfig, label_str
 if TYPE_CHECKING:
     from .loading import Source
 
+logger = logging.getLogger(__name__)
+
 # Where a row came from ("line 12", "row 3, item 1"), carried until the labels are checked.
 LOCATION = "__location__"
 # A multi-label value given as one string ("sports,politics") is split on this.
 MULTI_LABEL_SEPARATOR = ","
+# An inferred label set is logged in full up to this many names (a 150-intent set, in part).
+_LOGGED_LABELS = 40
 
 
 def class_names(features: datasets.Features) -> dict[str, list[str]]:
@@ -201,16 +206,23 @@ def _name_of_id(source: Source, item, where: str, names: list[str], what: str) -
     return names[label_id]
 
 
-def resolve_labels(cfg: TaskDataConfig, splits: list[datasets.Dataset], names: list) -> list[str] | None:
-    """The configured labels; else the data's ClassLabel names; else the sorted names in every split."""
+def resolve_labels(
+    cfg: TaskDataConfig, splits: list[datasets.Dataset], names: list, split_names: Sequence[str] = ()
+) -> list[str] | None:
+    """The configured labels; else the data's ClassLabel names; else the sorted names in every split.
+    An inferred label set is logged: it fixes the head's label ids."""
     if cfg.problem_type == "regression":
         return None
     if cfg.labels is not None:
         return cfg.labels
     if cfg.label_map is not None:
-        return cfg.mapped_labels()
+        labels = cfg.mapped_labels()
+        _log_inferred(cfg, labels, "taken from label_map's values, in their order")
+        return labels
     if cfg.label_transform is None and any(names):
-        return next(n for n in names if n)
+        labels = next(n for n in names if n)
+        _log_inferred(cfg, labels, "taken from the data's ClassLabel names, in their order")
+        return labels
     seen = set()
     for split in splits:
         column = split["label"]
@@ -221,12 +233,22 @@ def resolve_labels(cfg: TaskDataConfig, splits: list[datasets.Dataset], names: l
         )
     if not seen:
         raise cfg.error("no labels found in the data; give them with the labels option")
+    where = f"inferred from {', '.join(split_names)}" if split_names else "inferred from the data"
     for kind in (int, float):  # numeric names in numeric order ("2" before "10"), others alphabetically
         try:
-            return sorted(seen, key=kind)
+            labels = sorted(seen, key=kind)
+            _log_inferred(cfg, labels, f"{where}, sorted as numbers")
+            return labels
         except ValueError:
             pass
-    return sorted(seen)
+    labels = sorted(seen)
+    _log_inferred(cfg, labels, f"{where}, sorted")
+    return labels
+
+
+def _log_inferred(cfg: TaskDataConfig, labels: list[str], how: str) -> None:
+    shown = ", ".join(labels[:_LOGGED_LABELS]) + (", ..." if len(labels) > _LOGGED_LABELS else "")
+    logger.info("Task %r: %d labels %s (set `labels` to fix the ids): %s", cfg.name, len(labels), how, shown)
 
 
 def encode_labels(cfg: TaskDataConfig, source: Source, rows: datasets.Dataset, labels) -> datasets.Dataset:

@@ -6,16 +6,22 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import difflib
+import logging
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import datasets
+import numpy as np
+
+logger = logging.getLogger(__name__)
 
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 FILE_FORMATS = ("csv", "tsv", "json", "jsonl", "parquet", "labeled_lines")
 LABEL_TRANSFORMS = ("coarse",)
+# The class_weights value computed from the data (the other: an explicit list).
+CLASS_WEIGHTING = "balanced"
 SPLITS = ("train", "validation", "test")
 # Where and how a task's rows are read: a task with a `source` takes these from that task.
 SOURCE_FIELDS = (
@@ -77,6 +83,9 @@ class TaskDataConfig:
     weight: float = 1.0
     # Carve this percentage of train into a seeded validation split when there is none.
     validation_split_percentage: float | None = None
+    # Single-label only. "balanced": n_rows / (n_labels * rows_of_label) from the train split's counts
+    # (scikit-learn's compute_class_weight); or one weight per label. Each row's loss is scaled by its label's.
+    class_weights: str | list[float] | None = None
     # The name of another task whose data this task's labels live in (a shared source): its rows are read
     # once and each is encoded once per training step for every task it labels. The data fields
     # (SOURCE_FIELDS) then come from that task; this one gives its own label_column and label settings.
@@ -108,6 +117,7 @@ class TaskDataConfig:
         if pct is not None and not 0 < pct < 100:
             raise self.error(f"validation_split_percentage must be in (0, 100), got {pct!r}")
         self.labels = self._checked_labels()
+        self._check_class_weights()
         if self.label_ids and self.labels is None:
             raise self.error("label_ids=True needs the label names in labels")
         self.label_map = self._checked_label_map()
@@ -191,6 +201,42 @@ class TaskDataConfig:
             return None
         return list(dict.fromkeys(name for name in self.label_map.values() if name is not None))
 
+    def _check_class_weights(self) -> None:
+        """What can be checked before the data are read: the kind of task, the values, and the count when
+        the labels are given (inferred labels are counted in `LoadedTask`)."""
+        weights = self.class_weights
+        if weights is None:
+            return
+        if self.problem_type != "single_label_classification":
+            raise self.error(
+                f"class_weights is for single_label_classification tasks, not {self.problem_type}"
+            )
+        if weights == CLASS_WEIGHTING:
+            return
+        if not isinstance(weights, list):
+            raise self.error(
+                f"class_weights must be {CLASS_WEIGHTING!r} or a list of numbers, one per label; got {weights!r}"
+            )
+        for value in weights:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value < 0
+            ):
+                raise self.error(f"class_weights must hold finite numbers >= 0, got {value!r} in {weights}")
+        if not any(weights):
+            raise self.error("class_weights are all 0: no row would count in the loss")
+        if self.labels is not None:
+            self.check_class_weight_count(self.labels)
+
+    def check_class_weight_count(self, labels: list[str]) -> None:
+        if isinstance(self.class_weights, list) and len(self.class_weights) != len(labels):
+            raise self.error(
+                f"class_weights has {len(self.class_weights)} weights but the task has {len(labels)} labels "
+                f"{labels}: give one weight per label, in that order"
+            )
+
     def _checked_labels(self) -> list[str] | None:
         if self.labels is None:
             return None
@@ -218,13 +264,18 @@ class SharedSource:
 
 @dataclass
 class LoadedTask:
-    """One task's splits (columns `text`, optional `text_pair`, `label`) and its label names. A task of a
-    shared source has the rows that carry its label here (for evaluation), and the source in `shared`."""
+    """One task's splits (columns `text`, optional `text_pair`, `label`), its label names and its resolved
+    class weights (a float per label, or None). A task of a shared source has the rows that carry its label
+    here (for evaluation and its class weights), and the source in `shared`."""
 
     config: TaskDataConfig
     splits: datasets.DatasetDict
     labels: list[str] | None  # None for regression
     shared: SharedSource | None = None
+    class_weights: list[float] | None = field(init=False, default=None)
+
+    def __post_init__(self):
+        self.class_weights = resolved_class_weights(self.config, self.splits, self.labels)
 
     @property
     def name(self) -> str:
@@ -245,7 +296,43 @@ class LoadedTask:
             "labels": list(self.labels or []),
             "problem_type": self.problem_type,
             "weight": float(self.config.weight),
+            "class_weights": None if self.class_weights is None else list(self.class_weights),
         }
+
+
+def resolved_class_weights(
+    cfg: TaskDataConfig, splits: datasets.DatasetDict, labels: list[str] | None
+) -> list[float] | None:
+    """The task's class weights as one float per label: the configured list, or "balanced" computed from the
+    train split's label counts as scikit-learn's `compute_class_weight("balanced")` does."""
+    if cfg.class_weights is None:
+        return None
+    cfg.check_class_weight_count(labels)
+    if cfg.class_weights != CLASS_WEIGHTING:
+        return [float(value) for value in cfg.class_weights]
+    if "train" not in splits:
+        raise cfg.error('class_weights="balanced" needs a train split to count the labels in')
+    label_ids = np.asarray(splits["train"]["label"])
+    counts = np.bincount(label_ids, minlength=len(labels))
+    absent = [label for label, count in zip(labels, counts, strict=True) if count == 0]
+    if absent:
+        raise cfg.error(
+            f'class_weights="balanced": label(s) {absent} have no row in the train split, so their weight '
+            "would be infinite; give class_weights as a list, or drop those labels"
+        )
+    from sklearn.utils.class_weight import compute_class_weight
+
+    weights = compute_class_weight("balanced", classes=np.arange(len(labels)), y=label_ids)
+    logger.info(
+        "Task %r: class_weights 'balanced' from the %d train rows: %s",
+        cfg.name,
+        int(counts.sum()),
+        ", ".join(
+            f"{label} {weight:.4g} ({count} row{'s' if count != 1 else ''})"
+            for label, weight, count in zip(labels, weights, counts, strict=True)
+        ),
+    )
+    return [float(weight) for weight in weights]
 
 
 def label_str(value) -> str:
@@ -256,6 +343,7 @@ def label_str(value) -> str:
 
 
 __all__ = [
+    "CLASS_WEIGHTING",
     "FILE_FORMATS",
     "LABEL_TRANSFORMS",
     "PROBLEM_TYPES",
@@ -266,4 +354,5 @@ __all__ = [
     "SharedSource",
     "TaskDataConfig",
     "label_str",
+    "resolved_class_weights",
 ]
