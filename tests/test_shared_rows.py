@@ -208,7 +208,14 @@ def test_a_source_with_two_label_columns_is_read_once_into_one_unit_and_per_task
         "labels": ["high", "low", "medium"],
         "problem_type": "single_label_classification",
         "weight": 1.0,
+        "class_weights": None,
     }
+
+
+def test_balanced_class_weights_of_a_shared_task_count_its_labelled_train_rows(tickets):
+    urgency = load_tasks(_ticket_configs(tickets, class_weights="balanced"))["urgency"]
+    # train labels high, low, medium, low (the rows with an empty cell do not count): 4 / (3 * count)
+    assert urgency.class_weights == pytest.approx([4 / 3, 2 / 3, 4 / 3])
 
 
 def test_label_map_derives_a_task_and_null_means_no_label(tickets):
