@@ -458,6 +458,7 @@ def _run_config(path, encoder, data_root, output_dir, **overrides):
         "tasks": [
             {
                 "name": "mood",
+                "dataset_name": "someone/reviews",  # on the card (the local data_dir is read)
                 "data_dir": "reviews",
                 "train_file": "train.csv",
                 "validation_file": "dev.csv",
@@ -505,7 +506,10 @@ def test_run_mtl_trains_a_shared_source_and_reports_each_task(tmp_path, tiny_enc
     with open(os.path.join(shared_root, "reviews", "train.csv"), encoding="utf-8") as handle:
         kind_rows = sum(1 for row in csv.DictReader(handle) if row["kind"])
     card = (out / "README.md").read_text()
-    assert f"| `kind` | - | {kind_rows} | " in card and "| `mood` | - | 64 | 16 | 16 |" in card
+    hub = "[someone/reviews](https://huggingface.co/datasets/someone/reviews)"
+    assert f"| `kind` | {hub} | {kind_rows} | " in card and f"| `mood` | {hub} | 64 | 16 | 16 |" in card
+    # Both tasks were evaluated on that one Hub dataset: one model-index entry per split names them both.
+    assert "name: kind, mood" in card or "name: mood, kind" in card
     config = json.loads((out / "config.json").read_text())
     assert config["tasks"]["kind"]["weight"] == 0.5 and config["tasks"]["kind"]["labels"] == [
         "DESC",
