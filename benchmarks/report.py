@@ -195,12 +195,16 @@ def add_task_block() -> str:
     )
 
 
+def _fmt_epochs(value) -> str:
+    return "–" if value is None else f"{value:g}"
+
+
 def shared_sources_block() -> str:
     records = {r["name"]: r for r in load("shared_sources")}
     if not records:
         return "_Not run yet: `python benchmarks/experiments.py shared_sources`._"
     rows = []
-    for name in ("sst5_shared", "sst5_duplicated"):
+    for name in ("sst5_shared", "sst5_duplicated", "sst5_shared_2ep"):
         r = records.get(name)
         if r is None:
             continue
@@ -208,6 +212,7 @@ def shared_sources_block() -> str:
             [
                 f"`{name}`",
                 str(r["metrics"].get("train_samples", "–")),
+                _fmt_epochs(r["metrics"].get("epoch")),
                 f"{r['metrics']['train_runtime']:.0f} s",
                 fmt(metric(r, "test_sentiment_fine_accuracy")),
                 fmt(metric(r, "test_sentiment_fine_f1")),
@@ -218,6 +223,7 @@ def shared_sources_block() -> str:
     header = [
         "config",
         "rows encoded per epoch",
+        "epochs",
         "training time",
         "SST-5 acc",
         "SST-5 macro-F1",
