@@ -33,7 +33,15 @@ from transformers import AutoTokenizer, HfArgumentParser, set_seed
 
 from hydrabert.assembly import load_model, resolve_checkpoint
 from hydrabert.checkpoints import ResumePlan, plan_resume
-from hydrabert.data import HydraBertDataError, TaskDataConfig, load_tasks, tokenize_task
+from hydrabert.data import (
+    HydraBertDataError,
+    TaskDataConfig,
+    label_counts,
+    label_tasks,
+    load_tasks,
+    source_groups,
+    tokenize_task,
+)
 from hydrabert.export.deploy import plan_exports, push_exports, write_exports
 from hydrabert.freezing import frozen_parameter_names
 from hydrabert.modeling_hydrabert import CONFIG_SETTINGS, HydraBertModel
@@ -115,7 +123,8 @@ class DataArguments:
     )
     max_seq_length: int = field(default=128, metadata={"help": "Longer sentences are truncated."})
     max_train_samples: int | None = field(
-        default=None, metadata={"help": "Per task: keep this many (quick runs)."}
+        default=None,
+        metadata={"help": "Per task (a shared source: per source, rows): keep this many (quick runs)."},
     )
     max_eval_samples: int | None = field(default=None, metadata={"help": "Per task, validation rows kept."})
     max_test_samples: int | None = field(default=None, metadata={"help": "Per task, test rows kept."})
@@ -256,31 +265,62 @@ def prepare_output_dir(training_args: RunTrainingArguments) -> ResumePlan:
 
 
 def load_data_and_model(model_args, data_args, training_args, configs):
-    """Tokenized `{task: {split: Dataset | None}}`, the model with a head per task, its tokenizer, and the
-    length inputs were truncated to."""
+    """Tokenized `{task: {split: Dataset | None}}` (a shared source's tasks have no train split here: the
+    source trains as one unit), the training units `{task or shared source: Dataset}`, the model with a head
+    per task, its tokenizer, and the length inputs were truncated to."""
     with training_args.main_process_first(desc="loading and tokenizing the tasks' data"):
         loaded = load_tasks(configs, seed=training_args.seed)
         task_specs = {name: task.task_spec() for name, task in loaded.items()}
         model = build_model(model_args, task_specs)
         tokenizer = load_tokenizer(model_args)
         max_length = max_sequence_length(data_args.max_seq_length, tokenizer, model)
-        splits = {}
+        splits, train_units = {}, {}
         for name, task in loaded.items():
-            tokenized = tokenize_task(
-                task.splits, tokenizer, max_length, cache_dir=data_args.tokenized_cache_dir
-            )
+            parts = task.splits
+            if task.shared is not None:  # its train rows train through the shared source
+                parts = datasets.DatasetDict({s: d for s, d in task.splits.items() if s != "train"})
+            tokenized = tokenize_task(parts, tokenizer, max_length, cache_dir=data_args.tokenized_cache_dir)
             splits[name] = {
                 "train": limit(tokenized.get("train"), data_args.max_train_samples, training_args.seed),
                 "validation": limit(tokenized.get("validation"), data_args.max_eval_samples),
                 "test": limit(tokenized.get("test"), data_args.max_test_samples),
             }
+            if splits[name]["train"] is not None:
+                train_units[name] = splits[name]["train"]
+            elif (
+                task.shared is not None
+                and task.shared.name not in train_units
+                and "train" in task.shared.splits
+            ):
+                source = datasets.DatasetDict(train=task.shared.splits["train"])
+                rows = tokenize_task(source, tokenizer, max_length, cache_dir=data_args.tokenized_cache_dir)[
+                    "train"
+                ]
+                train_units[task.shared.name] = limit(rows, data_args.max_train_samples, training_args.seed)
+        sizes = dataset_sizes(splits, train_units)
+        for name, task in loaded.items():
+            shared = f" (train rows from the shared source {task.shared.name})" if task.shared else ""
             logger.info(
-                "task %s: %s; labels %s",
+                "task %s: %s%s; labels %s",
                 name,
-                ", ".join(f"{split} {len(ds)}" for split, ds in splits[name].items() if ds is not None),
+                ", ".join(f"{split} {n}" for split, n in sizes[name].items()),
+                shared,
                 task_specs[name]["labels"],
             )
-    return splits, model, tokenizer, max_length
+    return splits, train_units, model, tokenizer, max_length
+
+
+def dataset_sizes(splits: dict, train_units: dict) -> dict[str, dict[str, int]]:
+    """`{task: {split: rows}}`; a shared source's task counts the training rows that carry its label."""
+    sizes = {
+        name: {split: len(ds) for split, ds in parts.items() if ds is not None}
+        for name, parts in splits.items()
+    }
+    for unit in train_units.values():
+        if label_tasks(unit) is not None:
+            for task, count in label_counts(unit).items():
+                sizes[task] = {"train": count, **sizes[task]}
+    return sizes
 
 
 def split_of(splits: dict, split: str) -> dict | None:
@@ -380,8 +420,11 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Run
     if plan.finished:
         return {}
     set_seed(training_args.seed)
-    splits, model, tokenizer, max_length = load_data_and_model(model_args, data_args, training_args, configs)
-    train_sets, eval_sets, test_sets = (split_of(splits, s) for s in ("train", "validation", "test"))
+    splits, train_units, model, tokenizer, max_length = load_data_and_model(
+        model_args, data_args, training_args, configs
+    )
+    train_sets = train_units or None
+    eval_sets, test_sets = (split_of(splits, s) for s in ("validation", "test"))
     check_run(training_args, model, train_sets, eval_sets)
 
     # Checked before training: an export that cannot be exact fails now, not after the run.
@@ -407,7 +450,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Run
         # Before the push, so that output_dir/onnx/ goes up in the model's own commit.
         hub_id = trainer.hub_model_id if training_args.push_to_hub else None
         exported = write_exports(model, tokenizer, training_args.output_dir, export_plan, hub_model_id=hub_id)
-    save_card_or_push(trainer, card_overrides(model_args, configs, splits, max_length), exported)
+    card = card_overrides(model_args, configs, dataset_sizes(splits, train_units), max_length)
+    save_card_or_push(trainer, card, exported)
     return results
 
 
@@ -455,17 +499,19 @@ def written_summary(
 
 
 def card_overrides(
-    model_args: ModelArguments, configs: list[TaskDataConfig], splits: dict, max_length: int
+    model_args: ModelArguments,
+    configs: list[TaskDataConfig],
+    sizes: dict[str, dict[str, int]],
+    max_length: int,
 ) -> dict:
     """What the card cannot learn from the model: the Hub names of the base model and datasets, the
     examples per split, which validation splits were held out of train, and the length inputs were
     truncated to."""
+    # A task reading a shared source has that source's dataset and held-out validation split.
+    configs = [cfg for group in source_groups(configs).values() for cfg in group]
     overrides = {
         "max_seq_length": max_length,
-        "dataset_sizes": {
-            name: {split: len(ds) for split, ds in parts.items() if ds is not None}
-            for name, parts in splits.items()
-        },
+        "dataset_sizes": sizes,
         # The loader carves one only when the data bring none; local files bring one only with a
         # validation_file (a Hub dataset's own validation split is the case this cannot see).
         "validation_split_percentage": {

@@ -7,6 +7,7 @@ the command that produced it and the machine it ran on.
 
     python benchmarks/experiments.py transfer            # SciCite: recipe vs full fine-tuning vs frozen
     python benchmarks/experiments.py transfer --only recipe,frozen
+    python benchmarks/experiments.py shared_sources    # SST-5 fine + polarity: shared rows vs duplicated
     python benchmarks/experiments.py --list
 """
 
@@ -127,6 +128,14 @@ GROUPS: dict[str, dict[str, tuple[str, list[str]]]] = {
                 ADD_TASK_TASKS,
             ],
         ),
+    },
+    # SST-5's fine label and the polarity derived from it, as one shared source (one encoder pass per row for
+    # both tasks) and as two tasks each with its own copy of the rows; same seed and budget (1 epoch).
+    "shared_sources": {
+        "sst5_shared": ("configs/sst5_shared.json", []),
+        "sst5_duplicated": ("configs/sst5_duplicated.json", []),
+        # The duplicated run's optimizer steps (483) and training time, from the shared source: 2 epochs, 534 steps.
+        "sst5_shared_2ep": ("configs/sst5_shared.json", ["--num_train_epochs", "2"]),
     },
     "transfer": {
         # The plain recipe the reference numbers use: every layer at one rate from the start.

@@ -195,6 +195,44 @@ def add_task_block() -> str:
     )
 
 
+def _fmt_epochs(value) -> str:
+    return "–" if value is None else f"{value:g}"
+
+
+def shared_sources_block() -> str:
+    records = {r["name"]: r for r in load("shared_sources")}
+    if not records:
+        return "_Not run yet: `python benchmarks/experiments.py shared_sources`._"
+    rows = []
+    for name in ("sst5_shared", "sst5_duplicated", "sst5_shared_2ep"):
+        r = records.get(name)
+        if r is None:
+            continue
+        rows.append(
+            [
+                f"`{name}`",
+                str(r["metrics"].get("train_samples", "–")),
+                _fmt_epochs(r["metrics"].get("epoch")),
+                f"{r['metrics']['train_runtime']:.0f} s",
+                fmt(metric(r, "test_sentiment_fine_accuracy")),
+                fmt(metric(r, "test_sentiment_fine_f1")),
+                fmt(metric(r, "test_polarity_accuracy")),
+                fmt(metric(r, "test_polarity_f1")),
+            ]
+        )
+    header = [
+        "config",
+        "rows encoded per epoch",
+        "epochs",
+        "training time",
+        "SST-5 acc",
+        "SST-5 macro-F1",
+        "polarity acc",
+        "polarity macro-F1",
+    ]
+    return table(header, rows) + "\n\n" + commands(list(records.values()))
+
+
 def bar_plot(filename: str, labels: list[str], series: dict[str, list[float]], title: str) -> str:
     import matplotlib
 
@@ -312,6 +350,7 @@ BLOCKS = {
     "freeze": lambda: sweep_block("freeze", ["none", "encoder", "lower_layers", "gradual"], "freeze policy"),
     "add_task": add_task_block,
     "class_weights": class_weights_block,
+    "shared_sources": shared_sources_block,
 }
 
 

@@ -177,8 +177,11 @@ class HydraBertCardData(CardData):
 
     def eval_results(self) -> list[EvalResult]:
         """One `EvalResult` per (split, task, metric). A validation split held out of train is reported
-        as the dataset's `train` split with the held-out percentage in `dataset_args`."""
-        hub, out = self.hub_datasets(), []
+        as the dataset's `train` split with the held-out percentage in `dataset_args`. The Hub keeps one
+        `model-index` entry per (dataset, split), whatever the task: tasks evaluated on the same Hub dataset
+        and split (the tasks of a shared source, say) share that entry, named after all of them, and their
+        results come together, so that the card reads back as written."""
+        hub, rows = self.hub_datasets(), []
         for split, per_task in self.results.items():
             for task, metrics in per_task.items():
                 dataset, dataset_split, dataset_args, shown = hub.get(task, task), split, None, split
@@ -186,12 +189,20 @@ class HydraBertCardData(CardData):
                     percent = self.validation_split_percentage[task]
                     dataset_split, dataset_args = "train", {"validation_split_percentage": percent}
                     shown = f"validation: {_fmt(percent)}% of train held out"
+                rows.append(((dataset, dataset_split), task, dataset_args, shown, metrics))
+        tasks_of: dict[tuple, list[str]] = {}
+        for entry, task, *_ in rows:
+            tasks_of.setdefault(entry, []).append(task)
+        out = []
+        for entry, tasks in tasks_of.items():
+            (dataset, dataset_split), name = entry, ", ".join(tasks)
+            for _, task, dataset_args, shown, metrics in (row for row in rows if row[0] == entry):
                 out += [
                     EvalResult(
                         task_type="text-classification",
-                        task_name=task,
+                        task_name=name,
                         dataset_type=dataset,
-                        dataset_name=task if dataset == task else f"{task} ({dataset})",
+                        dataset_name=name if dataset == task else f"{name} ({dataset})",
                         dataset_split=dataset_split,
                         dataset_args=dataset_args,
                         metric_type=metric,

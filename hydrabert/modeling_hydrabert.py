@@ -54,7 +54,8 @@ class HydraBertOutput(ModelOutput):
     loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is given):
         With `task_ids` (what the trainer passes), the weighted multi-task loss: each task's loss
         averaged over its rows, times the task's weight, averaged over the tasks present in the batch.
-        With `task="name"`, that task's plain loss.
+        With `labels` as a dict by task, the same over each task's labelled rows. With `task="name"`, that
+        task's plain loss.
     logits (`torch.FloatTensor` or `dict[str, torch.FloatTensor]`):
         With `task="name"`, that task's logits `(batch, num_labels)`; otherwise a dict of every task's
         logits, all computed from one encoder pass.
@@ -376,9 +377,12 @@ class HydraBertModel(HydraBertPreTrainedModel):
             Return this task's logits (and compute its loss). Without it, logits is a dict of all tasks.
         task_ids (`torch.LongTensor` of shape `(batch,)`, *optional*):
             For a batch that mixes tasks: the index (in `model.task_names` order) of each row's task.
-        labels (`torch.Tensor`, *optional*):
+        labels (`torch.Tensor` or `dict[str, torch.Tensor]`, *optional*):
             Class ids `(batch,)` for single-label tasks (-100 = ignore), multi-hot `(batch, num_labels)`
             for multi-label tasks, values `(batch,)` or `(batch, num_labels)` for regression.
+            A dict `{task: tensor}` labels each row for several tasks at once (rows of one data set
+            annotated several ways): a row without a label for a task holds -100 (class ids) or NaN
+            (floats) there, and each task's loss averages over the rows that have its label.
         encoder_features (`torch.FloatTensor` of shape `(batch, hidden_size)`, *optional*):
             What `get_encoder_features` returns for this batch: the encoder and pooling are skipped (a
             frozen encoder's outputs computed once and reused; see `hydrabert.feature_cache`).
@@ -417,6 +421,12 @@ class HydraBertModel(HydraBertPreTrainedModel):
             self._check_task(task)
             if task_ids is not None:
                 raise ValueError("Pass either `task` or `task_ids`, not both.")
+        if isinstance(labels, dict):  # labels by task: the rows of each task are those labelled for it
+            if task is not None or task_ids is not None:
+                raise ValueError(
+                    "`labels` as a dict {task: tensor} names the tasks itself: pass no `task` or `task_ids`."
+                )
+            return None
         if labels is not None and task is None and task_ids is None:
             if len(self.config.tasks) != 1:
                 raise ValueError(
@@ -462,8 +472,14 @@ class HydraBertModel(HydraBertPreTrainedModel):
         return self.pooler.pool(outputs.last_hidden_state, attention_mask)
 
     def _multitask_loss(self, all_logits, labels, task, task_ids):
-        if task is not None:
-            rows_per_task = {task: None}  # the whole batch
+        """(loss, task_losses): each task's loss over its rows, then their weighted mean over the tasks that
+        have rows in the batch. The rows of a task: the whole batch (`task`), the rows whose `task_ids` name it,
+        or (`labels` a dict by task) the rows whose label for it is not missing."""
+        if isinstance(labels, dict):
+            batch_size = len(next(iter(all_logits.values())))
+            rows_per_task, labels_per_task = self._labelled_rows(labels, batch_size), labels
+        elif task is not None:
+            rows_per_task, labels_per_task = {task: None}, {task: labels}  # the whole batch
         else:
             if task_ids.shape[0] != labels.shape[0]:
                 raise ValueError(f"task_ids has {task_ids.shape[0]} rows but labels has {labels.shape[0]}")
@@ -475,26 +491,59 @@ class HydraBertModel(HydraBertPreTrainedModel):
                 )
             present = task_ids.unique().tolist()
             rows_per_task = {self.task_names[i]: task_ids == i for i in present}
+            labels_per_task = dict.fromkeys(rows_per_task, labels)
 
         task_losses = {}
         for name, rows in rows_per_task.items():
             logits = all_logits[name] if rows is None else all_logits[name][rows]
-            task_labels = labels if rows is None else labels[rows]
+            task_labels = labels_per_task[name] if rows is None else labels_per_task[name][rows]
             task_losses[name] = _task_loss(name, self.config.tasks[name], logits, task_labels)
         if task is not None:
             loss = task_losses[task]  # one task asked for by name: its plain loss
-        else:
+        elif task_losses:
             weighted = [self.config.tasks[name]["weight"] * value for name, value in task_losses.items()]
             loss = torch.stack(weighted).sum() / len(weighted)
+        else:  # a dict of labels in which no row is labelled: nothing to learn from this batch
+            loss = None
         # Heads whose task is absent from this batch join the graph with a zero term, so that
         # DDP sees a gradient (zero) for every parameter on every step. nan_to_num: a diverged
         # head must not poison the other tasks' loss (it is reported when its own task comes up).
         unused = [
             torch.nan_to_num(logits).sum() for name, logits in all_logits.items() if name not in task_losses
         ]
-        if unused and torch.is_grad_enabled():
+        if loss is None:
+            loss = 0.0 * torch.stack(unused).sum()
+        elif unused and torch.is_grad_enabled():
             loss = loss + 0.0 * torch.stack(unused).sum()
         return loss, task_losses
+
+    def _labelled_rows(self, labels: dict[str, torch.Tensor], batch_size: int):
+        """For `labels` given as `{task: tensor}`: each task's labelled rows (a boolean mask), for the tasks that
+        have at least one. Missing: -100 in integer tensors and in a single-label task's class ids, NaN in float
+        tensors; a multi-label or multi-output row with a missing value anywhere is missing."""
+        unknown = [name for name in labels if name not in self.config.tasks]
+        if unknown:
+            raise ValueError(f"labels name unknown task(s) {unknown}; known tasks: {self.task_names}")
+        rows_per_task = {}
+        for name, values in labels.items():
+            if values.shape[:1] != (batch_size,):
+                raise ValueError(
+                    f"labels[{name!r}] has shape {tuple(values.shape)}: it needs one row per example ({batch_size})"
+                )
+            missing = (
+                torch.isnan(values)
+                if values.is_floating_point()
+                else torch.zeros_like(values, dtype=torch.bool)
+            )
+            if (
+                not values.is_floating_point()
+                or self.config.tasks[name]["problem_type"] == "single_label_classification"
+            ):
+                missing = missing | (values == -100)
+            rows = ~missing.reshape(len(values), -1).any(-1)
+            if rows.any():
+                rows_per_task[name] = rows
+        return rows_per_task
 
     # --------------------------------------------------------------------------------- inference
     @torch.inference_mode()

@@ -31,8 +31,11 @@ from .data import (
     MultiTaskCollator,
     build_multitask_dataset,
     check_padded,
+    label_tasks,
+    per_task_datasets,
     token_lengths,
 )
+from .data.collation import MODEL_INPUTS
 from .feature_cache import FrozenEncoder
 from .freezing import (
     FREEZE_POLICIES,
@@ -185,7 +188,10 @@ class MultiTaskTrainer(Trainer):
     Args:
         model: a `HydraBertModel` (its config's tasks name the heads).
         args: `MultiTaskTrainingArguments`.
-        train_dataset / eval_dataset: `{task name: tokenized datasets.Dataset}` (see `hydrabert.data`).
+        train_dataset / eval_dataset: `{task name: tokenized datasets.Dataset}` (see `hydrabert.data`). An entry
+            may instead be a shared source (any name; its `labels` hold `{task: label or None}` per row): it trains
+            as one unit, every task it labels from one encoder pass per batch, and is evaluated task by task on
+            each task's labelled rows (docs/shared-sources.md).
         compute_metrics: optional `fn(task_name, EvalPrediction) -> dict`; default: accuracy and macro-F1
             (classification), MSE (regression).
         Everything else as `transformers.Trainer`.
@@ -215,7 +221,8 @@ class MultiTaskTrainer(Trainer):
         self._set_up_freezing(model, args)
 
         self.task_datasets = dict(train_dataset) if train_dataset is not None else None
-        self.eval_datasets = dict(eval_dataset) if eval_dataset is not None else None
+        # A shared source is evaluated task by task, on each task's labelled rows.
+        self.eval_datasets = per_task_datasets(eval_dataset) if eval_dataset is not None else None
         combined = None
         if train_dataset is not None:
             combined, _ = build_multitask_dataset(train_dataset, task_names=model.task_names)
@@ -362,7 +369,8 @@ class MultiTaskTrainer(Trainer):
                 indices = [index for _, source_number, index in batch if source_number == number]
                 if indices:
                     features += source.__getitems__(indices)
-            yield self.data_collator(features)
+            # Token inputs only: the cache needs no labels, and rows of a shared source carry theirs by task.
+            yield self.data_collator([{k: row[k] for k in MODEL_INPUTS if k in row} for row in features])
 
     # ---------------------------------------------------------------------------------- training
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
@@ -552,7 +560,8 @@ class MultiTaskTrainer(Trainer):
             raise TypeError(
                 f"eval_dataset must be a dict {{task name: dataset}}, got {type(datasets_).__name__}"
             )
-        _check_task_names(self.model, datasets_, "eval_dataset")
+        _check_units(self.model, datasets_, "eval_dataset")
+        datasets_ = per_task_datasets(datasets_)
         start_time = time.time()
         metrics: dict[str, float] = {}
         num_samples = 0
@@ -671,13 +680,22 @@ def _check_task_datasets(model, datasets_, what: str) -> None:
         return
     if not isinstance(datasets_, Mapping):
         raise TypeError(f"{what} must be a dict {{task name: dataset}}, got {type(datasets_).__name__}")
-    _check_task_names(model, datasets_, what)
+    _check_units(model, datasets_, what)
 
 
-def _check_task_names(model, datasets_: Mapping, what: str) -> None:
-    unknown = [name for name in datasets_ if name not in model.config.tasks]
+def _check_task_names(model, names, what: str) -> None:
+    unknown = [name for name in names if name not in model.config.tasks]
     if unknown:
         raise ValueError(f"{what}: unknown task(s) {unknown}; the model's tasks are {model.task_names}")
+
+
+def _check_units(model, datasets_: Mapping, what: str) -> None:
+    """Each key of `datasets_` names a task, or holds a shared source whose labels name tasks."""
+    _check_task_names(
+        model, [name for name, dataset in datasets_.items() if label_tasks(dataset) is None], what
+    )
+    for name, dataset in datasets_.items():
+        _check_task_names(model, label_tasks(dataset) or [], f"{what}[{name!r}] (a shared source)")
 
 
 def _apply_task_weights(model, task_weights: dict | None) -> None:

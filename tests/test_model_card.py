@@ -473,3 +473,36 @@ def test_card_reports_class_weights_and_defines_both_f1s(tmp_path):
     plain.update_from_model(HydraBertModel(tiny_config()))
     text = str(render_model_card(plain))
     assert "Class-weighted" not in text and "macro-F1" not in text
+
+
+def test_tasks_on_one_hub_dataset_share_its_model_index_entry_and_read_back(tmp_path):
+    """The Hub keys a model-index entry by (task type, dataset, config, split), not by task: two tasks of one
+    Hub dataset (a shared source's, or two tasks reading the same files) must share their entry, or the card
+    would read back with one task's results under the other's name."""
+    model = HydraBertModel(
+        tiny_config(
+            tasks={"fine": {"num_labels": 5}, "other": {"num_labels": 2}, "polarity": {"num_labels": 2}}
+        )
+    )
+    seed = HydraBertCardData(
+        datasets={"fine": "SetFit/sst5", "other": "CogComp/trec", "polarity": "SetFit/sst5"}
+    )
+    metrics = {
+        "eval_fine_accuracy": 0.5,
+        "eval_other_accuracy": 0.9,
+        "eval_polarity_accuracy": 0.88,
+        "epoch": 1.0,
+    }
+    callback = _run_callback(model, _args(tmp_path), card_data=seed, eval_metrics=metrics, test_metrics={})
+    card = generate_model_card(model, tmp_path, card_data=callback.card_data)
+    _assert_metadata_round_trips(tmp_path / "README.md", callback.card_data)
+    entries = [
+        (r.task_name, r.dataset_name, r.metric_name, r.metric_value)
+        for r in card.data.eval_results
+        if r.dataset_split == "validation"
+    ]
+    assert entries == [
+        ("fine, polarity", "fine, polarity (SetFit/sst5)", "fine accuracy (validation)", 0.5),
+        ("fine, polarity", "fine, polarity (SetFit/sst5)", "polarity accuracy (validation)", 0.88),
+        ("other", "other (CogComp/trec)", "other accuracy (validation)", 0.9),
+    ]

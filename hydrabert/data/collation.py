@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,34 @@ def _stack_labels(values: list) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32)
 
 
+def _stack_label_dicts(values: list[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+    """Rows labelled for several tasks (`{task: label or None}`) -> `{task: tensor}`, a row without a label
+    for a task (None, or the task absent from its dict) marked missing: -100 among class ids, NaN among
+    floats. A task with no label in any row of the batch is left out."""
+    tasks = list(dict.fromkeys(task for row in values for task in row))
+    stacked = {}
+    for task in tasks:
+        column = [row.get(task) for row in values]
+        present = [value for value in column if value is not None and not _is_missing(value)]
+        if not present:
+            continue
+        if isinstance(present[0], (list, tuple)):
+            missing = [float("nan")] * len(present[0])
+        elif all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+            missing = -100
+        else:
+            missing = float("nan")
+        try:
+            stacked[task] = _stack_labels([missing if value is None else value for value in column])
+        except ValueError as err:
+            raise ValueError(f"labels of task {task!r}: {err}") from None
+    return stacked
+
+
+def _is_missing(value) -> bool:
+    return value == -100 if isinstance(value, int) else isinstance(value, float) and math.isnan(value)
+
+
 def _row_label(row: Mapping[str, Any]):
     return next((row[key] for key in LABEL_KEYS if key in row), None)
 
@@ -41,6 +70,9 @@ class MultiTaskCollator:
     """Pads a batch to its longest row, stacks the labels (`labels`, or `label` / `label_ids` as
     transformers' collators accept them) with the dtype their task needs, and adds `task_ids` (one
     per row) from the rows' `task_id`. Other columns (`text`, `length`, ...) are left out.
+
+    Rows labelled for several tasks (`labels` a dict `{task: label or None}`, the rows of a shared source)
+    give `labels` as a dict `{task: tensor}`, missing labels marked -100 (class ids) or NaN (floats).
 
     Without a tokenizer, rows that are already padded are stacked as they are (as
     `default_data_collator` would); rows of different lengths then raise, naming `processing_class`.
@@ -64,7 +96,13 @@ class MultiTaskCollator:
         if any(label is not None for label in labels):
             if any(label is None for label in labels):
                 raise ValueError("some rows of the batch have labels and some do not")
-            batch["labels"] = _stack_labels(labels)
+            by_task = [isinstance(label, Mapping) for label in labels]
+            if any(by_task) and not all(by_task):
+                raise ValueError(
+                    "a batch mixes rows labelled by task ({task: label}) with rows holding one label: give every "
+                    "row its labels as a dict (MultiTaskDataset does so when one of its sources is shared)"
+                )
+            batch["labels"] = _stack_label_dicts(labels) if all(by_task) else _stack_labels(labels)
         if "task_id" in features[0]:
             batch["task_ids"] = torch.tensor([row["task_id"] for row in features], dtype=torch.long)
         return batch

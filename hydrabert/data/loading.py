@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import dataclasses
 import io
 import itertools
 import json
@@ -24,7 +25,16 @@ from huggingface_hub import HfApi
 from huggingface_hub.errors import HTTPError
 
 from .rows import LOCATION, class_names, encode_labels, normalized_rows, resolve_labels
-from .tasks import FILE_FORMATS, SPLITS, HydraBertDataError, LoadedTask, TaskDataConfig
+from .shared import task_rows
+from .tasks import (
+    FILE_FORMATS,
+    SOURCE_FIELDS,
+    SPLITS,
+    HydraBertDataError,
+    LoadedTask,
+    SharedSource,
+    TaskDataConfig,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -295,17 +305,28 @@ def _load_hub_dataset(cfg: TaskDataConfig) -> datasets.DatasetDict:
 
 
 # ---------------------------------------------------------------------------------- the pipeline
+def _raw_splits(cfg: TaskDataConfig) -> dict[str, tuple[Source, datasets.Dataset]]:
+    raw = _local_splits(cfg) if _uses_local_files(cfg) else _hub_splits(cfg)
+    if not raw:
+        raise cfg.error("the data have no train, validation or test split")
+    return raw
+
+
 def load_task_splits(cfg: TaskDataConfig, seed: int = 42) -> LoadedTask:
     """Load, validate and normalise one task's splits.
 
     Columns: `text` (str), `text_pair` (when `text_pair_column` is set) and `label`: a
     `ClassLabel` id (single-label), a float (regression) or a multi-hot float list
-    (multi-label). Raises `HydraBertDataError` on any problem with the data.
+    (multi-label). Rows that `label_map` leaves without a label are dropped. Raises
+    `HydraBertDataError` on any problem with the data.
     """
-    raw = _local_splits(cfg) if _uses_local_files(cfg) else _hub_splits(cfg)
-    if not raw:
-        raise cfg.error("the data have no train, validation or test split")
-    rows = {split: normalized_rows(cfg, source, dataset) for split, (source, dataset) in raw.items()}
+    if cfg.source is not None:
+        raise cfg.error(f"reads its rows from task {cfg.source!r}: load them together with load_tasks([...])")
+    raw = _raw_splits(cfg)
+    rows = {
+        split: _labelled_only(source, normalized_rows(cfg, source, dataset))
+        for split, (source, dataset) in raw.items()
+    }
     names = [class_names(dataset.features).get(cfg.label_column) for _, dataset in raw.values()]
     labels = resolve_labels(cfg, list(rows.values()), names, split_names=list(rows))
     splits = datasets.DatasetDict()
@@ -314,6 +335,18 @@ def load_task_splits(cfg: TaskDataConfig, seed: int = 42) -> LoadedTask:
             splits[split] = encode_labels(cfg, raw[split][0], rows[split], labels).remove_columns(LOCATION)
     _carve_validation(cfg, splits, seed)
     return LoadedTask(config=cfg, splits=splits, labels=labels)
+
+
+def _labelled_only(source: Source, rows: datasets.Dataset) -> datasets.Dataset:
+    """The rows that have a label (label_map can map a value to null: no label)."""
+    keep = _labelled_positions(rows)
+    if not keep:
+        raise source.error("no row has a label: label_map maps every value in this split to null")
+    return rows if len(keep) == len(rows) else rows.select(keep)
+
+
+def _labelled_positions(rows: datasets.Dataset) -> list[int]:
+    return [i for i, label in enumerate(rows["label"]) if label is not None]
 
 
 def _carve_validation(cfg: TaskDataConfig, splits: datasets.DatasetDict, seed: int):
@@ -340,13 +373,117 @@ def _carve_validation(cfg: TaskDataConfig, splits: datasets.DatasetDict, seed: i
 
 
 def load_tasks(configs: Sequence[TaskDataConfig], seed: int = 42) -> dict[str, LoadedTask]:
-    """Load several tasks, keyed by name (names must be unique)."""
+    """Load several tasks, keyed by name (names must be unique), in the order given. The tasks of a shared
+    source (a task and those naming it as their `source`) are read together, once (`load_shared_source`)."""
     loaded: dict[str, LoadedTask] = {}
+    for group in source_groups(configs).values():
+        if len(group) == 1:
+            loaded[group[0].name] = load_task_splits(group[0], seed=seed)
+        else:
+            loaded.update(load_shared_source(group, seed=seed))
+    return {cfg.name: loaded[cfg.name] for cfg in configs}
+
+
+def source_groups(configs: Sequence[TaskDataConfig]) -> dict[str, list[TaskDataConfig]]:
+    """`{source task: [it, then the tasks that read its rows]}`, a task without readers alone. A reader comes
+    back with the source's data fields (SOURCE_FIELDS) in place of its `source`: the config it is read by."""
+    by_name: dict[str, TaskDataConfig] = {}
     for cfg in configs:
-        if cfg.name in loaded:
+        if cfg.name in by_name:
             raise cfg.error("two tasks have this name")
-        loaded[cfg.name] = load_task_splits(cfg, seed=seed)
-    return loaded
+        by_name[cfg.name] = cfg
+    groups = {cfg.name: [cfg] for cfg in configs if cfg.source is None}
+    for cfg in configs:
+        if cfg.source is None:
+            continue
+        root = by_name.get(cfg.source)
+        if root is None:
+            raise cfg.error(f"source {cfg.source!r} is not a task of this run; the tasks: {list(by_name)}")
+        if root.source is not None:
+            raise cfg.error(
+                f"source {cfg.source!r} reads its own rows from {root.source!r}: name {root.source!r} as the source"
+            )
+        data = {name: getattr(root, name) for name in SOURCE_FIELDS}
+        groups[root.name].append(dataclasses.replace(cfg, source=None, **data))
+    return groups
 
 
-__all__ = ["Source", "load_task_splits", "load_tasks"]
+def load_shared_source(configs: Sequence[TaskDataConfig], seed: int = 42) -> dict[str, LoadedTask]:
+    """The tasks of one shared source (`configs`: the source task first, the readers with its data fields, as
+    `source_groups` gives them): its files or Hub dataset read once, each task's labels checked and encoded as
+    its own would be. Each `LoadedTask` holds the rows that carry its label; all hold the same `SharedSource`,
+    whose rows carry every task's label. A row may lack a task's label (an empty cell, or the task's label
+    column absent from the split); one lacking all of them is left out."""
+    root = configs[0]
+    raw = _raw_splits(root)
+    for cfg in configs:
+        if not any(cfg.label_column in dataset.column_names for _, dataset in raw.values()):
+            columns = next(iter(raw.values()))[1].column_names
+            raise cfg.error(
+                f"column {cfg.label_column!r} (label_column) is in no split of the source (task {root.name!r}'s "
+                f"data); available columns: {columns}"
+            )
+    rows = {
+        split: {
+            cfg.name: normalized_rows(
+                cfg, dataclasses.replace(source, task=cfg.name), dataset, missing_ok=True
+            )
+            for cfg in configs
+        }
+        for split, (source, dataset) in raw.items()
+    }
+    encoded = {cfg.name: _encoded_labels(cfg, raw, rows) for cfg in configs}
+    shared = datasets.DatasetDict()
+    for split in SPLITS:
+        if split in rows:
+            base = rows[split][root.name].remove_columns(["label", LOCATION])
+            shared[split] = _with_label_struct(
+                base, {task: values[split] for task, values in encoded.items()}
+            )
+    _carve_validation(root, shared, seed)
+    source = SharedSource(tasks=[cfg.name for cfg in configs], splits=shared)
+    return {cfg.name: _task_of_source(cfg, source, encoded[cfg.name]["labels"]) for cfg in configs}
+
+
+def _encoded_labels(cfg: TaskDataConfig, raw: dict, rows: dict) -> dict:
+    """One task's labels in a shared source, per split: `(feature, values)` with None for a row without one
+    (and under "labels", the label names)."""
+    labelled = {split: parts[cfg.name] for split, parts in rows.items()}
+    positions = {split: _labelled_positions(dataset) for split, dataset in labelled.items()}
+    names = [class_names(dataset.features).get(cfg.label_column) for _, dataset in raw.values()]
+    labelled_rows = [labelled[s].select(positions[s]) for s in labelled]
+    labels = resolve_labels(cfg, labelled_rows, names, split_names=list(labelled))
+    out: dict = {"labels": labels}
+    for split, dataset in labelled.items():
+        source = dataclasses.replace(raw[split][0], task=cfg.name)
+        encoded = encode_labels(cfg, source, dataset.select(positions[split]), labels)
+        values = [None] * len(dataset)
+        for position, value in zip(positions[split], encoded["label"], strict=True):
+            values[position] = value
+        out[split] = (encoded.features["label"], values)
+    return out
+
+
+def _with_label_struct(base: datasets.Dataset, per_task: dict[str, tuple]) -> datasets.Dataset:
+    """`base` (text columns) plus `label`: per row `{task: value or None}`; rows without any label left out."""
+    feature = {task: feature for task, (feature, _) in per_task.items()}
+    columns = {task: values for task, (_, values) in per_task.items()}
+    structs = [dict(zip(columns, row, strict=True)) for row in zip(*columns.values(), strict=True)]
+    dataset = base.add_column("label", structs, feature=feature)
+    keep = [i for i, row in enumerate(structs) if any(value is not None for value in row.values())]
+    return dataset if len(keep) == len(dataset) else dataset.select(keep)
+
+
+def _task_of_source(cfg: TaskDataConfig, source: SharedSource, labels) -> LoadedTask:
+    splits = datasets.DatasetDict(
+        {split: task_rows(dataset, cfg.name) for split, dataset in source.splits.items()}
+    )
+    splits = datasets.DatasetDict({split: dataset for split, dataset in splits.items() if len(dataset)})
+    if not splits:
+        raise cfg.error(
+            f"no row of the shared source (task {source.tasks[0]!r}'s data) has a label for this task"
+        )
+    return LoadedTask(config=cfg, splits=splits, labels=labels, shared=source)
+
+
+__all__ = ["Source", "load_shared_source", "load_task_splits", "load_tasks", "source_groups"]

@@ -9,14 +9,21 @@ from typing import Any
 import datasets
 from torch.utils.data import Dataset as TorchDataset
 
+from .collation import LABEL_KEYS
+from .shared import label_tasks
 from .tokenizing import token_lengths
 
 
 class MultiTaskDataset(TorchDataset):
-    """The tasks' datasets end to end: global index `task_offsets[task] + i` is row i of task.
+    """The training units' datasets end to end: global index `task_offsets[unit] + i` is row i of unit.
 
-    Each task keeps its own features (ClassLabel names, label dtypes), which one concatenated
-    Arrow table could not. Rows come back as dicts with a `task_id` added.
+    A unit is one task's data set (keyed by the task's name; rows come back with a `task_id` added) or a
+    shared source (any key; its rows carry `labels` as a dict `{task: label or None}`, see `shared.py`).
+    With a shared source among the units, every row comes back labelled by task, a one-task row as
+    `{task: label}`: batches then all take the model's dict-of-labels path, whose loss is the same.
+
+    Each unit keeps its own features (ClassLabel names, label dtypes), which one concatenated Arrow
+    table could not.
     """
 
     def __init__(
@@ -27,10 +34,11 @@ class MultiTaskDataset(TorchDataset):
         self.datasets = dict(task_datasets)
         # task ids index `task_names` (default: the datasets' order); pass the model's task order
         # so the ids here match the ones the model's forward expects.
-        self.task_names = list(task_names) if task_names is not None else list(self.datasets)
-        missing = [name for name in self.datasets if name not in self.task_names]
-        if missing:
-            raise ValueError(f"tasks {missing} are not in task_names {self.task_names}")
+        self.shared_tasks = {name: label_tasks(dataset) for name, dataset in self.datasets.items()}
+        default = [task for name, tasks in self.shared_tasks.items() for task in (tasks or [name])]
+        self.task_names = list(task_names) if task_names is not None else default
+        self.labels_by_task = any(tasks is not None for tasks in self.shared_tasks.values())
+        self._check_units()
         self.task_offsets: dict[str, int] = {}
         total = 0
         for name, dataset in self.datasets.items():
@@ -40,11 +48,24 @@ class MultiTaskDataset(TorchDataset):
         self._order = list(self.task_offsets)
         self._length = total
 
+    def _check_units(self) -> None:
+        missing = [
+            name for name, tasks in self.shared_tasks.items() if tasks is None and name not in self.task_names
+        ]
+        if missing:
+            raise ValueError(f"tasks {missing} are not in task_names {self.task_names}")
+        for name, tasks in self.shared_tasks.items():
+            unknown = [task for task in tasks or [] if task not in self.task_names]
+            if unknown:
+                raise ValueError(
+                    f"shared source {name!r} labels task(s) {unknown}, which are not in task_names {self.task_names}"
+                )
+
     def __len__(self) -> int:
         return self._length
 
     def locate(self, index: int) -> tuple[str, int]:
-        """(task name, row in that task) of a global index."""
+        """(unit name, row in that unit) of a global index."""
         if not 0 <= index < self._length:
             raise IndexError(f"index {index} out of range for {self._length} examples")
         position = bisect.bisect_right(self._starts, index) - 1
@@ -53,33 +74,45 @@ class MultiTaskDataset(TorchDataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         name, row = self.locate(index)
-        return {**self.datasets[name][row], "task_id": self.task_names.index(name)}
+        return self._labelled(name, self.datasets[name][row])
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
-        """Batched fetch (DataLoader uses it): one Arrow read per task instead of one per row."""
-        by_task: dict[str, list[tuple[int, int]]] = {}
+        """Batched fetch (DataLoader uses it): one Arrow read per unit instead of one per row."""
+        by_unit: dict[str, list[tuple[int, int]]] = {}
         for position, index in enumerate(indices):
             name, row = self.locate(index)
-            by_task.setdefault(name, []).append((position, row))
+            by_unit.setdefault(name, []).append((position, row))
         out: list[dict[str, Any]] = [{} for _ in indices]
-        for name, items in by_task.items():
+        for name, items in by_unit.items():
             columns = self.datasets[name][[row for _, row in items]]
-            task_id = self.task_names.index(name)
             for offset, (position, _) in enumerate(items):
-                out[position] = {key: values[offset] for key, values in columns.items()}
-                out[position]["task_id"] = task_id
+                out[position] = self._labelled(name, {key: values[offset] for key, values in columns.items()})
         return out
 
+    def _labelled(self, unit: str, row: dict[str, Any]) -> dict[str, Any]:
+        """A row as the collator takes it: a one-task row with its `task_id`, or, when labels go by task, with
+        `labels` as `{task: label}`."""
+        if self.shared_tasks[unit] is not None:
+            return row
+        if not self.labels_by_task:
+            return {**row, "task_id": self.task_names.index(unit)}
+        key = next((key for key in LABEL_KEYS if key in row), None)
+        if key is None:
+            return row
+        row = dict(row)
+        row["labels"] = {unit: row.pop(key)}
+        return row
+
     def task_lengths(self) -> dict[str, list[int]]:
-        """Token lengths per task, for `MultiTaskBatchSampler`."""
+        """Token lengths per unit (a task, or a shared source), for `MultiTaskBatchSampler`."""
         return {name: token_lengths(dataset) for name, dataset in self.datasets.items()}
 
 
 def build_multitask_dataset(
     tokenized: Mapping[str, datasets.Dataset], task_names: Sequence[str] | None = None
 ) -> tuple[MultiTaskDataset, dict[str, int]]:
-    """One dataset over all tasks (for `DataLoader(batch_sampler=MultiTaskBatchSampler(...))`)
-    and each task's offset in it. `task_names` fixes the task ids (default: `tokenized`'s order)."""
+    """One dataset over all units (for `DataLoader(batch_sampler=MultiTaskBatchSampler(...))`)
+    and each unit's offset in it. `task_names` fixes the task ids (default: `tokenized`'s order)."""
     dataset = MultiTaskDataset(tokenized, task_names=task_names)
     return dataset, dict(dataset.task_offsets)
 

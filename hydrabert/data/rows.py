@@ -36,14 +36,21 @@ def class_names(features: datasets.Features) -> dict[str, list[str]]:
     return names
 
 
-def normalized_rows(cfg: TaskDataConfig, source: Source, raw: datasets.Dataset) -> datasets.Dataset:
+def normalized_rows(
+    cfg: TaskDataConfig, source: Source, raw: datasets.Dataset, missing_ok: bool = False
+) -> datasets.Dataset:
     """text, [text_pair], label (its name; names for multi-label; a float for regression) and
     LOCATION. A row whose text is a list (CSAbstruct: an abstract's sentences, with a parallel list
-    of labels) becomes one row per item."""
+    of labels) becomes one row per item. A label that `label_map` maps to null is None.
+
+    `missing_ok` (a shared source, whose rows need not carry every task's label): an empty label cell,
+    or no label column in this split, is None too, where a task's own data would raise."""
     if len(raw) == 0:
         raise source.error("the split is empty")
     for option in ("text_column", "text_pair_column", "label_column"):
         column = getattr(cfg, option)
+        if missing_ok and option == "label_column":
+            continue
         if column is not None and column not in raw.column_names:
             raise source.error(
                 f"column {column!r} ({option}) not found; available columns: {raw.column_names}"
@@ -62,7 +69,12 @@ def normalized_rows(cfg: TaskDataConfig, source: Source, raw: datasets.Dataset) 
         with_indices=True,
         remove_columns=raw.column_names,
         features=features,
-        fn_kwargs={"cfg": cfg, "source": source, "names": class_names(raw.features).get(cfg.label_column)},
+        fn_kwargs={
+            "cfg": cfg,
+            "source": source,
+            "names": class_names(raw.features).get(cfg.label_column),
+            "missing_ok": missing_ok,
+        },
         desc="Checking rows",
     )
     if len(rows) == 0:
@@ -70,24 +82,41 @@ def normalized_rows(cfg: TaskDataConfig, source: Source, raw: datasets.Dataset) 
     return rows
 
 
-def _normalize_batch(batch, indices: Sequence[int], cfg: TaskDataConfig, source: Source, names):
+def _normalize_batch(
+    batch, indices: Sequence[int], cfg: TaskDataConfig, source: Source, names, missing_ok: bool
+):
     pairs = batch[cfg.text_pair_column] if cfg.text_pair_column else [None] * len(indices)
+    labels = batch[cfg.label_column] if cfg.label_column in batch else [None] * len(indices)
     locations = batch.get(LOCATION) or [f"row {index}" for index in indices]
     out = {"text": [], "label": [], LOCATION: []} | ({"text_pair": []} if cfg.text_pair_column else {})
-    rows = zip(batch[cfg.text_column], pairs, batch[cfg.label_column], locations, strict=True)
+    rows = zip(batch[cfg.text_column], pairs, labels, locations, strict=True)
     for row in rows:
-        for text, pair, label, where in _items(cfg, source, *row):
+        for text, pair, label, where in _items(cfg, source, *row, missing_ok=missing_ok):
             out["text"].append(_checked_text(source, text, where, cfg.text_column))
             if cfg.text_pair_column:
                 out["text_pair"].append(_checked_text(source, pair, where, cfg.text_pair_column))
-            out["label"].append(_label_value(cfg, source, label, where, names))
+            missing = missing_ok and _is_empty(label)
+            out["label"].append(None if missing else _label_value(cfg, source, label, where, names))
             out[LOCATION].append(where)
     return out
 
 
-def _items(cfg: TaskDataConfig, source: Source, text, pair, label, where: str) -> list[tuple]:
+def _is_empty(value) -> bool:
+    """An empty cell: no value, blank text, or NaN (how pandas-made files write one)."""
+    return (
+        value is None
+        or (isinstance(value, str) and not value.strip())
+        or (isinstance(value, float) and math.isnan(value))
+    )
+
+
+def _items(
+    cfg: TaskDataConfig, source: Source, text, pair, label, where: str, missing_ok: bool = False
+) -> list[tuple]:
     if not isinstance(text, list):
         return [(text, pair, label, where)]
+    if missing_ok and label is None:  # a list of texts, none of them labelled for this task
+        label = [None] * len(text)
     for name, value in ((cfg.label_column, label), (cfg.text_pair_column, pair)):
         if name is not None and (not isinstance(value, list) or len(value) != len(text)):
             raise source.error(
@@ -144,8 +173,17 @@ def _label_value(cfg: TaskDataConfig, source: Source, value, where: str, names) 
     return label_names if cfg.problem_type == "multi_label_classification" else label_names[0]
 
 
-def _label_name(cfg: TaskDataConfig, source: Source, item, where: str, names) -> str:
-    if item is None or isinstance(item, (list, dict)) or (isinstance(item, str) and not item.strip()):
+def _label_name(cfg: TaskDataConfig, source: Source, item, where: str, names) -> str | None:
+    single = item is not None and not isinstance(item, (list, dict))
+    if (
+        cfg.label_map is not None and single
+    ):  # raw value -> name, or None (no label); the config rules out the rest
+        raw = label_str(item)
+        if raw in cfg.label_map:  # "" too: a map can say that an empty cell has no label
+            return cfg.label_map[raw]
+        if raw:
+            raise source.error(f"{where}: label {raw!r} is not a key of label_map {list(cfg.label_map)}")
+    if not single or (isinstance(item, str) and not item.strip()):
         raise source.error(f"{where}: label {item!r} is missing or not a single value")
     if cfg.label_ids:
         item = _name_of_id(source, item, where, cfg.labels, "the task's labels")
@@ -177,6 +215,10 @@ def resolve_labels(
         return None
     if cfg.labels is not None:
         return cfg.labels
+    if cfg.label_map is not None:
+        labels = cfg.mapped_labels()
+        _log_inferred(cfg, labels, "taken from label_map's values, in their order")
+        return labels
     if cfg.label_transform is None and any(names):
         labels = next(n for n in names if n)
         _log_inferred(cfg, labels, "taken from the data's ClassLabel names, in their order")

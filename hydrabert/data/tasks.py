@@ -23,6 +23,23 @@ LABEL_TRANSFORMS = ("coarse",)
 # The class_weights value computed from the data (the other: an explicit list).
 CLASS_WEIGHTING = "balanced"
 SPLITS = ("train", "validation", "test")
+# Where and how a task's rows are read: a task with a `source` takes these from that task.
+SOURCE_FIELDS = (
+    "dataset_name",
+    "dataset_config_name",
+    "data_dir",
+    "train_file",
+    "validation_file",
+    "test_file",
+    "file_format",
+    "label_separator",
+    "encoding",
+    "text_column",
+    "text_pair_column",
+    "column_names",
+    "json_field",
+    "validation_split_percentage",
+)
 
 
 class HydraBertDataError(ValueError):
@@ -69,6 +86,13 @@ class TaskDataConfig:
     # Single-label only. "balanced": n_rows / (n_labels * rows_of_label) from the train split's counts
     # (scikit-learn's compute_class_weight); or one weight per label. Each row's loss is scaled by its label's.
     class_weights: str | list[float] | None = None
+    # The name of another task whose data this task's labels live in (a shared source): its rows are read
+    # once and each is encoded once per training step for every task it labels. The data fields
+    # (SOURCE_FIELDS) then come from that task; this one gives its own label_column and label settings.
+    source: str | None = None
+    # Raw label value (as written, e.g. "3") -> label name, or None: the row has no label for this task
+    # (derived labels: SST-5's 0..4 as negative/positive with 2 unlabelled). Single-label tasks.
+    label_map: dict[str, str | None] | None = None
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -96,7 +120,10 @@ class TaskDataConfig:
         self._check_class_weights()
         if self.label_ids and self.labels is None:
             raise self.error("label_ids=True needs the label names in labels")
-        if not (
+        self.label_map = self._checked_label_map()
+        if self.source is not None:
+            self._check_source()
+        elif not (
             self.dataset_name or self.data_dir or self.train_file or self.validation_file or self.test_file
         ):
             raise self.error("give a dataset_name (Hub), a data_dir, or data files")
@@ -129,6 +156,50 @@ class TaskDataConfig:
             return
         if value not in choices:
             raise self.error(f"{field_name} must be one of {list(choices)}, got {value!r}")
+
+    def _check_source(self) -> None:
+        if not isinstance(self.source, str) or not self.source:
+            raise self.error(f"source must be the name of another task, got {self.source!r}")
+        if self.source == self.name:
+            raise self.error("source names the task itself; give the name of the task whose data it reads")
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        given = [name for name in SOURCE_FIELDS if getattr(self, name) != defaults[name]]
+        if given:
+            raise self.error(
+                f"source={self.source!r}: the rows come from that task's data, so {', '.join(given)} belong to "
+                f"task {self.source!r} only; remove them here (this task gives its label_column and label settings)"
+            )
+
+    def _checked_label_map(self) -> dict[str, str | None] | None:
+        if self.label_map is None:
+            return None
+        if not isinstance(self.label_map, Mapping) or not self.label_map:
+            raise self.error(
+                f"label_map must be a non-empty mapping of raw label -> label name or null, got {self.label_map!r}"
+            )
+        if self.problem_type != "single_label_classification":
+            raise self.error(f"label_map is for single_label_classification tasks, not {self.problem_type}")
+        for option in ("label_ids", "label_transform"):
+            if getattr(self, option):
+                raise self.error(
+                    f"label_map and {option} cannot be combined: label_map maps raw values to label names"
+                )
+        mapped = {
+            label_str(raw): None if name is None else label_str(name) for raw, name in self.label_map.items()
+        }
+        if all(name is None for name in mapped.values()):
+            raise self.error("label_map maps every value to null: no row would have a label")
+        if self.labels is not None:
+            unknown = sorted({name for name in mapped.values() if name is not None} - set(self.labels))
+            if unknown:
+                raise self.error(f"label_map maps to {unknown}, which are not in labels {self.labels}")
+        return mapped
+
+    def mapped_labels(self) -> list[str] | None:
+        """The label names label_map maps to, in the map's order (the task's labels when none are given)."""
+        if self.label_map is None:
+            return None
+        return list(dict.fromkeys(name for name in self.label_map.values() if name is not None))
 
     def _check_class_weights(self) -> None:
         """What can be checked before the data are read: the kind of task, the values, and the count when
@@ -178,13 +249,29 @@ class TaskDataConfig:
 
 
 @dataclass
+class SharedSource:
+    """The rows of one data source that several tasks label, read once: splits with `text`, optional
+    `text_pair`, and `label`, a struct `{task: label or None}` (None: the row has no label for that task).
+    Rows with no label for any task are left out. Training reads it as one unit named `name`."""
+
+    tasks: list[str]
+    splits: datasets.DatasetDict
+
+    @property
+    def name(self) -> str:
+        return "+".join(self.tasks)
+
+
+@dataclass
 class LoadedTask:
     """One task's splits (columns `text`, optional `text_pair`, `label`), its label names and its resolved
-    class weights (a float per label, or None)."""
+    class weights (a float per label, or None). A task of a shared source has the rows that carry its label
+    here (for evaluation and its class weights), and the source in `shared`."""
 
     config: TaskDataConfig
     splits: datasets.DatasetDict
     labels: list[str] | None  # None for regression
+    shared: SharedSource | None = None
     class_weights: list[float] | None = field(init=False, default=None)
 
     def __post_init__(self):
@@ -260,9 +347,11 @@ __all__ = [
     "FILE_FORMATS",
     "LABEL_TRANSFORMS",
     "PROBLEM_TYPES",
+    "SOURCE_FIELDS",
     "SPLITS",
     "HydraBertDataError",
     "LoadedTask",
+    "SharedSource",
     "TaskDataConfig",
     "label_str",
     "resolved_class_weights",
