@@ -25,7 +25,6 @@ by a hook on the encoder), the duplicated side's once per sample; losses are fin
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -92,51 +91,46 @@ def check(expected: dict, runs: dict) -> list[str]:
     return failures
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parse_args(argv=None):
+    parser = _speed.argument_parser(__doc__, max_length=64)
     parser.add_argument("--rows", type=int, default=1024, help="SST-5 train rows (a seeded random subset)")
     parser.add_argument("--rounds", type=int, default=2, help="timed rounds per side, alternating")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--output", default=RESULT_FILE, help="where to write the JSON (also printed)")
-    _speed.add_common_arguments(parser)
-    args = parser.parse_args()
-    _speed.setup(args)
+    return _speed.parse(parser, argv)
 
+
+def build_sides(args):
+    """The tokenizer, the task specs, the shared source and each side's training units."""
     import datasets
     from transformers import AutoTokenizer
 
-    from hydrabert.data import label_counts, per_task_datasets, tokenize_task
+    from hydrabert.data import per_task_datasets, tokenize_task
 
-    path = _speed.minilm_path()
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(_speed.minilm_path())
     rows, specs = shared_train_rows(args.data_root, args.rows)
     shared = tokenize_task(datasets.DatasetDict(train=rows), tokenizer, args.max_length)["train"]
     sides = {"shared": {"sentiment_fine+polarity": shared}, "duplicated": per_task_datasets({"sst5": shared})}
-    counts = label_counts(shared)
-    samples = sum(counts.values())
-    settings = _speed.trainer_settings(
-        output_dir=tempfile.mkdtemp(prefix="bench_shared_rows_"), per_device_train_batch_size=args.batch_size
-    )
-    outputs, seconds, cpu_seconds = _speed.alternate(
-        {
-            name: lambda units=units: train_once(path, specs, units, tokenizer, settings)
-            for name, units in sides.items()
-        },
-        args.rounds,
-    )
-    # One encoder pass per row on the shared side; per (row, task label) on the duplicated side.
-    expected = {
+    return tokenizer, specs, shared, sides
+
+
+def expected_encoder_work(sides) -> dict:
+    """One encoder pass per row on the shared side; per (row, task label) on the duplicated side."""
+    return {
         name: {
             "rows": sum(len(u) for u in units.values()),
             "real_tokens": sum(sum(u["length"]) for u in units.values()),
         }
         for name, units in sides.items()
     }
-    failures = check(expected, outputs)
-    total = {name: sum(values) for name, values in seconds.items()}
-    rate = {name: samples * args.rounds / total[name] for name in total}
-    result = {
+
+
+def result_line(args, shared, outputs, seconds, cpu_seconds) -> dict:
+    from hydrabert.data import label_counts
+
+    counts = label_counts(shared)
+    samples = sum(counts.values())
+    rate = {name: samples * args.rounds / sum(values) for name, values in seconds.items()}
+    return {
         "benchmark": "shared_rows",
         "what": "training samples/s ((sentence, task label) pairs): one shared source with 2 label columns vs the "
         "same rows duplicated per task",
@@ -156,20 +150,32 @@ def main():
             for name, run in outputs.items()
         },
         "train_loss": {name: round(run["loss"], 4) for name, run in outputs.items()},
-        "settings": {
-            "rows": args.rows,
-            "rounds": args.rounds,
-            "batch_size": args.batch_size,
-            "max_length": args.max_length,
-            "threads": args.threads,
-        },
+        "settings": _speed.settings_of(args, "rows", "rounds", "batch_size", "max_length", "threads"),
     }
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    tokenizer, specs, shared, sides = build_sides(args)
+    path = _speed.minilm_path()
+    settings = _speed.trainer_settings(
+        output_dir=tempfile.mkdtemp(prefix="bench_shared_rows_"), per_device_train_batch_size=args.batch_size
+    )
+    outputs, seconds, cpu_seconds = _speed.alternate(
+        {
+            name: lambda units=units: train_once(path, specs, units, tokenizer, settings)
+            for name, units in sides.items()
+        },
+        args.rounds,
+    )
+    failures = check(expected_encoder_work(sides), outputs)
+    result = result_line(args, shared, outputs, seconds, cpu_seconds)
     record = {**result, "ok": not failures, "failures": failures, "machine": _speed.machine()}
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
     with open(args.output, "w", encoding="utf-8") as handle:
         json.dump(record, handle)
         handle.write("\n")
-    _speed.emit(result, failures)
+    return _speed.emit(result, failures)
 
 
 if __name__ == "__main__":

