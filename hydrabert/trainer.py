@@ -227,12 +227,7 @@ class MultiTaskTrainer(Trainer):
         if train_dataset is not None:
             combined, _ = build_multitask_dataset(train_dataset, task_names=model.task_names)
         if data_collator is None:
-            # Padded data needs no tokenizer (as default_data_collator); unpadded data fails here, not mid-run.
-            if processing_class is None:
-                for what, task_datasets in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
-                    for task, dataset in (task_datasets or {}).items():
-                        check_padded(token_lengths(dataset), f"{what}[{task!r}]")
-            data_collator = MultiTaskCollator(processing_class)
+            data_collator = _default_collator(processing_class, train_dataset, eval_dataset)
         self.task_compute_metrics = compute_metrics or default_task_metrics(model)
         # task -> (summed training loss as a device tensor, steps) since the last log
         self._task_loss_sums: dict[str, tuple[torch.Tensor, int]] = {}
@@ -673,6 +668,16 @@ class _SingleTaskCollator:
         batch.pop("task_ids", None)
         batch["task"] = self.task
         return batch
+
+
+def _default_collator(processing_class, train_dataset, eval_dataset) -> MultiTaskCollator:
+    """Pads with `processing_class`; without one, padded data is stacked as is (as default_data_collator
+    does), and unpadded data fails here, not mid-run."""
+    if processing_class is None:
+        for what, task_datasets in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
+            for task, dataset in (task_datasets or {}).items():
+                check_padded(token_lengths(dataset), f"{what}[{task!r}]")
+    return MultiTaskCollator(processing_class)
 
 
 def _check_task_datasets(model, datasets_, what: str) -> None:
