@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from transformers import EvalPrediction, Trainer, TrainingArguments
+from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import speed_metrics
 
 from .checkpoints import TRAINER_STATE_NAME, incomplete_checkpoints, resolve_resume_checkpoint
@@ -598,6 +599,11 @@ class MultiTaskTrainer(Trainer):
         finally:
             del handler.on_evaluate
             self._eval_task, self._holding_reports, self.compute_metrics = None, False, None
+            # The held-back on_evaluate is what closes the progress bar: close it here, so that each task gets
+            # its own bar (sized to its own batches) instead of one that overruns the first task's total.
+            for callback in handler.callbacks:
+                if isinstance(callback, ProgressCallback):
+                    callback.on_evaluate(self.args, self.state, self.control)
 
     def get_eval_dataloader(self, eval_dataset=None) -> DataLoader:
         """The batches of the task being evaluated, longest first (batches of similar length pad little; the

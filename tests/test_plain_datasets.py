@@ -119,3 +119,34 @@ def test_collator_takes_label_as_labels_and_stacks_padded_rows():
     assert batch["input_ids"].tolist() == [[2, 5, 3], [2, 3, 0]] and batch["labels"].tolist() == [1, 0]
     with pytest.raises(ValueError, match="processing_class"):
         MultiTaskCollator()([rows[0], {**rows[1], "input_ids": [2, 3], "attention_mask": [1, 1]}])
+
+
+def test_each_task_gets_its_own_evaluation_progress_bar(tmp_path, tiny_tokenizer, monkeypatch):
+    """Trainer's ProgressCallback sizes its bar to the first dataloader and closes it in on_evaluate, which
+    the per-task evaluations hold back: without closing it per task, one bar of the first task's size
+    overran (0/15, then 16it ... 19it in the demo run)."""
+    import transformers.trainer_callback as trainer_callback
+
+    bars = []
+
+    class RecordingBar:
+        def __init__(self, total, **_):
+            self.total, self.count, self.closed = total, 0, False
+            bars.append(self)
+
+        def update(self, n=1):
+            self.count += n
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(trainer_callback, "tqdm", RecordingBar)
+    data = plain_datasets(tiny_tokenizer)
+    trainer = MultiTaskTrainer(
+        model=seeded_model(),
+        args=tiny_training_args(tmp_path, disable_tqdm=False, per_device_eval_batch_size=8),
+        processing_class=tiny_tokenizer,
+    )
+    trainer.evaluate(data)
+    # sentiment: 40 rows = 5 batches of 8; topic: 24 rows = 3 batches.
+    assert [(bar.total, bar.count, bar.closed) for bar in bars] == [(5, 5, True), (3, 3, True)]
