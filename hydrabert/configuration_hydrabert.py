@@ -138,12 +138,7 @@ def _normalize_task(name, spec) -> dict:
     if labels is None:
         labels = [f"LABEL_{i}" for i in range(num_labels)]
     weight = spec.get("weight", 1.0)
-    if (
-        isinstance(weight, bool)
-        or not isinstance(weight, (int, float))
-        or not math.isfinite(weight)
-        or weight < 0
-    ):
+    if not is_nonnegative_number(weight):
         raise ValueError(f"tasks[{name!r}].weight must be a finite number >= 0, got {weight!r}")
     return {
         "num_labels": num_labels,
@@ -152,6 +147,16 @@ def _normalize_task(name, spec) -> dict:
         "weight": float(weight),
         "class_weights": _checked_class_weights(name, spec.get("class_weights"), problem_type, num_labels),
     }
+
+
+def is_nonnegative_number(value) -> bool:
+    """A finite int or float >= 0 (a bool is not a number here): what task and class weights must be."""
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, (int, float))
+        and math.isfinite(value)
+        and value >= 0
+    )
 
 
 def _checked_class_weights(name, class_weights, problem_type: str, num_labels: int) -> list[float] | None:
@@ -176,12 +181,7 @@ def _checked_class_weights(name, class_weights, problem_type: str, num_labels: i
             f"{field} has {len(class_weights)} weights but the task has {num_labels} labels: give one per label"
         )
     for value in class_weights:
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not math.isfinite(value)
-            or value < 0
-        ):
+        if not is_nonnegative_number(value):
             raise ValueError(f"{field} must hold finite numbers >= 0, got {value!r} in {list(class_weights)}")
     if not any(class_weights):
         raise ValueError(f"{field} are all 0: no row would count in the loss")

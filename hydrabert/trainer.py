@@ -26,6 +26,7 @@ from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import speed_metrics
 
 from .checkpoints import TRAINER_STATE_NAME, incomplete_checkpoints, resolve_resume_checkpoint
+from .configuration_hydrabert import is_nonnegative_number
 from .data import (
     SAMPLING_STRATEGIES,
     MultiTaskBatchSampler,
@@ -715,12 +716,7 @@ def _apply_task_weights(model, task_weights: dict | None) -> None:
     _check_task_names(model, task_weights, "task_weights")
     tasks = {name: dict(spec) for name, spec in model.config.tasks.items()}
     for name, weight in task_weights.items():
-        if (
-            isinstance(weight, bool)
-            or not isinstance(weight, (int, float))
-            or not math.isfinite(weight)
-            or weight < 0
-        ):
+        if not is_nonnegative_number(weight):
             raise ValueError(f"task_weights[{name!r}] must be a finite number >= 0, got {weight!r}")
         tasks[name]["weight"] = float(weight)
     model.config.tasks = tasks

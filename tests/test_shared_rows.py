@@ -15,6 +15,7 @@ import datasets
 import pytest
 import torch
 from conftest import TINY_WORDS, TWO_PROCESS_LAUNCH, make_task_datasets, seeded_model, tiny_training_args
+from test_run_mtl import _config
 from torch.nn import functional as F
 
 from hydrabert.data import (
@@ -452,41 +453,25 @@ def shared_root(tmp_path_factory):
     return str(root)
 
 
+# Two tasks of one source (the `mood` task's files), the second reading the `kind` column.
+SHARED_RUN_TASKS = [
+    {
+        "name": "mood",
+        "dataset_name": "someone/reviews",  # on the card (the local data_dir is read)
+        "data_dir": "reviews",
+        "train_file": "train.csv",
+        "validation_file": "dev.csv",
+        "test_file": "test.csv",
+        "label_column": "mood",
+    },
+    {"name": "kind", "source": "mood", "label_column": "kind", "weight": 0.5},
+]
+
+
 def _run_config(path, encoder, data_root, output_dir, **overrides):
-    config = {
-        "model_name_or_path": encoder,
-        "tasks": [
-            {
-                "name": "mood",
-                "dataset_name": "someone/reviews",  # on the card (the local data_dir is read)
-                "data_dir": "reviews",
-                "train_file": "train.csv",
-                "validation_file": "dev.csv",
-                "test_file": "test.csv",
-                "label_column": "mood",
-            },
-            {"name": "kind", "source": "mood", "label_column": "kind", "weight": 0.5},
-        ],
-        "data_root": data_root,
-        "output_dir": str(output_dir),
-        "do_train": True,
-        "do_eval": True,
-        "do_predict": True,
-        "num_train_epochs": 2,
-        "per_device_train_batch_size": 8,
-        "per_device_eval_batch_size": 16,
-        "learning_rate": 5e-3,
-        "eval_strategy": "no",
-        "save_strategy": "no",
-        "logging_steps": 4,
-        "report_to": "none",
-        "seed": 7,
-        "use_cpu": True,
-        "disable_tqdm": True,
-    }
-    config.update(overrides)
-    path.write_text(json.dumps(config))
-    return str(path)
+    """test_run_mtl's config with the shared source's tasks, neither evaluated nor saved per epoch."""
+    settings = dict(tasks=SHARED_RUN_TASKS, eval_strategy="no", save_strategy="no") | overrides
+    return _config(path, encoder, data_root, output_dir, **settings)
 
 
 def test_run_mtl_trains_a_shared_source_and_reports_each_task(tmp_path, tiny_encoder_dir, shared_root):

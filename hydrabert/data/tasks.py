@@ -7,13 +7,14 @@ import codecs
 import dataclasses
 import difflib
 import logging
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import datasets
 import numpy as np
+
+from ..configuration_hydrabert import is_nonnegative_number
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ class TaskDataConfig:
             raise self.error(f"encoding {self.encoding!r} is not a known codec") from None
         if not self.label_separator:
             raise self.error("label_separator must not be empty")
-        if not isinstance(self.weight, (int, float)) or not math.isfinite(self.weight) or self.weight < 0:
+        if not is_nonnegative_number(self.weight):
             raise self.error(f"weight must be a finite number >= 0, got {self.weight!r}")
         pct = self.validation_split_percentage
         if pct is not None and not 0 < pct < 100:
@@ -218,12 +219,7 @@ class TaskDataConfig:
                 f"class_weights must be {CLASS_WEIGHTING!r} or a list of numbers, one per label; got {weights!r}"
             )
         for value in weights:
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or not math.isfinite(value)
-                or value < 0
-            ):
+            if not is_nonnegative_number(value):
                 raise self.error(f"class_weights must hold finite numbers >= 0, got {value!r} in {weights}")
         if not any(weights):
             raise self.error("class_weights are all 0: no row would count in the loss")
