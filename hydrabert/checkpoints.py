@@ -204,11 +204,21 @@ def _trainer_state(folder: str) -> dict | None:
 
 
 def _is_finished(state: dict | None) -> bool:
-    """The run that wrote this state reached its last step (an evaluation-only run plans none)."""
+    """The run that wrote this state reached its last step (an evaluation-only run plans none), or stopped
+    there on purpose (early stopping)."""
     if not state:
         return False
     max_steps, step = state.get("max_steps") or 0, state.get("global_step") or 0
-    return max_steps > 0 and step >= max_steps
+    return max_steps > 0 and (step >= max_steps or _stopped_early(state))
+
+
+def _stopped_early(state: dict) -> bool:
+    """Early stopping ended the run at this state's step: hydrabert's early-stopping callback logs its decision
+    in `log_history` at the step it stops (before that step's checkpoint and the final state are written)."""
+    return any(
+        isinstance(row, dict) and "early_stopping" in row and row.get("step") == state.get("global_step")
+        for row in state.get("log_history") or []
+    )
 
 
 @dataclass(frozen=True)
@@ -295,9 +305,10 @@ def _resuming(checkpoint: str, state: dict, max_steps: int) -> str:
 
 def _finished_run(output_dir: str, folder: str, state: dict, max_steps: int, epochs: float) -> ResumePlan:
     source = "its trainer_state.json" if folder == output_dir else os.path.basename(folder)
+    stopped = " (early stopping)" if state["global_step"] < state["max_steps"] else ""
     done = (
-        f"{output_dir} holds a finished run ({source}: step {state['global_step']} of {state['max_steps']}, "
-        f"{state.get('num_train_epochs')} epoch(s))"
+        f"{output_dir} holds a finished run ({source}: step {state['global_step']} of {state['max_steps']}"
+        f"{stopped}, {state.get('num_train_epochs')} epoch(s))"
     )
     if max_steps > 0 and max_steps != state["max_steps"]:
         changed = f"max_steps={max_steps}"

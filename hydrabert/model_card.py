@@ -25,6 +25,8 @@ from huggingface_hub import CardData, EvalResult, ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import TrainerCallback
 
+from .selection import kept_checkpoint
+
 TEMPLATE_PATH = Path(__file__).parent / "model_cards" / "model_card.md"
 DEFAULT_TAGS = ["hydrabert", "multi-task", "sentence-embeddings", "text-classification"]
 PLOT_EXTENSIONS = (".png", ".jpg", ".jpeg", ".svg", ".gif")
@@ -38,13 +40,14 @@ DEFAULT_EXAMPLES = [
 RECIPE_DEFAULTS = {
     **dict.fromkeys(
         "head_learning_rate frozen_tasks freeze_embeddings freeze_lower_layers gradual_unfreezing "
-        "unfreeze_every sampling_temperature task_weights".split()
+        "unfreeze_every sampling_temperature task_weights early_stopping_patience".split()
     ),
+    "early_stopping_threshold": 0.0,
     **{"layerwise_lr_decay": 1.0, "freeze_policy": "none", "task_sampling": "proportional"},
 }
 _RECIPE_BASE_FIELDS = (
     "learning_rate lr_scheduler_type num_train_epochs max_steps per_device_train_batch_size "
-    "gradient_accumulation_steps seed bf16 fp16".split()
+    "gradient_accumulation_steps seed bf16 fp16 load_best_model_at_end metric_for_best_model greater_is_better".split()
 )
 # Not hyperparameters: where things go, how they are logged and saved, credentials; and values that
 # __post_init__ resolves from None/"" defaults (hydrabert sets the two ddp_ ones for DDP).
@@ -52,7 +55,7 @@ _SKIPPED_ARG_PREFIXES = tuple("output_ overwrite_output logging_ hub_ push_to_hu
 _SKIPPED_ARG_NAMES = set(
     "ddp_broadcast_buffers ddp_find_unused_parameters accelerator_config run_name project report_to "
     "resume_from_checkpoint local_rank disable_tqdm log_level log_level_replica log_on_each_node "
-    "do_train do_eval do_predict".split()
+    "do_train do_eval do_predict restore_callback_states_from_checkpoint".split()
 )
 # Metrics that describe the evaluation run, not the model.
 _RUN_METRICS = set(
@@ -74,7 +77,9 @@ class HydraBertCardData(CardData):
     `max_seq_length` (what training truncated to), `revision` (the commit the snippets pin).
     The rest comes from the model (`tasks`, `architecture`), the training arguments (`training`,
     `hyperparameters`), evaluations (`results`: `{split: {task: {metric: value}}}`, `average_results`,
-    `eval_history`), logs (`training_logs`, `train_summary`) and the output directory (`plots`)."""
+    `eval_history`), logs (`training_logs`, `train_summary`), the output directory (`plots`), and, when the
+    run loaded its best checkpoint at the end, which one and why (`kept_checkpoint`, see
+    `hydrabert.selection.kept_checkpoint`)."""
 
     model_id: str | None = None
     model_name: str | None = None
@@ -97,6 +102,7 @@ class HydraBertCardData(CardData):
     training_logs: list[dict[str, Any]] = field(default_factory=list)
     train_summary: dict[str, float] = field(default_factory=dict)
     plots: list[str] = field(default_factory=list)
+    kept_checkpoint: dict[str, Any] | None = None
     example_sentences: list[str] = field(default_factory=DEFAULT_EXAMPLES.copy)
     example_predictions: list[dict] | None = None
 
@@ -284,6 +290,21 @@ class ModelCardCallback(TrainerCallback):
         if metrics:  # trainer.predict(): test_* metrics, not part of the training history
             self._see_model(model)
             self.card_data.add_metrics(metrics, step=state.global_step, epoch=state.epoch, history=False)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        # After load_best_model_at_end has loaded the best checkpoint: which one, by what, and why training ended.
+        kinds = {
+            task: spec.get("problem_type") or "single_label_classification"
+            for task, spec in self.card_data.tasks.items()
+        }
+        kept = self.card_data.kept_checkpoint = kept_checkpoint(args, state, kinds)
+        if kept is not None:
+            # The validation results describe the weights the model ends with (the last evaluation was of others).
+            row = next(
+                (r for r in state.log_history if r.get("step") == kept["step"] and kept["metric"] in r), None
+            )
+            if row is not None:
+                self.card_data.add_metrics(row, step=kept["step"], epoch=row.get("epoch"), history=False)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs:
