@@ -53,6 +53,7 @@ from .plots import PlotsCallback
 from .selection import (
     SELECTION_METRIC,
     HydraEarlyStoppingCallback,
+    describe_selection_score,
     is_selection_metric,
     main_metrics,
     selection_score,
@@ -488,7 +489,31 @@ class MultiTaskTrainer(Trainer):
         # True: the last *complete* checkpoint (transformers takes the highest-numbered folder, even one
         # whose write was interrupted); a path must hold a complete checkpoint.
         resume_from_checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
+        self._log_checkpoint_selection()
         return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _log_checkpoint_selection(self) -> None:
+        """Says which metric picks the checkpoint kept at the end, and when early stopping ends the run."""
+        if not self.args.load_best_model_at_end:
+            return
+        metric = self.args.metric_for_best_model
+        if is_selection_metric(metric):
+            specs = self.model.config.tasks
+            metric += f" ({describe_selection_score({t: s['problem_type'] for t, s in specs.items()})})"
+        message = (
+            f"keeping the checkpoint with the best validation {metric}, "
+            f"{'higher' if self.args.greater_is_better else 'lower'} is better"
+        )
+        if self.args.early_stopping_patience is not None:
+            message += (
+                f"; stopping after {self.args.early_stopping_patience} evaluation(s) without improvement"
+                + (
+                    f", judged after epoch {self.unfreezing.epochs_to_fully_unfreeze()} (gradual unfreezing)"
+                    if self.unfreezing
+                    else ""
+                )
+            )
+        logger.info(message)
 
     @property
     def plot_files(self) -> list[str]:
