@@ -15,10 +15,12 @@ count, and with gradual unfreezing nothing is judged until the last encoder laye
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 
 import numpy as np
 from transformers import EarlyStoppingCallback
+from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +147,95 @@ class HydraEarlyStoppingCallback(EarlyStoppingCallback):
         return saved
 
 
+def set_up_checkpoint_selection(args) -> None:
+    """Run by `MultiTaskTrainingArguments.__post_init__` before `TrainingArguments` checks the values: with
+    `early_stopping_patience`, evaluate (every epoch unless eval_strategy says otherwise), save a checkpoint at
+    each evaluation and load the best at the end; and whatever needs `metric_for_best_model` gets the selection
+    score by default (transformers' default, `loss`, is no key of a multi-task evaluation, whose losses are
+    `eval_<task>_loss` and `eval_average_loss`). Bad values raise ValueError naming the field."""
+    patience = args.early_stopping_patience
+    if patience is not None:
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+            raise ValueError(f"early_stopping_patience must be an integer >= 1 (or None), got {patience!r}")
+        threshold = args.early_stopping_threshold
+        if (
+            isinstance(threshold, bool)
+            or not isinstance(threshold, (int, float))
+            or not 0 <= threshold < math.inf
+        ):
+            raise ValueError(f"early_stopping_threshold must be a finite number >= 0, got {threshold!r}")
+        if IntervalStrategy(args.eval_strategy) == IntervalStrategy.NO:
+            args.eval_strategy = IntervalStrategy.EPOCH.value
+        save = SaveStrategy(args.save_strategy)
+        if save == SaveStrategy.NO:
+            raise ValueError(
+                "early_stopping_patience loads the best checkpoint at the end, but save_strategy='no' saves "
+                "none: leave save_strategy unset (checkpoints follow the evaluations) or use 'best'"
+            )
+        if save != SaveStrategy.BEST:  # 'best' saves at each improvement: what loading the best needs
+            evaluation = IntervalStrategy(args.eval_strategy)
+            steps = args.eval_steps or args.logging_steps  # transformers' own fallback for eval_steps
+            if save.value != evaluation.value or (
+                evaluation == IntervalStrategy.STEPS and args.save_steps != steps
+            ):
+                logger.info(
+                    "early_stopping_patience: saving a checkpoint at every evaluation (%s)", evaluation.value
+                )
+            args.save_strategy = evaluation.value
+            if evaluation == IntervalStrategy.STEPS:
+                args.save_steps = steps
+        args.load_best_model_at_end = True
+    if args.restore_callback_states_from_checkpoint is None:
+        args.restore_callback_states_from_checkpoint = patience is not None
+    needs_metric = (
+        args.load_best_model_at_end
+        or SaveStrategy(args.save_strategy) == SaveStrategy.BEST
+        or SchedulerType(args.lr_scheduler_type) in (SchedulerType.REDUCE_ON_PLATEAU, SchedulerType.GREEDY)
+    )
+    if needs_metric and args.metric_for_best_model is None:
+        args.metric_for_best_model = SELECTION_METRIC
+
+
+def early_stopping_callbacks(model, args, callbacks, unfreezing=None) -> list:
+    """For `MultiTaskTrainer.__init__`, before any training: checks that every task has a main metric when the
+    selection score picks checkpoints, and, with `early_stopping_patience`, returns the callback that stops
+    (judged only after `unfreezing` has released the last encoder layer)."""
+    if is_selection_metric(args.metric_for_best_model):
+        main_metrics({name: spec["problem_type"] for name, spec in model.config.tasks.items()})
+    if args.early_stopping_patience is None:
+        return []
+    if any(
+        isinstance(c, EarlyStoppingCallback) or (isinstance(c, type) and issubclass(c, EarlyStoppingCallback))
+        for c in callbacks
+    ):
+        raise ValueError(
+            "early_stopping_patience adds hydrabert's EarlyStoppingCallback, and callbacks has one too: use one"
+        )
+    judged_after = unfreezing.epochs_to_fully_unfreeze() if unfreezing is not None else 0.0
+    return [
+        HydraEarlyStoppingCallback(
+            args.early_stopping_patience, args.early_stopping_threshold, judge_after_epoch=judged_after
+        )
+    ]
+
+
+def describe_checkpoint_selection(args, tasks: Mapping[str, dict], unfreezing=None) -> str:
+    """The log line that says which metric picks the checkpoint kept at the end, and when early stopping
+    stops: `keeping the checkpoint with the best validation selection_score (mean over tasks of ...)`."""
+    metric = args.metric_for_best_model
+    if is_selection_metric(metric):
+        metric += f" ({describe_selection_score({t: s['problem_type'] for t, s in tasks.items()})})"
+    message = (
+        f"keeping the checkpoint with the best validation {metric}, "
+        f"{'higher' if args.greater_is_better else 'lower'} is better"
+    )
+    if args.early_stopping_patience is not None:
+        message += f"; stopping after {args.early_stopping_patience} evaluation(s) without improvement"
+        if unfreezing is not None:
+            message += f", judged after epoch {unfreezing.epochs_to_fully_unfreeze()} (gradual unfreezing)"
+    return message
+
+
 def kept_checkpoint(args, state, task_kinds: Mapping[str, str]) -> dict | None:
     """What the model card says about the weights a run ended with: the step and epoch kept, by which metric
     and value, and whether (and where) early stopping ended the run. None when no best checkpoint was loaded."""
@@ -183,9 +274,12 @@ __all__ = [
     "MAIN_METRICS",
     "SELECTION_METRIC",
     "HydraEarlyStoppingCallback",
+    "describe_checkpoint_selection",
     "describe_selection_score",
+    "early_stopping_callbacks",
     "is_selection_metric",
     "kept_checkpoint",
     "main_metrics",
     "selection_score",
+    "set_up_checkpoint_selection",
 ]

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from transformers import EarlyStoppingCallback, EvalPrediction, Trainer, TrainingArguments
+from transformers import EvalPrediction, Trainer, TrainingArguments
 from transformers.trainer_callback import ProgressCallback
-from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType, speed_metrics
+from transformers.trainer_utils import speed_metrics
 
 from .checkpoints import TRAINER_STATE_NAME, incomplete_checkpoints, resolve_resume_checkpoint
 from .configuration_hydrabert import is_nonnegative_number
@@ -51,12 +51,11 @@ from .model_card import ModelCardCallback, generate_model_card
 from .optim import layerwise_parameter_groups
 from .plots import PlotsCallback
 from .selection import (
-    SELECTION_METRIC,
-    HydraEarlyStoppingCallback,
-    describe_selection_score,
+    describe_checkpoint_selection,
+    early_stopping_callbacks,
     is_selection_metric,
-    main_metrics,
     selection_score,
+    set_up_checkpoint_selection,
 )
 
 logger = logging.getLogger(__name__)
@@ -169,7 +168,8 @@ class MultiTaskTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self):
-        self._set_up_checkpoint_selection()
+        # Before TrainingArguments checks them: what early stopping and checkpoint selection need.
+        set_up_checkpoint_selection(self)
         super().__post_init__()
         # A JSON string from the command line or a JSON config (parsed here, not through the base
         # class's dict fields, so that a malformed string gets an error that names the field).
@@ -215,54 +215,6 @@ class MultiTaskTrainingArguments(TrainingArguments):
         # ("'pin_memory' argument is set as true but no accelerator is found"): off on a CPU-only machine.
         if not torch.accelerator.is_available():
             self.dataloader_pin_memory = False
-
-    def _set_up_checkpoint_selection(self) -> None:
-        """Before TrainingArguments checks them: early stopping evaluates (every epoch unless eval_strategy says
-        otherwise), saves a checkpoint at each evaluation and loads the best at the end; and whatever needs
-        metric_for_best_model gets the selection score by default (transformers' default, `loss`, is not a
-        key of a multi-task evaluation: its losses are `eval_<task>_loss` and `eval_average_loss`)."""
-        patience = self.early_stopping_patience
-        if patience is not None:
-            if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
-                raise ValueError(
-                    f"early_stopping_patience must be an integer >= 1 (or None), got {patience!r}"
-                )
-            if not is_nonnegative_number(self.early_stopping_threshold):
-                raise ValueError(
-                    f"early_stopping_threshold must be a finite number >= 0, got {self.early_stopping_threshold!r}"
-                )
-            if IntervalStrategy(self.eval_strategy) == IntervalStrategy.NO:
-                self.eval_strategy = IntervalStrategy.EPOCH
-            save = SaveStrategy(self.save_strategy)
-            if save == SaveStrategy.NO:
-                raise ValueError(
-                    "early_stopping_patience loads the best checkpoint at the end, but save_strategy='no' saves "
-                    "none: leave save_strategy unset (checkpoints follow the evaluations) or use 'best'"
-                )
-            if save != SaveStrategy.BEST:
-                evaluation = IntervalStrategy(self.eval_strategy)
-                steps = self.eval_steps or self.logging_steps
-                if save.value != evaluation.value or (
-                    evaluation == IntervalStrategy.STEPS and self.save_steps != steps
-                ):
-                    logger.info(
-                        "early_stopping_patience: saving a checkpoint at every evaluation (%s)",
-                        evaluation.value,
-                    )
-                self.save_strategy = evaluation.value
-                if evaluation == IntervalStrategy.STEPS:
-                    self.save_steps = steps
-            self.load_best_model_at_end = True
-        if self.restore_callback_states_from_checkpoint is None:
-            self.restore_callback_states_from_checkpoint = patience is not None
-        needs_metric = (
-            self.load_best_model_at_end
-            or SaveStrategy(self.save_strategy) == SaveStrategy.BEST
-            or SchedulerType(self.lr_scheduler_type)
-            in (SchedulerType.REDUCE_ON_PLATEAU, SchedulerType.GREEDY)
-        )
-        if needs_metric and self.metric_for_best_model is None:
-            self.metric_for_best_model = SELECTION_METRIC
 
 
 class MultiTaskTrainer(Trainer):
@@ -320,7 +272,8 @@ class MultiTaskTrainer(Trainer):
         self.card_callback = ModelCardCallback()
         self.plots_callback = PlotsCallback()
         kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), self.card_callback, self.plots_callback]
-        kwargs["callbacks"] += self._checkpoint_selection(model, args, kwargs["callbacks"])
+        # Early stopping's callback, judged only once gradual unfreezing has released the last encoder layer.
+        kwargs["callbacks"] += early_stopping_callbacks(model, args, kwargs["callbacks"], self.unfreezing)
         super().__init__(
             model=model,
             args=args,
@@ -337,30 +290,6 @@ class MultiTaskTrainer(Trainer):
         )
         if self.frozen_encoder is not None:
             self.add_callback(self.frozen_encoder)
-
-    def _checkpoint_selection(self, model, args: MultiTaskTrainingArguments, callbacks) -> list:
-        """Checks, before any training, that the selection score can be computed for every task when it selects
-        checkpoints; and, with early_stopping_patience, the callback that stops (judged only once gradual
-        unfreezing has released the last encoder layer)."""
-        if is_selection_metric(args.metric_for_best_model):
-            main_metrics({name: spec["problem_type"] for name, spec in model.config.tasks.items()})
-        if args.early_stopping_patience is None:
-            return []
-        if any(
-            isinstance(c, EarlyStoppingCallback)
-            or (isinstance(c, type) and issubclass(c, EarlyStoppingCallback))
-            for c in callbacks
-        ):
-            raise ValueError(
-                "early_stopping_patience adds hydrabert's EarlyStoppingCallback, and callbacks has one too: use one"
-            )
-        return [
-            HydraEarlyStoppingCallback(
-                args.early_stopping_patience,
-                args.early_stopping_threshold,
-                judge_after_epoch=self.unfreezing.epochs_to_fully_unfreeze() if self.unfreezing else 0.0,
-            )
-        ]
 
     def _set_up_freezing(self, model, args: MultiTaskTrainingArguments) -> None:
         """Freeze what the policies never train, and plan the gradual unfreezing of the rest."""
@@ -489,31 +418,9 @@ class MultiTaskTrainer(Trainer):
         # True: the last *complete* checkpoint (transformers takes the highest-numbered folder, even one
         # whose write was interrupted); a path must hold a complete checkpoint.
         resume_from_checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
-        self._log_checkpoint_selection()
+        if self.args.load_best_model_at_end:
+            logger.info(describe_checkpoint_selection(self.args, self.model.config.tasks, self.unfreezing))
         return super().train(resume_from_checkpoint, *args, **kwargs)
-
-    def _log_checkpoint_selection(self) -> None:
-        """Says which metric picks the checkpoint kept at the end, and when early stopping ends the run."""
-        if not self.args.load_best_model_at_end:
-            return
-        metric = self.args.metric_for_best_model
-        if is_selection_metric(metric):
-            specs = self.model.config.tasks
-            metric += f" ({describe_selection_score({t: s['problem_type'] for t, s in specs.items()})})"
-        message = (
-            f"keeping the checkpoint with the best validation {metric}, "
-            f"{'higher' if self.args.greater_is_better else 'lower'} is better"
-        )
-        if self.args.early_stopping_patience is not None:
-            message += (
-                f"; stopping after {self.args.early_stopping_patience} evaluation(s) without improvement"
-                + (
-                    f", judged after epoch {self.unfreezing.epochs_to_fully_unfreeze()} (gradual unfreezing)"
-                    if self.unfreezing
-                    else ""
-                )
-            )
-        logger.info(message)
 
     @property
     def plot_files(self) -> list[str]:
