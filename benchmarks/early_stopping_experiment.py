@@ -187,7 +187,10 @@ def plot(record: dict, path: str) -> None:
         axis.plot(epochs, [row[f"eval_{task}_f1"] for row in curve], "o-", label="validation macro-F1")
         axis.plot(epochs, [row[f"test_{task}_f1"] for row in curve], "s-", label="test macro-F1")
         axis.axhline(
-            run["fixed"]["test"][f"test_{task}_f1"], color="grey", ls=":", label="test, fixed 2 epochs"
+            run["fixed"]["test"][f"test_{task}_f1"],
+            color="grey",
+            ls=":",
+            label=f"test, fixed {run['fixed_epochs']} epochs",
         )
         chosen = run["early_stopping"][str(record["default_patience"])]
         axis.axvline(
@@ -202,6 +205,31 @@ def plot(record: dict, path: str) -> None:
     axes[0][0].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def markdown(record: dict) -> str:
+    """The table of docs/results.md section 8, from the record."""
+    p = str(record["default_patience"])
+    lines = [
+        f"| data (train rows) | fixed {record['runs'][0]['fixed_epochs']} epochs: test macro-F1 (acc) | time "
+        f"| best epoch of {record['epochs']}: test macro-F1 | patience {p}: stopped at epoch | kept epoch "
+        f"| test macro-F1 (acc) | time |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for run in record["runs"]:
+        task, fixed, curve = run["task"], run["fixed"], run["curve"]["curve"]
+        chosen = run["early_stopping"][p]
+        best = max(curve, key=lambda row: row[f"test_{task}_f1"])
+        stopped = f"{chosen['stopped_epoch']:g}" + ("" if chosen["stopped_early"] else " (cap, not stopped)")
+        lines.append(
+            f"| {run['data']} ({run['curve']['sizes']['train']}) "
+            f"| {fixed['test'][f'test_{task}_f1']:.4f} ({fixed['test'][f'test_{task}_accuracy']:.4f}) "
+            f"| {fixed['train_seconds']:.0f} s "
+            f"| {best[f'test_{task}_f1']:.4f} (epoch {best['epoch']:g}) "
+            f"| {stopped} | {chosen['kept_epoch']:g} "
+            f"| {chosen['test_f1']:.4f} ({chosen['test_accuracy']:.4f}) | {chosen['wall_seconds']:.0f} s |"
+        )
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -220,11 +248,17 @@ def main() -> None:
         "--verify", nargs="*", default=[], choices=sorted(TASKS), help="also run these for real"
     )
     parser.add_argument("--output", default=RESULTS)
-    parser.add_argument("--plot", action="store_true", help="only draw the plot from --output")
+    parser.add_argument("--plot", action="store_true", help="only draw the plot (--plot_file) from --output")
+    parser.add_argument("--plot_file", default=PLOT)
+    parser.add_argument("--markdown", action="store_true", help="only print the docs table from --output")
     args = parser.parse_args()
-    if args.plot:
+    if args.plot or args.markdown:
         with open(args.output) as handle:
-            plot(json.load(handle), PLOT)
+            record = json.load(handle)
+        if args.plot:
+            plot(record, args.plot_file)
+        if args.markdown:
+            print(markdown(record))
         return
     os.chdir(REPO)  # run_mtl resolves data_root (../shared/data) from here
     runs = []
@@ -238,6 +272,7 @@ def main() -> None:
         run = {
             "data": data,
             "task": task,
+            "fixed_epochs": args.fixed_epochs,
             "fixed": {**fixed, "run_mtl_command": "python run_mtl.py " + shlex.join(fixed_argv)},
             "curve": {**curve, "run_mtl_command": "python run_mtl.py " + shlex.join(curve_argv)},
             "early_stopping": {str(p): early_stop(curve["curve"], task, p) for p in args.patience},
@@ -263,6 +298,7 @@ def main() -> None:
         + shlex.join([os.path.relpath(__file__, REPO), *sys.argv[1:]]),
         "machine": f"{machine()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
         "default_patience": args.default_patience,
+        "epochs": args.epochs,
         "runs": runs,
     }
     os.makedirs(os.path.dirname(args.output), exist_ok=True)

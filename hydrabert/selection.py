@@ -107,6 +107,11 @@ class HydraEarlyStoppingCallback(EarlyStoppingCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         super().on_train_begin(args, state, control, **kwargs)
         self._training = True
+        # A resume restores this callback with the checkpoint's settings; this run's arguments win (the count
+        # carries on).
+        if getattr(args, "early_stopping_patience", None) is not None:
+            self.early_stopping_patience = args.early_stopping_patience
+            self.early_stopping_threshold = args.early_stopping_threshold
         cap = state.num_train_epochs
         if self.judge_after_epoch and cap and self.judge_after_epoch >= cap:
             logger.warning(
