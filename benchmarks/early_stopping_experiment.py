@@ -46,6 +46,8 @@ TASKS = {
     "trec": ("configs/demo.json", "question_type"),
     "scicite": ("configs/transfer_scientific.json", "citation_intent"),
     "csabstruct": ("configs/transfer_csabstruct.json", "sentence_role"),
+    "sst2": ("configs/demo.json", "sentiment"),
+    "sst5": ("configs/sst5_duplicated.json", "sentiment_fine"),
 }
 
 
@@ -248,6 +250,9 @@ def main() -> None:
         "--verify", nargs="*", default=[], choices=sorted(TASKS), help="also run these for real"
     )
     parser.add_argument("--output", default=RESULTS)
+    parser.add_argument(
+        "--append", action="store_true", help="add these data sets' runs to --output's record"
+    )
     parser.add_argument("--plot", action="store_true", help="only draw the plot (--plot_file) from --output")
     parser.add_argument("--plot_file", default=PLOT)
     parser.add_argument("--markdown", action="store_true", help="only print the docs table from --output")
@@ -301,6 +306,14 @@ def main() -> None:
         "epochs": args.epochs,
         "runs": runs,
     }
+    if args.append and os.path.isfile(args.output):
+        with open(args.output) as handle:
+            earlier = json.load(handle)
+        if (earlier["epochs"], earlier["default_patience"]) != (args.epochs, args.default_patience):
+            raise SystemExit(f"--append: {args.output} was made with other --epochs/--default_patience")
+        kept = [run for run in earlier["runs"] if run["data"] not in args.data]
+        record["runs"] = kept + runs
+        record["command"] = earlier["command"] + " && " + record["command"]
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
     with open(args.output, "w") as handle:
         json.dump(record, handle, indent=1)
