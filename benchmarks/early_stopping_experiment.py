@@ -4,8 +4,8 @@ MiniLM) on small data sets, validation and test metric after every epoch up to a
 2-epoch budget of configs/demo.json.
 
     flock /work/cpu.lock env OMP_NUM_THREADS=2 python benchmarks/early_stopping_experiment.py   # the record
+    python benchmarks/report.py     # docs/results.md section 8 and docs/img/early_stopping.png from the record
     python benchmarks/early_stopping_experiment.py --data trec --epochs 2 --max_train_samples 64   # a smoke run
-    python benchmarks/early_stopping_experiment.py --plot       # docs/img/early_stopping.png from the record
 
 Per data set, two runs of run_mtl.py's pipeline in this process (its argument parsing, data loading, model
 assembly and MultiTaskTrainer):
@@ -13,7 +13,8 @@ assembly and MultiTaskTrainer):
 - curve: num_train_epochs=--epochs as the cap, validation evaluated after every epoch and, for the curve
   only, the test split too (its time is measured and left out of the curve's wall times).
 A run with `early_stopping_patience=P` and the same cap trains exactly the curve run's first epochs (same
-seed, same learning-rate schedule, which follows the cap; evaluating takes no random numbers): it stops at
+seed, same learning-rate schedule, which follows the cap; the extra test evaluation puts back the random
+generators' states it used, and saving checkpoints draws none): it stops at
 the first epoch whose validation selection score has not improved for P evaluations and keeps the best
 epoch up to there. The record derives that for each P from the curve; `--verify DATA` also runs
 `run_mtl.py ... --early_stopping_patience P` for real on DATA, to check the derivation and time the real
@@ -25,9 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shlex
 import sys
 import time
+
+import numpy as np
+import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -39,7 +44,6 @@ import run_mtl  # noqa: E402
 from hydrabert.trainer import MultiTaskTrainer  # noqa: E402
 
 RESULTS = os.path.join(REPO, "benchmarks", "results", "early_stopping.json")
-PLOT = os.path.join(REPO, "docs", "img", "early_stopping.png")
 # The task of each data set as the shipped configs read it (trec: demo.json's question_type, with its 10%
 # validation split carved from train; scicite and csabstruct: the transfer configs' tasks).
 TASKS = {
@@ -93,7 +97,14 @@ class TestEachEpoch(TrainerCallback):
         elapsed = time.time() - self.start - self.test_seconds
         self.busy = True
         began = time.time()
+        # Iterating a DataLoader draws its base seed from torch's global generator: without restoring it, this
+        # extra evaluation would change every later dropout mask, and the curve would no longer be the first
+        # epochs of an early-stopping run with the same cap (which evaluates validation only).
+        rng = random.getstate(), np.random.get_state(), torch.get_rng_state()
         test = self.trainer.evaluate(self.test_sets, metric_key_prefix="test")
+        random.setstate(rng[0])
+        np.random.set_state(rng[1])
+        torch.set_rng_state(rng[2])
         self.test_seconds += time.time() - began
         self.busy = False
         keep = ("f1", "accuracy", "selection_score")
@@ -175,65 +186,6 @@ def early_stop(curve: list[dict], task: str, patience: int) -> dict:
     }
 
 
-def plot(record: dict, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    runs = record["runs"]
-    fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 3.4), squeeze=False)
-    for axis, run in zip(axes[0], runs, strict=True):
-        task, curve = run["task"], run["curve"]["curve"]
-        epochs = [row["epoch"] for row in curve]
-        axis.plot(epochs, [row[f"eval_{task}_f1"] for row in curve], "o-", label="validation macro-F1")
-        axis.plot(epochs, [row[f"test_{task}_f1"] for row in curve], "s-", label="test macro-F1")
-        axis.axhline(
-            run["fixed"]["test"][f"test_{task}_f1"],
-            color="grey",
-            ls=":",
-            label=f"test, fixed {run['fixed_epochs']} epochs",
-        )
-        chosen = run["early_stopping"][str(record["default_patience"])]
-        axis.axvline(
-            chosen["kept_epoch"], color="green", ls="--", label=f"kept (patience {chosen['patience']})"
-        )
-        if chosen["stopped_early"]:
-            axis.axvline(chosen["stopped_epoch"], color="red", ls="--", label="stopped")
-        axis.set_title(f"{run['data']} ({run['curve']['sizes'].get('train')} train rows)")
-        axis.set_xlabel("epoch")
-        axis.set_ylabel("macro-F1")
-        axis.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-
-
-def markdown(record: dict) -> str:
-    """The table of docs/results.md section 8, from the record."""
-    p = str(record["default_patience"])
-    lines = [
-        f"| data (train rows) | fixed {record['runs'][0]['fixed_epochs']} epochs: test macro-F1 (acc) | time "
-        f"| best epoch of {record['epochs']}: test macro-F1 | patience {p}: stopped at epoch | kept epoch "
-        f"| test macro-F1 (acc) | time |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for run in record["runs"]:
-        task, fixed, curve = run["task"], run["fixed"], run["curve"]["curve"]
-        chosen = run["early_stopping"][p]
-        best = max(curve, key=lambda row: row[f"test_{task}_f1"])
-        stopped = f"{chosen['stopped_epoch']:g}" + ("" if chosen["stopped_early"] else " (cap, not stopped)")
-        lines.append(
-            f"| {run['data']} ({run['curve']['sizes']['train']}) "
-            f"| {fixed['test'][f'test_{task}_f1']:.4f} ({fixed['test'][f'test_{task}_accuracy']:.4f}) "
-            f"| {fixed['train_seconds']:.0f} s "
-            f"| {best[f'test_{task}_f1']:.4f} (epoch {best['epoch']:g}) "
-            f"| {stopped} | {chosen['kept_epoch']:g} "
-            f"| {chosen['test_f1']:.4f} ({chosen['test_accuracy']:.4f}) | {chosen['wall_seconds']:.0f} s |"
-        )
-    return "\n".join(lines)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -253,18 +205,7 @@ def main() -> None:
     parser.add_argument(
         "--append", action="store_true", help="add these data sets' runs to --output's record"
     )
-    parser.add_argument("--plot", action="store_true", help="only draw the plot (--plot_file) from --output")
-    parser.add_argument("--plot_file", default=PLOT)
-    parser.add_argument("--markdown", action="store_true", help="only print the docs table from --output")
     args = parser.parse_args()
-    if args.plot or args.markdown:
-        with open(args.output) as handle:
-            record = json.load(handle)
-        if args.plot:
-            plot(record, args.plot_file)
-        if args.markdown:
-            print(markdown(record))
-        return
     os.chdir(REPO)  # run_mtl resolves data_root (../shared/data) from here
     runs = []
     for data in args.data:

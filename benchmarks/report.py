@@ -343,6 +343,134 @@ def class_weights_block() -> str:
     )
 
 
+def early_stopping_plot(record: dict, filename: str = "early_stopping.png") -> str:
+    """Validation and test macro-F1 per epoch for each data set, the fixed budget's test score, and where
+    the default patience kept and stopped."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = record["runs"]
+    fig, axes = plt.subplots(1, len(runs), figsize=(3.6 * len(runs), 3.3), squeeze=False)
+    for axis, run in zip(axes[0], runs, strict=True):
+        task, curve = run["task"], run["curve"]["curve"]
+        epochs = [row["epoch"] for row in curve]
+        axis.plot(epochs, [row[f"eval_{task}_f1"] for row in curve], "o-", ms=3, label="validation")
+        axis.plot(epochs, [row[f"test_{task}_f1"] for row in curve], "s-", ms=3, label="test")
+        fixed = run["fixed"]["test"][f"test_{task}_f1"]
+        axis.axhline(fixed, color="grey", ls=":", label=f"test, fixed {run['fixed_epochs']} epochs")
+        chosen = run["early_stopping"][str(record["default_patience"])]
+        axis.axvline(
+            chosen["kept_epoch"], color="green", ls="--", label=f"kept (patience {chosen['patience']})"
+        )
+        if chosen["stopped_early"]:
+            axis.axvline(chosen["stopped_epoch"], color="red", ls="--", lw=0.8, label="stopped")
+        axis.set_title(f"{run['data']} ({run['curve']['sizes']['train']} train rows)", fontsize=9)
+        axis.set_xlabel("epoch")
+        axis.grid(alpha=0.3)
+    axes[0][0].set_ylabel("macro-F1")
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    os.makedirs(os.path.join(DOCS, "img"), exist_ok=True)
+    fig.savefig(os.path.join(DOCS, "img", filename), dpi=110)
+    plt.close(fig)
+    return f"img/{filename}"
+
+
+def early_stopping_block() -> str:
+    """benchmarks/early_stopping_experiment.py's record: fixed budget vs the learning curve and what each
+    patience finds on it, the curves, the verification run, the commands."""
+    path = os.path.join(RESULTS, "early_stopping.json")
+    if not os.path.exists(path):
+        return ""
+    with open(path) as handle:
+        record = json.load(handle)
+    p, cap = str(record["default_patience"]), record["epochs"]
+    rows = []
+    for run in record["runs"]:
+        task, fixed, curve = run["task"], run["fixed"], run["curve"]["curve"]
+        chosen = run["early_stopping"][p]
+        best = max(curve, key=lambda row: row[f"test_{task}_f1"])
+        rows.append(
+            [
+                f"{run['data']} ({run['curve']['sizes']['train']})",
+                f"{fixed['test'][f'test_{task}_f1']:.4f} ({fixed['test'][f'test_{task}_accuracy']:.4f})",
+                f"{fixed['train_seconds']:.0f} s",
+                f"{chosen['stopped_epoch']:g}" + ("" if chosen["stopped_early"] else " (cap)"),
+                f"{chosen['kept_epoch']:g}",
+                f"{chosen['test_f1']:.4f} ({chosen['test_accuracy']:.4f})",
+                f"{chosen['wall_seconds']:.0f} s",
+                f"{curve[-1][f'test_{task}_f1']:.4f}",
+                f"{best[f'test_{task}_f1']:.4f} (epoch {best['epoch']:g})",
+            ]
+        )
+    overview = table(
+        [
+            "data (train rows)",
+            f"fixed {record['runs'][0]['fixed_epochs']} epochs: test macro-F1 (accuracy)",
+            "time",
+            f"patience {p}: stopped at epoch",
+            "kept epoch",
+            "test macro-F1 (accuracy)",
+            "time",
+            f"epoch {cap}: test macro-F1",
+            "best test macro-F1 of any epoch",
+        ],
+        rows,
+    )
+    patience_rows = [
+        [run["data"]]
+        + [
+            f"{e['kept_epoch']:g} / {e['stopped_epoch']:g}{'' if e['stopped_early'] else ' (cap)'}: {e['test_f1']:.4f}"
+            for e in (run["early_stopping"][key] for key in sorted(run["early_stopping"], key=int))
+        ]
+        for run in record["runs"]
+    ]
+    patiences = sorted(record["runs"][0]["early_stopping"], key=int)
+    by_patience = table(
+        ["data"] + [f"patience {key}: kept / stopped epoch: test macro-F1" for key in patiences],
+        patience_rows,
+    )
+    curves = []
+    for run in record["runs"]:
+        task = run["task"]
+        cells = ", ".join(
+            f"{row['epoch']:g}: {row[f'eval_{task}_f1']:.3f} / {row[f'test_{task}_f1']:.3f}"
+            for row in run["curve"]["curve"]
+        )
+        curves.append(f"- {run['data']} (epoch: validation / test macro-F1): {cells}")
+    verified = []
+    for run in record["runs"]:
+        if "verified" not in run:
+            continue
+        real, derived, task = run["verified"], run["early_stopping"][p], run["task"]
+        verified.append(
+            f"- {run['data']}: `run_mtl.py ... --early_stopping_patience {p}` stopped at epoch "
+            f"{real['last_epoch']:g}, kept epoch {real['kept_epoch']:g}, test macro-F1 "
+            f"{real['test'][f'test_{task}_f1']:.4f} (accuracy {real['test'][f'test_{task}_accuracy']:.4f}), "
+            f"{real['train_seconds']:.0f} s of training with a checkpoint per epoch (derived from the curve: "
+            f"stopped at epoch {derived['stopped_epoch']:g}, kept {derived['kept_epoch']:g}, test macro-F1 "
+            f"{derived['test_f1']:.4f}, {derived['wall_seconds']:.0f} s)"
+        )
+    commands_list = "\n".join(
+        f"- {run['data']}, {kind}: `{run[kind]['run_mtl_command']}`"
+        for run in record["runs"]
+        for kind in ("fixed", "curve", "verified")
+        if kind in run
+    )
+    image = early_stopping_plot(record)
+    return (
+        f"{overview}\n\n![Learning curves]({image})\n\n{by_patience}\n\n"
+        + "\n".join(curves)
+        + "\n\n"
+        + ("\n".join(verified) + "\n\n" if verified else "")
+        + f"Machine: {record['machine']}. Command: `{record['command']}`.\n\n"
+        "<details><summary>Each run as a run_mtl.py command (the curve runs also evaluated the test split after "
+        f"every epoch, which run_mtl.py does not)</summary>\n\n{commands_list}\n\n</details>"
+    )
+
+
 BLOCKS = {
     "transfer": transfer_block,
     "multitask": multitask_block,
@@ -351,6 +479,7 @@ BLOCKS = {
     "add_task": add_task_block,
     "class_weights": class_weights_block,
     "shared_sources": shared_sources_block,
+    "early_stopping": early_stopping_block,
 }
 
 
