@@ -227,11 +227,12 @@ def test_the_final_state_of_an_early_stopped_run_counts_as_finished(tmp_path, ti
     assert plan_resume(trainer.args.output_dir, num_train_epochs=10).checkpoint.endswith("checkpoint-20")
 
 
-@pytest.mark.parametrize("restore", [None, False])
+@pytest.mark.parametrize("restore", [None, False, "patience 4"])
 def test_a_resume_after_a_kill_continues_the_patience_count(tmp_path, tiny_tokenizer, restore):
     """Killed after epoch 4's checkpoint (2 evaluations without improvement so far), resumed: the count goes on
-    from 2 and training stops at epoch 5, as without the kill. Forgetting it (restore=False) trains on."""
-    options = {} if restore is None else {"restore_callback_states_from_checkpoint": restore}
+    from 2 and training stops at epoch 5, as without the kill. Forgetting it (restore=False) trains on; a
+    resume that asks for more patience (4) gets it, the count still carrying on."""
+    options = {"restore_callback_states_from_checkpoint": restore} if restore is False else {}
     killed = _trainer(tmp_path, tiny_tokenizer, callbacks=[Kill(4 * STEPS_PER_EPOCH)], **options)
     with pytest.raises(KeyboardInterrupt):
         killed.train()
@@ -239,9 +240,14 @@ def test_a_resume_after_a_kill_continues_the_patience_count(tmp_path, tiny_token
         saved = json.load(handle)["stateful_callbacks"]["HydraEarlyStoppingCallback"]
     assert saved["attributes"]["early_stopping_patience_counter"] == 2
 
+    if restore == "patience 4":
+        options = {"early_stopping_patience": 4}
     resumed = _trainer(tmp_path, tiny_tokenizer, **options)
     resumed.train(resume_from_checkpoint=True)
-    if restore is None:
+    if restore == "patience 4":  # 3 at epoch 5 < 4: on to epoch 6 (0.9), then 4 more without improvement
+        assert _epochs_evaluated(resumed) == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+        assert resumed.state.best_global_step == 60
+    elif restore is None:
         assert _epochs_evaluated(resumed) == [1, 2, 3, 4, 5]
         assert resumed.state.best_global_step == 20
         _assert_same_weights(_model_weights(resumed), _checkpoint_weights(tmp_path / "out" / "checkpoint-20"))
