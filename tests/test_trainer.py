@@ -339,7 +339,9 @@ def test_evaluate_reports_once_with_todays_names_and_the_exact_mean_loss(tmp_pat
         for m in ("loss", "accuracy", "f1", "f1_declared_labels", "model_preparation_time")
     }
     expected |= {f"test_average_{m}" for m in ("loss", "accuracy", "f1", "f1_declared_labels")}
+    expected.add("test_selection_score")  # the mean of each task's main metric (hydrabert/selection.py)
     assert set(results[0]) == expected
+    assert results[0]["test_selection_score"] == pytest.approx(results[0]["test_average_f1"])
     model = seeded_model().eval()
     for task_id, (task, dataset) in enumerate(eval_sets.items()):
         rows = trainer.data_collator([{**dataset[i], "task_id": task_id} for i in range(len(dataset))])
