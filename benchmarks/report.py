@@ -378,6 +378,34 @@ def early_stopping_plot(record: dict, filename: str = "early_stopping.png") -> s
     return f"img/{filename}"
 
 
+EARLY_STOPPING_THRESHOLD = 0.005
+
+
+def _early_stop(curve: list[dict], task: str, patience: int, threshold: float = 0.0) -> dict:
+    """transformers' rule on a learning curve: the count grows at each evaluation that does not beat the best
+    validation selection score by more than `threshold`; the best (any improvement) is what is kept."""
+    best = count = 0
+    kept = stop = None
+    for row in curve:
+        value = row["eval_selection_score"]
+        if kept is None or (value > best and value - best > threshold):
+            count = 0
+        else:
+            count += 1
+        if kept is None or value > best:
+            best, kept = value, row
+        if count >= patience:
+            stop = row
+            break
+    last = stop or curve[-1]
+    return {
+        "kept_epoch": kept["epoch"],
+        "stopped_epoch": last["epoch"],
+        "stopped_early": stop is not None,
+        "test_f1": kept[f"test_{task}_f1"],
+    }
+
+
 def early_stopping_block() -> str:
     """benchmarks/early_stopping_experiment.py's record: fixed budget vs the learning curve and what each
     patience finds on it, the curves, the verification run, the commands."""
@@ -419,17 +447,22 @@ def early_stopping_block() -> str:
         ],
         rows,
     )
+
+    def cell(e: dict) -> str:
+        stopped = f"{e['stopped_epoch']:g}" + ("" if e["stopped_early"] else " (cap)")
+        return f"{e['kept_epoch']:g} / {stopped}: {e['test_f1']:.4f}"
+
+    patiences = sorted(record["runs"][0]["early_stopping"], key=int)
     patience_rows = [
         [run["data"]]
-        + [
-            f"{e['kept_epoch']:g} / {e['stopped_epoch']:g}{'' if e['stopped_early'] else ' (cap)'}: {e['test_f1']:.4f}"
-            for e in (run["early_stopping"][key] for key in sorted(run["early_stopping"], key=int))
-        ]
+        + [cell(run["early_stopping"][key]) for key in patiences]
+        + [cell(_early_stop(run["curve"]["curve"], run["task"], int(p), EARLY_STOPPING_THRESHOLD))]
         for run in record["runs"]
     ]
-    patiences = sorted(record["runs"][0]["early_stopping"], key=int)
     by_patience = table(
-        ["data"] + [f"patience {key}: kept / stopped epoch: test macro-F1" for key in patiences],
+        ["data"]
+        + [f"patience {key}" for key in patiences]
+        + [f"patience {p}, threshold {EARLY_STOPPING_THRESHOLD}"],
         patience_rows,
     )
     curves = []
