@@ -669,7 +669,13 @@ class MultiTaskTrainer(Trainer):
         if labels is None:
             return None, logits, None
         task = inputs["task"]
-        row_losses = self.accelerator.unwrap_model(model).per_example_loss(task, logits, labels)
+        unwrapped = self.accelerator.unwrap_model(model)
+        row_losses = unwrapped.per_example_loss(task, logits, labels)
+        if unwrapped.config.tasks[task]["problem_type"] in HEADLESS_PROBLEM_TYPES:
+            # A pair fills two rows (its first sentence, then its second: the collator's layout) with the same
+            # similarity and score: keep one per pair, so that rows gathered across processes are the data set's.
+            half = len(labels) // 2
+            logits, row_losses, labels = logits[:half], row_losses[:half], labels[:half]
         return None, (logits, row_losses), labels
 
     def _task_metrics(self, task: str, prediction: EvalPrediction) -> dict[str, float]:

@@ -302,3 +302,41 @@ def test_the_preservation_term_is_zero_at_the_start_and_limits_the_drift(tmp_pat
 def test_preservation_weight_must_be_a_nonnegative_number(tmp_path):
     with pytest.raises(ValueError, match="embedding_preservation_weight must be a finite number >= 0"):
         tiny_training_args(tmp_path, embedding_preservation_weight=-1.0)
+
+
+def test_similarity_pairs_and_preservation_with_a_frozen_encoder_use_the_feature_cache(
+    tmp_path, tiny_tokenizer
+):
+    """freeze_policy='encoder': the encoder runs once per sentence (the cache), the teacher re-projects the cached
+    features, and the CoSENT loss still trains the projection."""
+    pairs = [("the good film", "a good movie"), ("what", "the awful film"), ("who is it", "where is it")] * 6
+    scores = [4.5, 0.5, 2.0] * 6
+    splits = datasets.DatasetDict(
+        train=datasets.Dataset.from_dict(
+            {"text": [a for a, _ in pairs], "text_pair": [b for _, b in pairs], "label": scores}
+        )
+    )
+    sts = tokenize_task(splits, tiny_tokenizer, max_length=16, separate_pairs=True)["train"]
+    model = seeded_model(tasks={"sts": {"problem_type": "sentence_similarity"}})
+    projection = model.pooler.dense.weight.detach().clone()
+    args = tiny_training_args(
+        tmp_path,
+        num_train_epochs=2,
+        freeze_policy="encoder",
+        embedding_preservation_weight=1.0,
+        logging_steps=1,
+    )
+    trainer = MultiTaskTrainer(
+        model=model,
+        args=args,
+        train_dataset={"sts": sts},
+        eval_dataset={"sts": sts},
+        processing_class=tiny_tokenizer,
+    )
+    trainer.train()
+    assert trainer.frozen_encoder is not None and trainer.frozen_encoder.hits > 0
+    assert not torch.equal(model.pooler.dense.weight, projection)
+    logged = [entry for entry in trainer.state.log_history if "loss/embedding_preservation" in entry]
+    assert logged and all(math.isfinite(entry["loss/sts"]) for entry in logged)
+    metrics = trainer.evaluate()
+    assert -1.0 <= metrics["eval_sts_spearman"] <= 1.0
