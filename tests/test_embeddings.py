@@ -166,12 +166,14 @@ def test_sts_files_with_lone_quotes_and_7_or_9_fields_load_as_scored_pairs(tmp_p
     assert row["length"] == max(len(row["input_ids"]), len(row["pair_input_ids"]))
 
 
-def test_a_similarity_task_needs_its_pair_column():
+def test_a_similarity_task_needs_its_pair_column_and_its_own_rows():
     spec = {k: v for k, v in _sts_task("somewhere").items() if k != "text_pair_column"}
     with pytest.raises(
         ValueError, match="sentence_similarity task reads sentence pairs: give text_pair_column"
     ):
         TaskDataConfig.from_dict(spec)
+    with pytest.raises(ValueError, match="cannot share another task's rows"):
+        TaskDataConfig.from_dict({"name": "sts", "problem_type": "sentence_similarity", "source": "other"})
 
 
 @pytest.mark.parametrize("trained", [True, False], ids=["trained", "evaluation-only"])

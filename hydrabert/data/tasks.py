@@ -112,7 +112,16 @@ class TaskDataConfig:
         self._check_choice("problem_type", self.problem_type, PROBLEM_TYPES)
         self._check_choice("file_format", self.file_format, FILE_FORMATS, optional=True)
         self._check_choice("quoting", self.quoting, QUOTING)
-        if self.problem_type == "sentence_similarity" and self.text_pair_column is None:
+        if self.problem_type == "sentence_similarity" and self.source is not None:
+            raise self.error(
+                "a sentence_similarity task embeds each sentence of a pair on its own and cannot share another "
+                "task's rows (source): give it its own data"
+            )
+        if (
+            self.problem_type == "sentence_similarity"
+            and self.source is None
+            and self.text_pair_column is None
+        ):
             raise self.error("a sentence_similarity task reads sentence pairs: give text_pair_column")
         self._check_choice("label_transform", self.label_transform, LABEL_TRANSFORMS, optional=True)
         try:
