@@ -363,9 +363,8 @@ def embeddings_block() -> str:
                 cells.append(fmt(values[0]))
             else:
                 cells.append(f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}")
-        cells.append(f"{statistics.mean(r['wall_seconds'] for r in runs):.0f}")
         rows.append(cells)
-    header = ["run", "seeds", "STS-B test Spearman", "SST-2 acc", "TREC-6 acc", "wall s (mean)"]
+    header = ["run", "seeds", "STS-B test Spearman", "SST-2 acc", "TREC-6 acc"]
     return f"{table(header, rows)}\n\n{commands(records)}"
 
 

@@ -24,6 +24,8 @@ from transformers.utils import logging as hf_logging
 from .configuration_hydrabert import HEADLESS_PROBLEM_TYPES, HydraBertConfig, _normalize_task
 from .pipeline_hydrabert import custom_pipelines_entry
 
+logger = hf_logging.get_logger(__name__)
+
 # Matches the index of a transformer block in a parameter name, whatever the family calls the
 # list: BERT/RoBERTa/ELECTRA "encoder.layer.3.", DistilBERT "transformer.layer.3.", others "layers.3.".
 _LAYER_INDEX = re.compile(r"\.layers?\.(\d+)\.")
@@ -457,11 +459,10 @@ class HydraBertModel(HydraBertPreTrainedModel):
         if task is not None:
             present = {task: None} if task in similarity_tasks else {}
         elif task_ids is not None:
-            present = {
-                name: (task_ids == self.task_names.index(name)).nonzero().squeeze(-1)
-                for name in similarity_tasks
-                if (task_ids == self.task_names.index(name)).any()
+            rows_of = {
+                n: (task_ids == self.task_names.index(n)).nonzero().squeeze(-1) for n in similarity_tasks
             }
+            present = {name: rows for name, rows in rows_of.items() if len(rows)}
         else:  # sentences without pairs: no similarity to compute
             present = {}
         similarities = {}
@@ -757,8 +758,8 @@ class HydraBertModel(HydraBertPreTrainedModel):
 
 
 def _sentence_transformers_pooling(name_or_path, loading_kwargs: dict) -> str | None:
-    """ "mean" or "cls" when `name_or_path` is a sentence-transformers checkpoint whose Pooling module uses that
-    mode alone (its modules.json and pooling config), else None (a plain encoder checkpoint, or another mode)."""
+    """The pooling of a sentence-transformers checkpoint ("mean" or "cls", read from its modules.json and its
+    Pooling module's config), or None: a plain encoder checkpoint, or a pooling hydrabert has no mode for."""
 
     loading = {
         k: loading_kwargs[k]
@@ -784,13 +785,16 @@ def _sentence_transformers_pooling(name_or_path, loading_kwargs: dict) -> str | 
     if pooling is None:
         return None
     settings = read(f"{pooling['path']}/config.json" if pooling.get("path") else "config.json") or {}
-    modes = [
-        mode
-        for mode in ("cls", "mean")
-        if settings.get(f"pooling_mode_{mode}_token" + ("s" if mode == "mean" else ""))
-    ]
-    others = [key for key, value in settings.items() if key.startswith("pooling_mode_") and value]
-    return modes[0] if len(modes) == 1 and len(others) == 1 else None
+    enabled = sorted(key for key, value in settings.items() if key.startswith("pooling_mode_") and value)
+    mode = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean"}.get(",".join(enabled))
+    if mode is None:
+        logger.warning(
+            "%s is a sentence-transformers checkpoint pooled by %s, which hydrabert has no pooling for: its "
+            "embedding starts from [CLS] instead (pass pooling='mean' or 'cls' to choose).",
+            name_or_path,
+            enabled,
+        )
+    return mode
 
 
 def _safetensors_files(name_or_path) -> str:
