@@ -279,7 +279,13 @@ def load_data_and_model(model_args, data_args, training_args, configs):
             parts = task.splits
             if task.shared is not None:  # its train rows train through the shared source
                 parts = datasets.DatasetDict({s: d for s, d in task.splits.items() if s != "train"})
-            tokenized = tokenize_task(parts, tokenizer, max_length, cache_dir=data_args.tokenized_cache_dir)
+            tokenized = tokenize_task(
+                parts,
+                tokenizer,
+                max_length,
+                cache_dir=data_args.tokenized_cache_dir,
+                separate_pairs=task.problem_type == "sentence_similarity",
+            )
             splits[name] = {
                 "train": limit(tokenized.get("train"), data_args.max_train_samples, training_args.seed),
                 "validation": limit(tokenized.get("validation"), data_args.max_eval_samples),

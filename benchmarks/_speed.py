@@ -334,15 +334,23 @@ def round_times(seconds: dict, cpu_seconds: dict) -> dict:
     }
 
 
+# The CPU flags that move speed ratios between machines (vector width, bf16 and matrix units).
+SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "amx_tile")
+
+
 def machine() -> dict:
     model_name = platform.processor() or platform.machine()
+    flags: set[str] = set()
     with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as handle:
         for line in handle:
-            if line.startswith("model name"):
+            if line.startswith("model name") and model_name == (platform.processor() or platform.machine()):
                 model_name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
                 break
     return {
         "cpu": model_name,
+        "cpu_flags": [flag for flag in SPEED_FLAGS if flag in flags],
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,

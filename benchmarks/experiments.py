@@ -8,6 +8,7 @@ the command that produced it and the machine it ran on.
     python benchmarks/experiments.py transfer            # SciCite: recipe vs full fine-tuning vs frozen
     python benchmarks/experiments.py transfer --only recipe,frozen
     python benchmarks/experiments.py shared_sources    # SST-5 fine + polarity: shared rows vs duplicated
+    python benchmarks/experiments.py embeddings        # STS-B Spearman through task training (docs/embeddings.md)
     python benchmarks/experiments.py --list
 """
 
@@ -128,6 +129,20 @@ GROUPS: dict[str, dict[str, tuple[str, list[str]]]] = {
                 ADD_TASK_TASKS,
             ],
         ),
+    },
+    # The sentence embedding through task training (STS-B test Spearman beside the task accuracies): the demo with
+    # and without the embedding-preservation term, and with STS-B's training pairs as a third task.
+    "embeddings": {
+        **{
+            f"preserve{weight}_seed{seed}": (
+                DEMO,
+                ["--embedding_preservation_weight", str(weight), "--seed", str(seed)],
+            )
+            for weight in (0, 1)
+            for seed in (42, 43, 44)
+        },
+        "preserve10_seed42": (DEMO, ["--embedding_preservation_weight", "10", "--seed", "42"]),
+        "sts_task_preserve0_seed42": ("configs/demo_sts.json", ["--embedding_preservation_weight", "0"]),
     },
     # SST-5's fine label and the polarity derived from it, as one shared source (one encoder pass per row for
     # both tasks) and as two tasks each with its own copy of the rows; same seed and budget (1 epoch).

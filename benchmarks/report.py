@@ -504,7 +504,49 @@ def early_stopping_block() -> str:
     )
 
 
+def embeddings_block() -> str:
+    """STS-B test Spearman of the trained model's embedding beside its task accuracies, per setting (mean ± sd
+    over seeds), and the fresh models of benchmarks/results/embedding_fresh.json."""
+    records = load("embeddings")
+    if not records:
+        return "_Not run yet: `python benchmarks/experiments.py embeddings`._"
+    by_kind: dict[str, list[dict]] = {}
+    for r in records:
+        by_kind.setdefault(r["name"].rsplit("_seed", 1)[0], []).append(r)
+    rows = []
+    for kind, runs in by_kind.items():
+        cells = [f"`{kind}`", str(len(runs))]
+        for key in ("test_sts_spearman", "test_sentiment_accuracy", "test_question_type_accuracy"):
+            values = [metric(r, key) for r in runs if metric(r, key) is not None]
+            if not values:
+                cells.append("–")
+            elif len(values) == 1:
+                cells.append(fmt(values[0]))
+            else:
+                cells.append(f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}")
+        rows.append(cells)
+    header = ["run", "seeds", "STS-B test Spearman", "SST-2 acc", "TREC-6 acc"]
+    return f"{table(header, rows)}\n\n{commands(records)}"
+
+
+def embedding_fresh_block() -> str:
+    path = os.path.join(RESULTS, "embedding_fresh.json")
+    if not os.path.exists(path):
+        return "_Not run yet: `python benchmarks/bench_embedding.py --fresh --output benchmarks/results/embedding_fresh.json`._"
+    with open(path) as handle:
+        result = json.load(handle)
+    rows = [[name, fmt(row["spearman"]), fmt(row["pearson"])] for name, row in result["rows"].items()]
+    machine = result["machine"]
+    return (
+        table(["embedding (fresh, before any training)", "STS-B test Spearman", "Pearson"], rows)
+        + f"\n\n{result['pairs']} test pairs; {machine['cpu']}, torch {machine['torch']}. Command: "
+        "`python benchmarks/bench_embedding.py --fresh --max_length 64 --output benchmarks/results/embedding_fresh.json`."
+    )
+
+
 BLOCKS = {
+    "embedding_fresh": embedding_fresh_block,
+    "embeddings": embeddings_block,
     "transfer": transfer_block,
     "multitask": multitask_block,
     "llrd": lambda: sweep_block("llrd", ["xi1.0", "xi0.95", "xi0.9", "xi0.8"], "layer-wise decay ξ"),
@@ -530,6 +572,6 @@ def render(doc: str) -> None:
 
 
 if __name__ == "__main__":
-    for doc in ("transfer.md", "results.md"):
+    for doc in ("transfer.md", "results.md", "embeddings.md"):
         if os.path.exists(os.path.join(DOCS, doc)):
             render(doc)

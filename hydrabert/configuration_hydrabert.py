@@ -11,7 +11,17 @@ import math
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
+PROBLEM_TYPES = (
+    "single_label_classification",
+    "multi_label_classification",
+    "regression",
+    "sentence_similarity",
+)
+# Tasks trained on the sentence embedding itself: pairs of sentences with a similarity score, no head.
+HEADLESS_PROBLEM_TYPES = ("sentence_similarity",)
+SIMILARITY_LABEL = "similarity"
+# Tasks whose targets are scores (floats), not label names.
+SCORE_PROBLEM_TYPES = ("regression", "sentence_similarity")
 POOLING_MODES = ("cls", "mean")
 EMBEDDING_ACTIVATIONS = ("tanh", "identity")
 
@@ -30,6 +40,8 @@ class HydraBertConfig(PreTrainedConfig):
             "class_weights": [float, ...] | None}}`. Every key is optional except that a task needs
             `num_labels` or `labels`. Heads are keyed by task name, never by position. `class_weights`
             (single-label tasks only, one per label) scales each row's cross-entropy by its label's weight.
+            A `"sentence_similarity"` task has no head: it trains (and is evaluated on) the sentence embedding
+            itself, from pairs of sentences with a similarity score (CoSENT loss on their cosine similarity).
         embedding_dim (`int`, *optional*):
             Size of the sentence embedding; defaults to the encoder's hidden size.
         pooling (`str`, defaults to `"cls"`):
@@ -91,6 +103,13 @@ class HydraBertConfig(PreTrainedConfig):
     def task_names(self) -> list[str]:
         return list(self.tasks)
 
+    @property
+    def head_task_names(self) -> list[str]:
+        """The tasks that have a head (all but sentence-similarity tasks, which train the embedding)."""
+        return [
+            name for name, spec in self.tasks.items() if spec["problem_type"] not in HEADLESS_PROBLEM_TYPES
+        ]
+
     def get_text_config(self, decoder=None, encoder=None) -> PreTrainedConfig:
         """The encoder's config: it holds the text settings (`vocab_size`, ...), so that
         `resize_token_embeddings` updates `config.encoder.vocab_size`, which the encoder is rebuilt
@@ -125,8 +144,15 @@ def _normalize_task(name, spec) -> dict:
         if num_labels is not None and num_labels != len(labels):
             raise ValueError(f"tasks[{name!r}]: num_labels={num_labels} but {len(labels)} labels were given")
         num_labels = len(labels)
+    if problem_type in HEADLESS_PROBLEM_TYPES:
+        # One score per pair, named as saved configs name it.
+        if labels not in (None, [SIMILARITY_LABEL]) or num_labels not in (None, 1):
+            raise ValueError(
+                f"tasks[{name!r}]: a {problem_type} task scores sentence pairs and has no labels"
+            )
+        labels, num_labels = [SIMILARITY_LABEL], 1
     if num_labels is None:
-        num_labels = 1 if problem_type == "regression" else None
+        num_labels = 1 if problem_type in SCORE_PROBLEM_TYPES else None
     if not isinstance(num_labels, int) or isinstance(num_labels, bool) or num_labels < 1:
         raise ValueError(
             f"tasks[{name!r}].num_labels must be a positive integer (or give labels), got {num_labels!r}"

@@ -155,6 +155,7 @@ class FrozenEncoder(TrainerCallback):
         prefill: Callable[[], Iterable[dict]] | None = None,
     ):
         self._unwrap = unwrap
+        self.last_features = None  # the cached features of the last batch (read by the embedding teacher)
         # The encoder pass of a miss runs outside the wrapped forward, where accelerate applies
         # mixed precision: the same autocast must be entered by hand, or the features' dtype differs.
         self._autocast = autocast
@@ -241,6 +242,7 @@ class FrozenEncoder(TrainerCallback):
         if model.training:
             # Trainer.training_step has just called model.train().
             unwrapped.encoder.eval()
+        self.last_features = None
         if not self.active or not _cacheable(inputs):
             return model(**inputs)
         token_inputs = {name: inputs[name] for name in _TOKEN_INPUTS if inputs.get(name) is not None}
@@ -248,7 +250,9 @@ class FrozenEncoder(TrainerCallback):
         keys = self._encode_new(unwrapped, token_inputs)
         self.hits += len(keys) - (self.misses - misses_before)
         others = {name: value for name, value in inputs.items() if name not in _TOKEN_INPUTS}
-        return model(**others, encoder_features=self.cache.gather(self.cache.lookup(keys)))
+        # Kept for the embedding-preservation teacher, which re-projects the same features.
+        self.last_features = self.cache.gather(self.cache.lookup(keys))
+        return model(**others, encoder_features=self.last_features)
 
 
 def _cacheable(inputs: dict) -> bool:

@@ -8,6 +8,7 @@ through a flat relative import, its configuration file.
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -17,11 +18,13 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers import initialization as init
-from transformers.utils import ModelOutput, can_return_tuple
+from transformers.utils import ModelOutput, cached_file, can_return_tuple
 from transformers.utils import logging as hf_logging
 
-from .configuration_hydrabert import HydraBertConfig, _normalize_task
+from .configuration_hydrabert import HEADLESS_PROBLEM_TYPES, HydraBertConfig, _normalize_task
 from .pipeline_hydrabert import custom_pipelines_entry
+
+logger = hf_logging.get_logger(__name__)
 
 # Matches the index of a transformer block in a parameter name, whatever the family calls the
 # list: BERT/RoBERTa/ELECTRA "encoder.layer.3.", DistilBERT "transformer.layer.3.", others "layers.3.".
@@ -46,6 +49,8 @@ _CONFIG_LOADING_KWARGS = (
 
 # encode()/predict() show a progress bar by default once there are more batches than this.
 _PROGRESS_BAR_MIN_BATCHES = 20
+# CoSENT's scale on cosine similarities (sentence-transformers' CoSENTLoss default, from the CoSENT paper).
+COSENT_SCALE = 20.0
 
 
 @dataclass
@@ -222,8 +227,12 @@ class HydraBertModel(HydraBertPreTrainedModel):
         self.pooler = HydraBertPooler(config)
         self.adapter = HydraBertAdapter(config) if config.adapter_size else None
         self.dropout = nn.Dropout(config.head_dropout())
+        # Sentence-similarity tasks have no head: they train the embedding itself.
         self.heads = nn.ModuleDict(
-            {name: nn.Linear(config.embedding_dim, spec["num_labels"]) for name, spec in config.tasks.items()}
+            {
+                name: nn.Linear(config.embedding_dim, config.tasks[name]["num_labels"])
+                for name in config.head_task_names
+            }
         )
         self.post_init()
 
@@ -232,10 +241,16 @@ class HydraBertModel(HydraBertPreTrainedModel):
     def from_encoder_pretrained(cls, encoder_name_or_path: str, tasks: dict | None = None, **kwargs):
         """Start from any BERT-family checkpoint (BERT, SciBERT, BioBERT, MiniLM, ...).
 
-        Every encoder weight is loaded; the projection is initialised from the checkpoint's own pooler
-        when it has one of the right shape (so a fresh model's embeddings are BERT's pooled output),
-        and the adapter and heads are new. Keyword arguments that are `HydraBertConfig` fields go to
-        the config; the rest (`revision`, `cache_dir`, `token`, `local_files_only`, ...) to loading.
+        Every encoder weight is loaded, and a fresh model's embedding is the checkpoint's own:
+        - a sentence-transformers checkpoint (a `modules.json` naming a Pooling module, as
+          all-MiniLM-L6-v2) keeps its pooling (`pooling="mean"` there, unless given), and the projection
+          starts as the identity (also with `pooling="cls"`: such a checkpoint's pooler was never part of its
+          embedding), so `encode()` gives the published embedding through tanh (on STS-B, 0.8205 Spearman
+          against the published 0.8203; docs/embeddings.md);
+        - any other checkpoint keeps BERT's pooled output: the projection is initialised from its pooler when
+          it has one of the right shape (`tanh(Linear(h_[CLS]))`).
+        The adapter and heads are new. Keyword arguments that are `HydraBertConfig` fields go to the config;
+        the rest (`revision`, `cache_dir`, `token`, `local_files_only`, ...) to loading.
         """
         model, _ = cls._from_encoder_checkpoint(encoder_name_or_path, tasks=tasks, **kwargs)
         return model
@@ -245,6 +260,9 @@ class HydraBertModel(HydraBertPreTrainedModel):
         """`from_encoder_pretrained`, plus `from_pretrained`'s loading info: which of the model's weights are
         new (`missing_keys`) and which checkpoint weights went unused (`unexpected_keys`)."""
         config_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in CONFIG_SETTINGS}
+        checkpoint_pooling = _sentence_transformers_pooling(encoder_name_or_path, kwargs)
+        if checkpoint_pooling is not None and config_kwargs.get("pooling") is None:
+            config_kwargs["pooling"] = checkpoint_pooling
         encoder_config = AutoConfig.from_pretrained(encoder_name_or_path, **kwargs)
         config = HydraBertConfig(encoder=encoder_config, tasks=tasks or {}, **config_kwargs)
         model = cls(config)
@@ -263,8 +281,17 @@ class HydraBertModel(HydraBertPreTrainedModel):
         loaded = {f"encoder.{k}" for k in state}
         unused = set()
         dense = getattr(pretrained_pooler, "dense", None)
-        if isinstance(dense, nn.Linear) and checkpoint_has_pooler:
-            if config.pooling == "cls" and dense.weight.shape == model.pooler.dense.weight.shape:
+        projection = model.pooler.dense
+        if checkpoint_pooling is not None and projection.in_features == projection.out_features:
+            # The checkpoint's embedding is its pooled token states, with no dense layer: the identity keeps it.
+            with torch.no_grad():
+                projection.weight.copy_(torch.eye(projection.in_features))
+                projection.bias.zero_()
+            loaded |= {"pooler.dense.weight", "pooler.dense.bias"}
+            if pretrained_pooler is not None and checkpoint_has_pooler:
+                unused = {f"pooler.{k}" for k in pretrained_pooler.state_dict()}
+        elif isinstance(dense, nn.Linear) and checkpoint_has_pooler:
+            if config.pooling == "cls" and dense.weight.shape == projection.weight.shape:
                 with torch.no_grad():
                     model.pooler.dense.weight.copy_(dense.weight)
                     model.pooler.dense.bias.copy_(dense.bias)
@@ -309,12 +336,16 @@ class HydraBertModel(HydraBertPreTrainedModel):
         problem_type: str = "single_label_classification",
         weight: float = 1.0,
         class_weights: list[float] | None = None,
-    ) -> nn.Linear:
-        """Add a new, freshly initialised head; the encoder and the other heads are untouched."""
+    ) -> nn.Linear | None:
+        """Add a new, freshly initialised head; the encoder and the other heads are untouched. A
+        `"sentence_similarity"` task gets no head (it trains the embedding): None is returned."""
         if name in self.config.tasks:
             raise ValueError(f"Task {name!r} already exists; known tasks: {self.task_names}")
         spec = {"num_labels": num_labels, "labels": labels, "problem_type": problem_type, "weight": weight}
         spec = _normalize_task(name, {**spec, "class_weights": class_weights})
+        if spec["problem_type"] in HEADLESS_PROBLEM_TYPES:
+            self.config.tasks = dict(sorted({**self.config.tasks, name: spec}.items()))
+            return None
         head = nn.Linear(self.config.embedding_dim, spec["num_labels"])
         std = getattr(self.config.encoder, "initializer_range", 0.02)
         nn.init.normal_(head.weight, mean=0.0, std=std)
@@ -326,7 +357,8 @@ class HydraBertModel(HydraBertPreTrainedModel):
 
     def remove_task(self, name: str) -> None:
         self._check_task(name)
-        del self.heads[name]
+        if name in self.heads:
+            del self.heads[name]
         self.config.tasks = {k: v for k, v in self.config.tasks.items() if k != name}
 
     def _check_task(self, name: str) -> None:
@@ -337,8 +369,11 @@ class HydraBertModel(HydraBertPreTrainedModel):
         """`(batch,)`: each row's loss for `task` (NaN where the label is -100), times its label's weight when the
         task has `class_weights` (never times the task's `weight`); their mean over the rows that count is
         `forward(task=task, labels=labels).loss`. Evaluation averages these over a whole data set, so that the
-        result does not depend on how the rows were batched or sharded."""
+        result does not depend on how the rows were batched or sharded. A sentence-similarity task has no loss of
+        one row (CoSENT ranks the batch's pairs against each other): all NaN."""
         self._check_task(task)
+        if self.config.tasks[task]["problem_type"] in HEADLESS_PROBLEM_TYPES:
+            return torch.full(logits.shape[:1], float("nan"), device=logits.device)
         return _task_loss(task, self.config.tasks[task], logits, labels, reduction="none")
 
     def get_layer_depth(self, parameter_name: str) -> int:
@@ -401,6 +436,7 @@ class HydraBertModel(HydraBertPreTrainedModel):
         # Every head on every batch: heads are tiny, and this keeps all parameters in the graph (DDP
         # without find_unused_parameters) while one encoder pass serves all tasks.
         all_logits = {name: head(features) for name, head in self.heads.items()}
+        all_logits.update(self._pair_similarities(embedding, task, task_ids))
 
         loss, task_losses = None, None
         if labels is not None:
@@ -414,6 +450,37 @@ class HydraBertModel(HydraBertPreTrainedModel):
             hidden_states=hidden_states,
             attentions=attentions,
         )
+
+    def _pair_similarities(self, embedding, task, task_ids) -> dict[str, torch.Tensor]:
+        """Sentence-similarity tasks in the batch: each row's cosine similarity with its partner, `(batch,)` (NaN
+        on other tasks' rows). A task's rows hold its pairs' first sentences, then their second sentences in
+        the same order (what `MultiTaskCollator` builds): row i of n pairs with row n + i."""
+        similarity_tasks = [n for n in self.task_names if n not in self.heads]
+        if task is not None:
+            present = {task: None} if task in similarity_tasks else {}
+        elif task_ids is not None:
+            rows_of = {
+                n: (task_ids == self.task_names.index(n)).nonzero().squeeze(-1) for n in similarity_tasks
+            }
+            present = {name: rows for name, rows in rows_of.items() if len(rows)}
+        else:  # sentences without pairs: no similarity to compute
+            present = {}
+        similarities = {}
+        for name, rows in present.items():
+            pairs = embedding if rows is None else embedding[rows]
+            if len(pairs) % 2:
+                raise ValueError(
+                    f"Task {name!r} ({self.config.tasks[name]['problem_type']}): its {len(pairs)} rows must be "
+                    "pairs: first sentences, then their second sentences in the same order"
+                )
+            half = len(pairs) // 2
+            cosine = F.cosine_similarity(pairs[:half].float(), pairs[half:].float(), dim=-1).repeat(2)
+            if rows is None:
+                similarities[name] = cosine
+            else:
+                full = torch.full(embedding.shape[:1], float("nan"), device=embedding.device)
+                similarities[name] = full.index_put((rows,), cosine)
+        return similarities
 
     def _batch_task(self, task, task_ids, labels) -> str | None:
         """The one task of the batch (None: all heads, or one task per row from `task_ids`)."""
@@ -483,10 +550,10 @@ class HydraBertModel(HydraBertPreTrainedModel):
         else:
             if task_ids.shape[0] != labels.shape[0]:
                 raise ValueError(f"task_ids has {task_ids.shape[0]} rows but labels has {labels.shape[0]}")
-            bad = (task_ids < 0) | (task_ids >= len(self.heads))
+            bad = (task_ids < 0) | (task_ids >= len(self.task_names))
             if bad.any():
                 raise ValueError(
-                    f"task_ids must be in [0, {len(self.heads)}) (tasks {self.task_names}), "
+                    f"task_ids must be in [0, {len(self.task_names)}) (tasks {self.task_names}), "
                     f"got {task_ids[bad].unique().tolist()}"
                 )
             present = task_ids.unique().tolist()
@@ -588,16 +655,23 @@ class HydraBertModel(HydraBertPreTrainedModel):
         max_length: int | None = None,
         show_progress_bar: bool | None = None,
     ) -> list[dict[str, dict]]:
-        """Per sentence, `{task: {"label": name, "score": probability}}` for every (or the given) task.
+        """Per sentence, `{task: {"label": name, "score": probability}}` for every task with a head (or the given
+        ones; a sentence-similarity task has none).
 
         Multi-label tasks give the labels whose probability exceeds 0.5 (`"label"` is a list, `"score"`
         their probabilities); regression tasks give `"score"` only.
         """
         single = isinstance(sentences, str)
         sentences = [sentences] if single else list(sentences)
-        tasks = [tasks] if isinstance(tasks, str) else (self.task_names if tasks is None else list(tasks))
+        heads = self.config.head_task_names
+        tasks = [tasks] if isinstance(tasks, str) else (heads if tasks is None else list(tasks))
         for name in tasks:
             self._check_task(name)
+            if name not in heads:
+                raise ValueError(
+                    f"Task {name!r} is a {self.config.tasks[name]['problem_type']} task: it has no head to predict "
+                    "with; compare sentences by their embeddings (encode())"
+                )
         results: list[dict | None] = [None] * len(sentences)
         for indices, outputs in self._batched_forward(
             sentences, tokenizer, batch_size, max_length, show_progress_bar
@@ -683,6 +757,46 @@ class HydraBertModel(HydraBertPreTrainedModel):
         return self._load_exporter()
 
 
+def _sentence_transformers_pooling(name_or_path, loading_kwargs: dict) -> str | None:
+    """The pooling of a sentence-transformers checkpoint ("mean" or "cls", read from its modules.json and its
+    Pooling module's config), or None: a plain encoder checkpoint, or a pooling hydrabert has no mode for."""
+
+    loading = {
+        k: loading_kwargs[k]
+        for k in _CONFIG_LOADING_KWARGS
+        if k in loading_kwargs and k != "trust_remote_code"
+    }
+
+    def read(filename):
+        path = cached_file(
+            name_or_path,
+            filename,
+            _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_connection_errors=False,
+            **loading,
+        )
+        if path is None:
+            return None
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+
+    modules = read("modules.json") or []
+    pooling = next((m for m in modules if str(m.get("type", "")).endswith("models.Pooling")), None)
+    if pooling is None:
+        return None
+    settings = read(f"{pooling['path']}/config.json" if pooling.get("path") else "config.json") or {}
+    enabled = sorted(key for key, value in settings.items() if key.startswith("pooling_mode_") and value)
+    mode = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean"}.get(",".join(enabled))
+    if mode is None:
+        logger.warning(
+            "%s is a sentence-transformers checkpoint pooled by %s, which hydrabert has no pooling for: its "
+            "embedding starts from [CLS] instead (pass pooling='mean' or 'cls' to choose).",
+            name_or_path,
+            enabled,
+        )
+    return mode
+
+
 def _safetensors_files(name_or_path) -> str:
     """The weights file(s) of a local checkpoint folder, for error messages."""
     folder = str(name_or_path)
@@ -720,6 +834,8 @@ def _task_loss(
     label is -100), whose mean over the rows that count is the batch's loss."""
     problem_type, num_labels = spec["problem_type"], spec["num_labels"]
     per_row = reduction == "none"
+    if problem_type == "sentence_similarity":
+        return _cosent_loss(logits, labels)
     if problem_type == "single_label_classification":
         labels = labels.long().view(-1)
         bad = (labels != -100) & ((labels < 0) | (labels >= num_labels))
@@ -743,6 +859,18 @@ def _task_loss(
     predictions = logits.float().squeeze(-1) if num_labels == 1 else logits.float()
     loss = F.mse_loss(predictions, labels.float().view_as(predictions), reduction=reduction)
     return loss.reshape(len(loss), -1).mean(-1) if per_row else loss
+
+
+def _cosent_loss(similarities: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """CoSENT (Su, 2022; sentence-transformers' CoSENTLoss): log(1 + sum over pairs (i, j) with score_i > score_j
+    of exp(scale * (cos_j - cos_i))), which asks every better-scored pair for a higher cosine. `similarities` and
+    `scores` hold one value per row, the first half for the pairs (the second half repeats them)."""
+    half = len(similarities) // 2
+    cosine, target = similarities[:half].float(), scores[:half].float().view(-1)
+    differences = COSENT_SCALE * (cosine[None, :] - cosine[:, None])  # [i, j] = scale * (cos_j - cos_i)
+    ranked = target[:, None] > target[None, :]
+    differences = differences.masked_fill(~ranked, float("-inf"))
+    return torch.logsumexp(torch.cat([differences.new_zeros(1), differences.view(-1)]), dim=0)
 
 
 def _class_weighted_cross_entropy(

@@ -95,7 +95,13 @@ class HydraBertPipeline(Pipeline):
 
     def postprocess(self, model_outputs, tasks=None, top_k=None):
         specs = self.model.config.tasks
-        tasks = list(specs) if tasks is None else tasks
+        # Every task with a head (a sentence-similarity task has none: it is the embedding itself).
+        tasks = [name for name in specs if _LOGITS_PREFIX + name in model_outputs] if tasks is None else tasks
+        headless = [name for name in tasks if _LOGITS_PREFIX + name not in model_outputs]
+        if headless:
+            raise ValueError(
+                f"Task(s) {headless} have no head to predict with (sentence similarity: use the embedding)"
+            )
         return {
             name: _readable(specs[name], model_outputs[_LOGITS_PREFIX + name][0], top_k) for name in tasks
         }

@@ -1,7 +1,8 @@
 """Which checkpoint a run keeps, and when it stops: the selection score and early stopping.
 
 Every evaluation logs `{prefix}_selection_score`: the mean over the evaluated tasks of each task's main metric
-(`MAIN_METRICS`: macro-F1 for classification, negative MSE for regression; a new task kind adds one line),
+(`MAIN_METRICS`: macro-F1 for classification, negative MSE for regression, Spearman for sentence similarity; a
+new task kind adds one line),
 so that one number says which of a multi-task run's checkpoints is best. It is `metric_for_best_model` unless
 the user names another metric.
 
@@ -32,6 +33,7 @@ MAIN_METRICS: dict[str, tuple[str, float]] = {
     "single_label_classification": ("f1", 1.0),
     "multi_label_classification": ("f1", 1.0),
     "regression": ("mse", -1.0),
+    "sentence_similarity": ("spearman", 1.0),
 }
 
 

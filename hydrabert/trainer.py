@@ -26,7 +26,7 @@ from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import speed_metrics
 
 from .checkpoints import TRAINER_STATE_NAME, incomplete_checkpoints, resolve_resume_checkpoint
-from .configuration_hydrabert import is_nonnegative_number
+from .configuration_hydrabert import HEADLESS_PROBLEM_TYPES, is_nonnegative_number
 from .data import (
     SAMPLING_STRATEGIES,
     MultiTaskBatchSampler,
@@ -38,6 +38,7 @@ from .data import (
     token_lengths,
 )
 from .data.collation import MODEL_INPUTS
+from .embedding_preservation import EmbeddingTeacher
 from .feature_cache import FrozenEncoder
 from .freezing import (
     FREEZE_POLICIES,
@@ -126,6 +127,14 @@ class MultiTaskTrainingArguments(TrainingArguments):
     mixed_task_batches: bool = field(
         default=False, metadata={"help": "Batches that mix tasks (default: one task per batch)."}
     )
+    embedding_preservation_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Keep the sentence embedding through task training: add this weight times the mean "
+            "(1 - cosine) between each training sentence's embedding and the model's embedding of it before "
+            "training (a frozen copy). 0 turns it off. See docs/embeddings.md."
+        },
+    )
     cache_frozen_encoder: bool = field(
         default=True,
         metadata={
@@ -201,6 +210,10 @@ class MultiTaskTrainingArguments(TrainingArguments):
             raise ValueError(
                 f"task_sampling must be one of {list(SAMPLING_STRATEGIES)}, got {self.task_sampling!r}"
             )
+        if not is_nonnegative_number(self.embedding_preservation_weight):
+            raise ValueError(
+                f"embedding_preservation_weight must be a finite number >= 0, got {self.embedding_preservation_weight!r}"
+            )
         if not self.sampling_temperature > 0:
             raise ValueError(f"sampling_temperature must be > 0, got {self.sampling_temperature}")
         if self.mixed_task_batches and self.task_sampling != "proportional":
@@ -228,7 +241,8 @@ class MultiTaskTrainer(Trainer):
             as one unit, every task it labels from one encoder pass per batch, and is evaluated task by task on
             each task's labelled rows (docs/shared-sources.md).
         compute_metrics: optional `fn(task_name, EvalPrediction) -> dict`; default: accuracy and macro-F1
-            (classification), MSE (regression).
+            (classification), MSE (regression), Spearman and Pearson of the cosine similarities
+            (sentence similarity).
         Everything else as `transformers.Trainer`.
     """
 
@@ -255,6 +269,9 @@ class MultiTaskTrainer(Trainer):
         # Freezing happens here, before anything wraps the model (DDP registers parameters once).
         self._set_up_freezing(model, args)
 
+        # The embedding as training starts, copied before anything trains or wraps the model.
+        weight = args.embedding_preservation_weight
+        self.embedding_teacher = EmbeddingTeacher(model, weight) if weight > 0 and train_dataset else None
         self.task_datasets = dict(train_dataset) if train_dataset is not None else None
         # A shared source is evaluated task by task, on each task's labelled rows.
         self.eval_datasets = per_task_datasets(eval_dataset) if eval_dataset is not None else None
@@ -484,9 +501,15 @@ class MultiTaskTrainer(Trainer):
                 f"{bad or tasks}. Lower the learning rate or check the data; checkpoints saved before this "
                 f"step in {self.args.output_dir} are intact (resume_from_checkpoint)."
             )
-        if model.training and outputs.task_losses:
+        task_losses = dict(outputs.task_losses or {})
+        if model.training and self.embedding_teacher is not None:
+            features = self.frozen_encoder.last_features if self.frozen_encoder is not None else None
+            term, distance = self.embedding_teacher.loss(outputs.sentence_embedding, inputs, features)
+            loss = loss + term
+            task_losses["embedding_preservation"] = distance
+        if model.training and task_losses:
             # Summed as tensors on the device: no host sync per step (log() reads them, once per logging step).
-            for task, value in outputs.task_losses.items():
+            for task, value in task_losses.items():
                 total, count = self._task_loss_sums.get(task, (0.0, 0))
                 self._task_loss_sums[task] = (total + value.detach().float(), count + 1)
         return (loss, outputs) if return_outputs else loss
@@ -562,6 +585,8 @@ class MultiTaskTrainer(Trainer):
         """`loss/<task>`: each task's mean training loss since the last log, over all processes (one host
         sync here, none per step). Every process takes part (log() runs on all of them at a logging step)."""
         tasks = self.accelerator.unwrap_model(self.model).task_names
+        if self.embedding_teacher is not None:  # the same list on every process: the reduce below pairs them
+            tasks = [*tasks, "embedding_preservation"]
         device = self.args.device
         totals = torch.stack(
             [torch.as_tensor(self._task_loss_sums.get(t, (0.0, 0))[0], device=device).float() for t in tasks]
@@ -690,7 +715,13 @@ class MultiTaskTrainer(Trainer):
         if labels is None:
             return None, logits, None
         task = inputs["task"]
-        row_losses = self.accelerator.unwrap_model(model).per_example_loss(task, logits, labels)
+        unwrapped = self.accelerator.unwrap_model(model)
+        row_losses = unwrapped.per_example_loss(task, logits, labels)
+        if unwrapped.config.tasks[task]["problem_type"] in HEADLESS_PROBLEM_TYPES:
+            # A pair fills two rows (its first sentence, then its second: the collator's layout) with the same
+            # similarity and score: keep one per pair, so that rows gathered across processes are the data set's.
+            half = len(labels) // 2
+            logits, row_losses, labels = logits[:half], row_losses[:half], labels[:half]
         return None, (logits, row_losses), labels
 
     def _task_metrics(self, task: str, prediction: EvalPrediction) -> dict[str, float]:
@@ -701,6 +732,8 @@ class MultiTaskTrainer(Trainer):
         logits, row_losses = predictions
         counted = row_losses[~np.isnan(row_losses)]
         metrics = {"loss": float(counted.mean()) if counted.size else float("nan")}
+        if self.model.config.tasks[task]["problem_type"] in HEADLESS_PROBLEM_TYPES:
+            metrics = {}  # no loss of one row to average (CoSENT ranks a batch's pairs against each other)
         metrics.update(
             self.task_compute_metrics(
                 task, EvalPrediction(predictions=logits, label_ids=prediction.label_ids)
@@ -769,7 +802,8 @@ def _apply_task_weights(model, task_weights: dict | None) -> None:
 
 
 def _averages(metrics: dict[str, float], prefix: str, tasks: list[str]) -> dict[str, float]:
-    """Mean of each metric that every task reports (loss, accuracy, f1, ...)."""
+    """Mean of each metric (loss, accuracy, f1, spearman, ...) over the tasks that report it: classification
+    tasks' accuracy is averaged without a similarity task, which reports Spearman instead."""
     per_metric: dict[str, list[float]] = {}
     for task in tasks:
         head = f"{prefix}_{task}_"
@@ -780,7 +814,7 @@ def _averages(metrics: dict[str, float], prefix: str, tasks: list[str]) -> dict[
     return {
         f"{prefix}_average_{name}": float(np.mean(values))
         for name, values in per_metric.items()
-        if len(values) == len(tasks) and name not in skip
+        if name not in skip
     }
 
 
@@ -798,6 +832,8 @@ def default_task_metrics(model) -> Callable[[str, EvalPrediction], dict]:
         logits = np.asarray(prediction.predictions)
         references = np.asarray(prediction.label_ids)
         problem_type = tasks[task]["problem_type"]
+        if problem_type == "sentence_similarity":
+            return similarity_correlations(logits, references)
         if problem_type == "regression":
             values = logits.squeeze(-1) if logits.ndim > 1 and logits.shape[-1] == 1 else logits
             return {"mse": float(np.mean((values - references) ** 2))}
@@ -820,6 +856,21 @@ def default_task_metrics(model) -> Callable[[str, EvalPrediction], dict]:
         return {"accuracy": accuracy["accuracy"], **_macro_f1(predicted, truth, None, declared)}
 
     return compute
+
+
+def similarity_correlations(similarities, scores) -> dict[str, float]:
+    """`spearman` and `pearson`: how the cosine similarities of the pairs rank and follow their gold scores.
+
+    A sentence-similarity task's rows come in pairs, each pair's similarity and score on both its rows: every
+    pair is there twice, which leaves both correlations unchanged (ranks of a doubled sample are an affine map
+    of the single sample's ranks)."""
+    from scipy.stats import pearsonr, spearmanr
+
+    similarities, scores = np.asarray(similarities, dtype=np.float64), np.asarray(scores, dtype=np.float64)
+    return {
+        "spearman": float(spearmanr(similarities, scores).statistic),
+        "pearson": float(pearsonr(similarities, scores).statistic),
+    }
 
 
 def _macro_f1(predicted, truth, present, declared, config_name=None) -> dict[str, float]:

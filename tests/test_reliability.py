@@ -732,7 +732,7 @@ def test_property_csv_tsv_jsonl_round_trip_any_text(rows, file_format):
 # ------------------------------------------------------------------------------ code that travels
 TRAVELLING = ("configuration_hydrabert.py", "modeling_hydrabert.py", "pipeline_hydrabert.py")
 ALLOWED_IMPORTS = {
-    "__future__", "collections", "dataclasses", "functools", "inspect", "itertools", "math", "os", "re",
+    "__future__", "collections", "dataclasses", "functools", "inspect", "itertools", "json", "math", "os", "re",
     "typing", "torch", "transformers", "tqdm",  # tqdm: a dependency of transformers (encode's progress bar)
 }  # fmt: skip
 BANNED_CALLS = {

@@ -10,6 +10,8 @@ from typing import Any
 import torch
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# The columns of a pair's second sentence when the two are embedded separately (a sentence-similarity task).
+PAIR_PREFIX = "pair_"
 # The names transformers' own collators accept for the targets (`label` from `datasets`, as run_glue).
 LABEL_KEYS = ("labels", "label", "label_ids")
 
@@ -76,12 +78,18 @@ class MultiTaskCollator:
 
     Without a tokenizer, rows that are already padded are stacked as they are (as
     `default_data_collator` would); rows of different lengths then raise, naming `processing_class`.
+
+    Rows that hold a sentence pair to embed separately (`pair_input_ids`, ...: a sentence-similarity task)
+    become two rows each, in one encoder pass: the batch's other rows as they come, then the pairs' first
+    sentences, then their second sentences in the same order; a pair's label and task id go on both its rows.
+    This is the layout `HydraBertModel` reads pairs from (row i of n pairs with row n + i).
     """
 
     tokenizer: Any = None
     pad_to_multiple_of: int | None = None
 
     def __call__(self, features: list[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        features = _pairs_as_rows(features)
         inputs = [{key: row[key] for key in MODEL_INPUTS if key in row} for row in features]
         if self.tokenizer is not None:
             batch = dict(
@@ -106,6 +114,23 @@ class MultiTaskCollator:
         if "task_id" in features[0]:
             batch["task_ids"] = torch.tensor([row["task_id"] for row in features], dtype=torch.long)
         return batch
+
+
+def _pairs_as_rows(features: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Single rows first, then each pair's first sentence, then each pair's second one (same order)."""
+    pair_key = PAIR_PREFIX + "input_ids"
+    pairs = [row for row in features if pair_key in row]
+    if not pairs:
+        return features
+    singles = [row for row in features if pair_key not in row]
+    seconds = [
+        {
+            **{k: v for k, v in row.items() if not k.startswith(PAIR_PREFIX) and k not in MODEL_INPUTS},
+            **{key: row[PAIR_PREFIX + key] for key in MODEL_INPUTS if PAIR_PREFIX + key in row},
+        }
+        for row in pairs
+    ]
+    return singles + pairs + seconds
 
 
 def check_padded(lengths, what: str = "the batch") -> None:

@@ -28,6 +28,7 @@ from .rows import LOCATION, class_names, encode_labels, normalized_rows, resolve
 from .shared import task_rows
 from .tasks import (
     FILE_FORMATS,
+    QUOTING,
     SOURCE_FIELDS,
     SPLITS,
     HydraBertDataError,
@@ -199,7 +200,7 @@ def _read_delimited(
     if cfg.column_names is not None:
         header = options["column_names"] = list(cfg.column_names)
     else:  # the first two records: the header, and whether any row follows it
-        records = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+        records = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=QUOTING[cfg.quoting])
         header, *first_row = itertools.islice((row for row in records if row), 2)
         if not first_row:
             raise source.error("the split is empty")
@@ -210,8 +211,11 @@ def _read_delimited(
         _builder,
         "csv",
         path,
-        diagnose=lambda: _csv_problem(text, delimiter, len(header), skip_header=cfg.column_names is None),
+        diagnose=lambda: _csv_problem(
+            text, delimiter, len(header), skip_header=cfg.column_names is None, quoting=QUOTING[cfg.quoting]
+        ),
         delimiter=delimiter,
+        quoting=QUOTING[cfg.quoting],
         encoding=codec,
         features=features,
         keep_default_na=False,
@@ -219,10 +223,11 @@ def _read_delimited(
     )
 
 
-def _csv_problem(text: str, delimiter: str, width: int, skip_header: bool) -> str | None:
+def _csv_problem(text: str, delimiter: str, width: int, skip_header: bool, quoting: int = 0) -> str | None:
     """The first row (0 = the first after the header, as in every other message) whose field count
     is wrong: pandas counts lines and rows its own way, and says nothing of open quotes."""
-    rows = (row for row in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter) if row)
+    records = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
+    rows = (row for row in records if row)
     try:
         for index, row in enumerate(itertools.islice(rows, 1 if skip_header else 0, None)):
             if len(row) != width:

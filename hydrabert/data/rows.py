@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import datasets
 
+from ..configuration_hydrabert import SCORE_PROBLEM_TYPES
 from .tasks import TaskDataConfig, label_str
 
 if TYPE_CHECKING:
@@ -60,6 +61,7 @@ def normalized_rows(
         features["text_pair"] = datasets.Value("string")
     features["label"] = {
         "regression": datasets.Value("float32"),
+        "sentence_similarity": datasets.Value("float32"),
         "multi_label_classification": datasets.List(datasets.Value("string")),
     }.get(cfg.problem_type, datasets.Value("string"))
     features[LOCATION] = datasets.Value("string")
@@ -149,14 +151,14 @@ def _check_unicode(source: Source, value: str, where: str, what: str) -> None:
 
 
 def _label_value(cfg: TaskDataConfig, source: Source, value, where: str, names) -> Any:
-    """A regression target, or the label name(s) a raw value stands for."""
-    if cfg.problem_type == "regression":
+    """A score (regression, sentence similarity), or the label name(s) a raw value stands for."""
+    if cfg.problem_type in SCORE_PROBLEM_TYPES:
         try:
             target = float(value)
         except (TypeError, ValueError):
-            raise source.error(f"{where}: regression label {value!r} is not a number") from None
+            raise source.error(f"{where}: {cfg.problem_type} label {value!r} is not a number") from None
         if not math.isfinite(target):
-            raise source.error(f"{where}: regression label {value!r} is not finite")
+            raise source.error(f"{where}: {cfg.problem_type} label {value!r} is not finite")
         return target
     items = [value]
     if cfg.problem_type == "multi_label_classification":
@@ -211,7 +213,7 @@ def resolve_labels(
 ) -> list[str] | None:
     """The configured labels; else the data's ClassLabel names; else the sorted names in every split.
     An inferred label set is logged: it fixes the head's label ids."""
-    if cfg.problem_type == "regression":
+    if cfg.problem_type in SCORE_PROBLEM_TYPES:
         return None
     if cfg.labels is not None:
         return cfg.labels
@@ -253,7 +255,7 @@ def _log_inferred(cfg: TaskDataConfig, labels: list[str], how: str) -> None:
 
 def encode_labels(cfg: TaskDataConfig, source: Source, rows: datasets.Dataset, labels) -> datasets.Dataset:
     """Label names to targets: a ClassLabel id (single-label) or a multi-hot float list."""
-    if cfg.problem_type == "regression":
+    if cfg.problem_type in SCORE_PROBLEM_TYPES:
         return rows
     single = cfg.problem_type == "single_label_classification"
     column = rows["label"]

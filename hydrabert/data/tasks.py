@@ -14,13 +14,14 @@ from typing import Any
 import datasets
 import numpy as np
 
-from ..configuration_hydrabert import is_nonnegative_number
+from ..configuration_hydrabert import PROBLEM_TYPES, SCORE_PROBLEM_TYPES, is_nonnegative_number
 
 logger = logging.getLogger(__name__)
 
-PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 FILE_FORMATS = ("csv", "tsv", "json", "jsonl", "parquet", "labeled_lines")
 LABEL_TRANSFORMS = ("coarse",)
+# csv/tsv quoting -> the csv module's constant (pandas, under the csv builder, takes the same).
+QUOTING = {"minimal": 0, "none": 3}
 # The class_weights value computed from the data (the other: an explicit list).
 CLASS_WEIGHTING = "balanced"
 SPLITS = ("train", "validation", "test")
@@ -38,6 +39,7 @@ SOURCE_FIELDS = (
     "text_column",
     "text_pair_column",
     "column_names",
+    "quoting",
     "json_field",
     "validation_split_percentage",
 )
@@ -72,8 +74,12 @@ class TaskDataConfig:
     text_column: str = "text"
     text_pair_column: str | None = None
     label_column: str = "label"
-    # Names of headerless csv/tsv columns, or of the items of JSON rows that are lists.
+    # Names of headerless csv/tsv columns, or of the items of JSON rows that are lists. Rows may have fewer
+    # fields than names (STS-B's 7 and 9): the missing ones read as empty.
     column_names: list[str] | None = None
+    # csv/tsv quoting: "minimal" (a field may be quoted, as csv writes it) or "none" (a `"` is an ordinary
+    # character: STS-B's sentences hold lone quotes).
+    quoting: str = "minimal"
     # Key of the JSON object that holds the rows: one key, or one per split ({"validation": "val"}).
     json_field: str | dict[str, str] | None = None
     # None: ClassLabel names when the data have them, else the sorted unique values.
@@ -105,6 +111,18 @@ class TaskDataConfig:
             )
         self._check_choice("problem_type", self.problem_type, PROBLEM_TYPES)
         self._check_choice("file_format", self.file_format, FILE_FORMATS, optional=True)
+        self._check_choice("quoting", self.quoting, QUOTING)
+        if self.problem_type == "sentence_similarity" and self.source is not None:
+            raise self.error(
+                "a sentence_similarity task embeds each sentence of a pair on its own and cannot share another "
+                "task's rows (source): give it its own data"
+            )
+        if (
+            self.problem_type == "sentence_similarity"
+            and self.source is None
+            and self.text_pair_column is None
+        ):
+            raise self.error("a sentence_similarity task reads sentence pairs: give text_pair_column")
         self._check_choice("label_transform", self.label_transform, LABEL_TRANSFORMS, optional=True)
         try:
             codecs.lookup(self.encoding)
@@ -236,8 +254,8 @@ class TaskDataConfig:
     def _checked_labels(self) -> list[str] | None:
         if self.labels is None:
             return None
-        if self.problem_type == "regression":
-            raise self.error("labels are for classification tasks; a regression task has none")
+        if self.problem_type in SCORE_PROBLEM_TYPES:
+            raise self.error(f"labels are for classification tasks; a {self.problem_type} task has none")
         names = [label_str(label) for label in self.labels]
         if not names or len(set(names)) != len(names):
             raise self.error(f"labels must be a non-empty list of distinct names, got {self.labels!r}")
@@ -266,7 +284,7 @@ class LoadedTask:
 
     config: TaskDataConfig
     splits: datasets.DatasetDict
-    labels: list[str] | None  # None for regression
+    labels: list[str] | None  # None for score tasks (regression, sentence_similarity)
     shared: SharedSource | None = None
     class_weights: list[float] | None = field(init=False, default=None)
 
@@ -289,7 +307,7 @@ class LoadedTask:
         """The entry this task needs in `HydraBertConfig.tasks`."""
         return {
             "num_labels": self.num_labels,
-            "labels": list(self.labels or []),
+            "labels": None if self.labels is None else list(self.labels),
             "problem_type": self.problem_type,
             "weight": float(self.config.weight),
             "class_weights": None if self.class_weights is None else list(self.class_weights),

@@ -9,16 +9,26 @@ import datasets
 import pyarrow.compute as pc
 from datasets.fingerprint import Hasher
 
+from .collation import PAIR_PREFIX
+
 # Bump when the tokenised columns change, so stale caches are not reused.
-_TOKENIZE_CACHE_VERSION = "hydrabert-tokenize-1"
+_TOKENIZE_CACHE_VERSION = "hydrabert-tokenize-2"
 
 
-def _tokenize_batch(batch, tokenizer, max_length, keys):
+def _tokenize_batch(batch, tokenizer, max_length, keys, separate_pairs):
     pairs = batch.get("text_pair")
-    encoded = tokenizer(batch["text"], pairs, truncation=True, max_length=max_length)
-    out = {key: encoded[key] for key in keys}
+    if separate_pairs:
+        encoded = tokenizer(batch["text"], truncation=True, max_length=max_length)
+        second = tokenizer(pairs, truncation=True, max_length=max_length)
+        out = {key: encoded[key] for key in keys} | {PAIR_PREFIX + key: second[key] for key in keys}
+        # Both sentences are padded to the batch's longest: group by the longer one.
+        lengths = zip(encoded["input_ids"], second["input_ids"], strict=True)
+        out["length"] = [max(len(a), len(b)) for a, b in lengths]
+    else:
+        encoded = tokenizer(batch["text"], pairs, truncation=True, max_length=max_length)
+        out = {key: encoded[key] for key in keys}
+        out["length"] = [len(ids) for ids in encoded["input_ids"]]
     out["labels"] = batch["label"]
-    out["length"] = [len(ids) for ids in encoded["input_ids"]]
     return out
 
 
@@ -28,24 +38,34 @@ def tokenize_task(
     max_length: int | None = None,
     cache_dir: str | None = None,
     batch_size: int = 1000,
+    separate_pairs: bool = False,
 ) -> datasets.DatasetDict:
     """Tokenise every split once, without padding (the collator pads per batch).
 
     Columns: `input_ids`, `attention_mask`, `token_type_ids` (when the tokenizer makes them),
     `labels` and `length` (tokens per example, for length grouping). With `cache_dir`, the
     result is stored there under a fingerprint of (data, tokenizer, max_length) and reused.
+
+    A `text_pair` is tokenised with its text as one input (a cross-encoder's pair), unless
+    `separate_pairs` (a sentence-similarity task, which embeds each sentence alone): then the second
+    sentence gets columns of its own, `pair_input_ids`, `pair_attention_mask`, ..., and `length` is the
+    longer of the two.
     """
     max_length = max_length or tokenizer.model_max_length
     probe = tokenizer("probe")
     keys = [key for key in ("input_ids", "attention_mask", "token_type_ids") if key in probe]
     out = datasets.DatasetDict()
     for split, dataset in splits.items():
-        features = datasets.Features({key: datasets.List(datasets.Value("int32")) for key in keys})
+        separate = separate_pairs and "text_pair" in dataset.column_names
+        columns = keys + [PAIR_PREFIX + key for key in keys] if separate else keys
+        features = datasets.Features({key: datasets.List(datasets.Value("int32")) for key in columns})
         features["labels"] = dataset.features["label"]
         features["length"] = datasets.Value("int32")
         # The source's content fingerprint (datasets hashes in-memory tables) makes the key
         # deterministic across runs, so every process of a launch finds the same cache file.
-        fingerprint = Hasher.hash([_TOKENIZE_CACHE_VERSION, dataset._fingerprint, tokenizer, max_length])
+        fingerprint = Hasher.hash(
+            [_TOKENIZE_CACHE_VERSION, dataset._fingerprint, tokenizer, max_length, separate]
+        )
         cache_file_name = None
         if cache_dir is not None:
             os.makedirs(cache_dir, exist_ok=True)
@@ -54,7 +74,12 @@ def tokenize_task(
             _tokenize_batch,
             batched=True,
             batch_size=batch_size,
-            fn_kwargs={"tokenizer": tokenizer, "max_length": max_length, "keys": keys},
+            fn_kwargs={
+                "tokenizer": tokenizer,
+                "max_length": max_length,
+                "keys": keys,
+                "separate_pairs": separate,
+            },
             remove_columns=dataset.column_names,
             features=features,
             new_fingerprint=fingerprint,

@@ -74,8 +74,8 @@ def hub_repos(hub_model_id: str, task_names) -> dict[str, str]:
 def write_exports(model, tokenizer, model_dir, plan, hub_model_id: str | None = None) -> dict[str, str]:
     """Write the planned exports next to `model_dir`; returns `{kind: folder}`. With `hub_model_id`, the
     cards name the repos the exports will be pushed to."""
-    folders = export_folders(model_dir, model.task_names)
-    repos = hub_repos(hub_model_id, model.task_names) if hub_model_id else {}
+    folders = export_folders(model_dir, model.config.head_task_names)
+    repos = hub_repos(hub_model_id, model.config.head_task_names) if hub_model_id else {}
     source = hub_model_id or os.path.normpath(os.path.abspath(model_dir))
     written = {}
     if "onnx" in plan:
@@ -89,7 +89,7 @@ def write_exports(model, tokenizer, model_dir, plan, hub_model_id: str | None = 
         )
         written["sentence_transformer"] = folder
     if "task" in plan:
-        for name in model.task_names:
+        for name in model.config.head_task_names:
             key = f"task:{name}"
             export_task(
                 model, name, folders[key], tokenizer=tokenizer, source=source, model_id=repos.get(key)
@@ -126,9 +126,9 @@ def _why_not_exact(model, kind: str) -> str | None:
     if kind == "task":
         try:
             check_exactly_expressible(model.config)
-            if model.task_names:
+            if model.config.head_task_names:
                 # The family's classifier is proven only by building one and comparing logits.
-                build_task_classifier(model, model.task_names[0])
+                build_task_classifier(model, model.config.head_task_names[0])
         except ExportError as err:
             return str(err)
     if kind == "sentence_transformer" and model.config.adapter_size:

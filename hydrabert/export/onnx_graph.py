@@ -59,7 +59,10 @@ class _AllOutputs(nn.Module):
         outputs = self.model(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
         )
-        return (*(outputs.logits[name] for name in self.model.task_names), outputs.sentence_embedding)
+        return (
+            *(outputs.logits[name] for name in self.model.config.head_task_names),
+            outputs.sentence_embedding,
+        )
 
 
 def onnx_input_names(model, tokenizer=None) -> list[str]:
@@ -85,7 +88,7 @@ def export_onnx(
     require("onnxscript", "Exporting to ONNX")  # torch.onnx's exporter translates through it
     os.makedirs(save_directory, exist_ok=True)
     input_names = onnx_input_names(model, tokenizer)
-    output_names = [logits_output_name(name) for name in model.task_names] + [EMBEDDING_OUTPUT]
+    output_names = [logits_output_name(name) for name in model.config.head_task_names] + [EMBEDDING_OUTPUT]
     example = _example_batch(model, input_names, tokenizer, VALIDATION_SENTENCES)
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
     was_training = model.training
@@ -154,7 +157,7 @@ def compare_with_pytorch(model, onnx_path, batch: dict[str, torch.Tensor]) -> fl
         outputs = model(**{name: batch[name].to(model.device) for name in names})
     finally:
         model.train(was_training)
-    expected = [outputs.logits[name] for name in model.task_names] + [outputs.sentence_embedding]
+    expected = [outputs.logits[name] for name in model.config.head_task_names] + [outputs.sentence_embedding]
     return max(
         (torch.from_numpy(g) - e.float().cpu()).abs().max().item() for g, e in zip(got, expected, strict=True)
     )
