@@ -165,7 +165,11 @@ def test_selection_score_averages_each_task_s_main_metric_with_regression_negate
     with pytest.raises(ValueError, match="task 'tags' .* reported no 'f1'"):
         selection_score({"eval_sentiment_f1": 0.8}, "eval", kinds, required=True)
     with pytest.raises(ValueError, match="kind without one"):
-        selection_score(metrics, "eval", {"pairs": "sentence_similarity"}, required=True)
+        selection_score(metrics, "eval", {"pairs": "token_ranking"}, required=True)
+    # A sentence-similarity task counts its Spearman.
+    assert selection_score(
+        {**metrics, "eval_sts_spearman": 0.9}, "eval", {**kinds, "sts": "sentence_similarity"}
+    ) == {"eval_selection_score": pytest.approx((0.8 + 0.6 - 0.4 + 0.9) / 4)}
 
 
 def test_a_custom_compute_metrics_without_the_main_metric_fails_at_the_first_evaluation(
