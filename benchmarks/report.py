@@ -90,29 +90,34 @@ def transfer_block() -> str:
     return "\n\n".join(sections)
 
 
+def by_setting(records: list[dict]) -> dict[str, list[dict]]:
+    """Runs grouped by their name without the `_seed<N>` suffix, in order."""
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        groups.setdefault(r["name"].rsplit("_seed", 1)[0], []).append(r)
+    return groups
+
+
+def seeds_cell(runs: list[dict], key: str) -> str:
+    """One run's value, or the mean ± sd over the runs (seeds) that report `key`."""
+    values = [metric(r, key) for r in runs if metric(r, key) is not None]
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return fmt(values[0])
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
 def multitask_block() -> str:
     records = load("multitask") + load("multitask_3_epochs")
     if not records:
         return "_Not run yet: `python benchmarks/experiments.py multitask`._"
-    by_kind: dict[str, list[dict]] = {}
-    for r in records:
-        by_kind.setdefault(r["name"].rsplit("_seed", 1)[0], []).append(r)
     rows = []
-    for kind, runs in by_kind.items():
+    for kind, runs in by_setting(records).items():
         cells = [f"`{kind}`", str(len(runs))]
         for task in ("sentiment", "question_type"):
             for name in ("accuracy", "f1"):
-                values = [
-                    metric(r, f"test_{task}_{name}")
-                    for r in runs
-                    if metric(r, f"test_{task}_{name}") is not None
-                ]
-                if not values:
-                    cells.append("–")
-                elif len(values) == 1:
-                    cells.append(fmt(values[0]))
-                else:
-                    cells.append(f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}")
+                cells.append(seeds_cell(runs, f"test_{task}_{name}"))
         rows.append(cells)
     rows.append(paired_difference_row(records))
     header = ["model", "seeds", "SST-2 acc", "SST-2 macro-F1", "TREC-6 acc", "TREC-6 macro-F1"]
@@ -510,21 +515,10 @@ def embeddings_block() -> str:
     records = load("embeddings")
     if not records:
         return "_Not run yet: `python benchmarks/experiments.py embeddings`._"
-    by_kind: dict[str, list[dict]] = {}
-    for r in records:
-        by_kind.setdefault(r["name"].rsplit("_seed", 1)[0], []).append(r)
     rows = []
-    for kind, runs in by_kind.items():
-        cells = [f"`{kind}`", str(len(runs))]
-        for key in ("test_sts_spearman", "test_sentiment_accuracy", "test_question_type_accuracy"):
-            values = [metric(r, key) for r in runs if metric(r, key) is not None]
-            if not values:
-                cells.append("–")
-            elif len(values) == 1:
-                cells.append(fmt(values[0]))
-            else:
-                cells.append(f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}")
-        rows.append(cells)
+    for kind, runs in by_setting(records).items():
+        keys = ("test_sts_spearman", "test_sentiment_accuracy", "test_question_type_accuracy")
+        rows.append([f"`{kind}`", str(len(runs)), *(seeds_cell(runs, key) for key in keys)])
     header = ["run", "seeds", "STS-B test Spearman", "SST-2 acc", "TREC-6 acc"]
     return f"{table(header, rows)}\n\n{commands(records)}"
 
