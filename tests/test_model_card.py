@@ -269,7 +269,7 @@ def test_one_task_card_without_training_drops_optional_sections(one_task_model, 
     for gone in ("## Training data", "## Training procedure", "### Hyperparameters", "### Training history",
                  "## Evaluation results", "## Plots"):  # fmt: skip
         assert gone not in text
-    assert "1 task head (`sentiment`)" in text
+    assert "1 task (`sentiment`)" in text
     assert 'revision = "main"' in text and "trust_remote_code=True, revision=revision" in text
     assert card.data.to_dict()["pipeline_tag"] == "text-classification"
 
