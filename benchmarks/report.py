@@ -21,7 +21,8 @@ RESULTS = os.path.join(REPO, "benchmarks", "results")
 DOCS = os.path.join(REPO, "docs")
 
 
-def load(group: str) -> list[dict]:
+def load(group: str) -> list[dict] | dict:
+    """benchmarks/results/<group>.json as written (a list of run records, or one experiment's record); [] if absent."""
     path = os.path.join(RESULTS, f"{group}.json")
     if not os.path.exists(path):
         return []
@@ -291,11 +292,9 @@ def _class_weights_run_row(run: dict) -> list[str]:
 
 def class_weights_block() -> str:
     """benchmarks/class_weights_experiment.py's record: macro-F1 with and without balanced class weights."""
-    path = os.path.join(RESULTS, "class_weights.json")
-    if not os.path.exists(path):
+    record = load("class_weights")
+    if not record:
         return ""
-    with open(path) as handle:
-        record = json.load(handle)
     runs, summary = record["runs"], record["summary"]
 
     def mean_std(stats) -> str:
@@ -414,11 +413,9 @@ def _early_stop(curve: list[dict], task: str, patience: int, threshold: float = 
 def early_stopping_block() -> str:
     """benchmarks/early_stopping_experiment.py's record: fixed budget vs the learning curve and what each
     patience finds on it, the curves, the verification run, the commands."""
-    path = os.path.join(RESULTS, "early_stopping.json")
-    if not os.path.exists(path):
+    record = load("early_stopping")
+    if not record:
         return ""
-    with open(path) as handle:
-        record = json.load(handle)
     p, cap = str(record["default_patience"]), record["epochs"]
     rows = []
     for run in record["runs"]:
@@ -524,11 +521,9 @@ def embeddings_block() -> str:
 
 
 def embedding_fresh_block() -> str:
-    path = os.path.join(RESULTS, "embedding_fresh.json")
-    if not os.path.exists(path):
+    result = load("embedding_fresh")
+    if not result:
         return "_Not run yet: `python benchmarks/bench_embedding.py --fresh --output benchmarks/results/embedding_fresh.json`._"
-    with open(path) as handle:
-        result = json.load(handle)
     rows = [[name, fmt(row["spearman"]), fmt(row["pearson"])] for name, row in result["rows"].items()]
     machine = result["machine"]
     return (
