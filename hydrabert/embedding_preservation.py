@@ -3,7 +3,7 @@
 
 Classification losses pull the embedding towards what separates their labels, and a general-purpose embedding
 (search, clustering, deduplication) degrades: on STS-B, the demo's two tasks took MiniLM's embedding from 0.82 to
-0.47 Spearman (docs/results.md). Distilling the starting encoder's own embeddings of the training sentences
+0.47 Spearman (docs/embeddings.md). Distilling the starting encoder's own embeddings of the training sentences
 needs no pair data, so any run can keep its embedding; a sentence-similarity task (pairs with scores) is the
 other mechanism, for users who have such pairs.
 
