@@ -156,7 +156,8 @@ def fuse_transformer_graph(path, encoder_config) -> dict[str, int]:
 
     Why ONNX Runtime's optimizer and not optimum's ORTOptimizer: ORTOptimizer calls this same
     `optimize_model`, but it needs an optimum ONNX config for the model type and works on optimum's own
-    export, and hydrabert's graph (several task heads, an embedding output) is not one of its architectures.
+    export, and hydrabert's graph (several task heads, an embedding output) is not one of its architectures;
+    optimum-onnx 0.1.0 also pins transformers<4.58.
     `opt_level=0`: only the fusions are written; the generic graph optimisations are left to the session
     (ORT_ENABLE_ALL by default), which keeps the file portable across ONNX Runtime versions and CPUs.
 
