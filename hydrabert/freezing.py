@@ -2,10 +2,13 @@
 
 What never trains is decided once, from the arguments, before the model is wrapped: DDP registers
 trainable parameters when it wraps the model, so `requires_grad` of a wrapped model must not change.
-Gradual unfreezing therefore works in two modes (see `MultiTaskTrainer`): in one process it toggles
+Gradual unfreezing therefore works in two modes (`hydrabert.callbacks.FreezingCallback`): in one process it toggles
 `requires_grad` (no backward through frozen layers: cheap); under DDP every layer that will ever
 train keeps `requires_grad=True` and the trainer drops the gradients of layers whose turn has not
 come, after the all-reduce and before clipping and the optimizer step (no update, no optimizer state).
+
+The rules live here once: `frozen_by_args` (what a run's freeze settings never train), `check_something_trains`
+(the "nothing would train" error), `unfreezing_schedule_from_args`. `MultiTaskTrainer` and `run_mtl.py` call them.
 """
 
 from __future__ import annotations
@@ -65,6 +68,39 @@ def frozen_parameter_names(
     return frozen
 
 
+def frozen_by_args(model: nn.Module, args) -> set[str]:
+    """`frozen_parameter_names` under the freeze settings of `args` (`MultiTaskTrainingArguments`, or anything with
+    `freeze_policy`, `frozen_tasks`, `freeze_embeddings` and `freeze_lower_layers`)."""
+    return frozen_parameter_names(
+        model, args.freeze_policy, args.frozen_tasks, args.freeze_embeddings, args.freeze_lower_layers
+    )
+
+
+def check_something_trains(model: nn.Module, frozen: set[str], args, context: str = "") -> None:
+    """Raises ValueError when `frozen` holds every parameter of `model`: training would change nothing. `context`
+    starts the message (e.g. "do_train is set but")."""
+    if any(name not in frozen for name, _ in model.named_parameters()):
+        return
+    message = (
+        f"nothing would train: freeze_policy={args.freeze_policy!r}, frozen_tasks={list(args.frozen_tasks)} "
+        "freeze every parameter. For feature extraction evaluate or predict "
+        "without training (trainer.evaluate(), model.predict() or model.encode(); run_mtl.py: do_train false); "
+        "to train, choose another freeze_policy."
+    )
+    raise ValueError(f"{context} {message}" if context else message[0].upper() + message[1:])
+
+
+def unfreezing_schedule_from_args(model: nn.Module, args) -> UnfreezingSchedule | None:
+    """The gradual-unfreezing schedule `args` asks for (`gradual_unfreezing`, `unfreeze_every`), None without one."""
+    if not args.gradual_unfreezing:
+        return None
+    return UnfreezingSchedule(
+        num_layers=_num_layers(model),
+        unfreeze_every=args.unfreeze_every,
+        lowest_trainable_depth=lowest_trainable_depth(args.freeze_embeddings, args.freeze_lower_layers),
+    )
+
+
 def set_requires_grad(model: nn.Module, frozen: set[str]) -> None:
     for name, param in model.named_parameters():
         param.requires_grad_(name not in frozen)
@@ -122,7 +158,10 @@ def lowest_trainable_depth(freeze_embeddings: bool, freeze_lower_layers: int) ->
 __all__ = [
     "FREEZE_POLICIES",
     "UnfreezingSchedule",
+    "check_something_trains",
+    "frozen_by_args",
     "frozen_parameter_names",
     "lowest_trainable_depth",
     "set_requires_grad",
+    "unfreezing_schedule_from_args",
 ]
