@@ -9,6 +9,7 @@ the command that produced it and the machine it ran on.
     python benchmarks/experiments.py transfer --only recipe,frozen
     python benchmarks/experiments.py shared_sources    # SST-5 fine + polarity: shared rows vs duplicated
     python benchmarks/experiments.py embeddings        # STS-B Spearman through task training (docs/embeddings.md)
+    python benchmarks/experiments.py bf16              # the main job in fp32 and bf16, 3 seeds (docs/results.md)
     python benchmarks/experiments.py --list
 """
 
@@ -143,6 +144,12 @@ GROUPS: dict[str, dict[str, tuple[str, list[str]]]] = {
         },
         "preserve10_seed42": (DEMO, ["--embedding_preservation_weight", "10", "--seed", "42"]),
         "sts_task_preserve0_seed42": ("configs/demo_sts.json", ["--embedding_preservation_weight", "0"]),
+    },
+    # The main job in fp32 and in bf16 (autocast on the CPU), three seeds each: what bf16 costs in accuracy.
+    "bf16": {
+        f"{precision}_seed{seed}": (DEMO, ["--bf16", str(precision == "bf16").lower(), "--seed", str(seed)])
+        for precision in ("fp32", "bf16")
+        for seed in (42, 43, 44)
     },
     # SST-5's fine label and the polarity derived from it, as one shared source (one encoder pass per row for
     # both tasks) and as two tasks each with its own copy of the rows; same seed and budget (1 epoch).

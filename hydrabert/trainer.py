@@ -236,9 +236,11 @@ class MultiTaskTrainingArguments(TrainingArguments):
         machine without an accelerator trains on the CPU, where TrainingArguments alone would refuse ("Your setup
         doesn't support bf16/gpu") unless use_cpu is also given."""
         self.bf16 = resolve_bf16(self.bf16, use_cpu=self.use_cpu)
-        if self.bf16 and not self.use_cpu and not torch.accelerator.is_available():
+        if self.bf16 and (self.use_cpu or not torch.accelerator.is_available()):
             support = cpu_bf16_support()
-            if not support.fast:
+            if support.fast:
+                logger.info("bf16 autocast on the CPU (found %s)", support.describe())
+            else:
                 logger.warning(
                     "bf16 on a CPU with %s: PyTorch emulates bf16 there, expect it slower than fp32",
                     support.describe(),
