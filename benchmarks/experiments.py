@@ -196,14 +196,22 @@ GROUPS: dict[str, dict[str, tuple[str, list[str]]]] = {
 }
 
 
+# The flags that decide what bf16 costs on a CPU (and so whether a bf16 run's time compares across machines).
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
+    flags: list[str] = []
     try:
         with open("/proc/cpuinfo") as handle:
-            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+            lines = handle.readlines()
+        cpu = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+        found = next(line.split(":", 1)[1].split() for line in lines if line.startswith("flags"))
+        flags = [flag for flag in BF16_FLAGS if flag in found]
     except (OSError, StopIteration):
         pass
-    return f"{os.cpu_count()} CPU cores ({cpu})"
+    return f"{os.cpu_count()} CPU cores ({cpu}; {', '.join(flags) or 'no bf16 flags'})"
 
 
 def run(group: str, name: str, config: str, overrides: list[str], extra: list[str]) -> dict:

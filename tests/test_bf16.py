@@ -3,11 +3,14 @@
 frozen parameters bit-identical, the feature cache still serves, and a resumed run ends where an uninterrupted
 one does."""
 
+import json
+
 import pytest
 import torch
 from conftest import seeded_model, tiny_training_args
 from test_trainer import FREEZE_CASES
 
+import run_mtl
 from hydrabert import hardware
 from hydrabert.hardware import CpuBf16Support, resolve_bf16
 from hydrabert.trainer import MultiTaskTrainer
@@ -122,3 +125,18 @@ def test_a_resumed_bf16_run_ends_with_the_weights_of_an_uninterrupted_one(
     resumed = run(tmp_path / "halves", resume=str(tmp_path / "halves" / "checkpoint-4"))
     for (name, a), (_, b) in zip(uninterrupted.named_parameters(), resumed.named_parameters(), strict=True):
         assert torch.equal(a, b), name
+
+
+@needs_cpu_only
+def test_run_configs_and_the_command_line_take_auto(tmp_path):
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"output_dir": str(tmp_path / "out"), "bf16": "auto", "report_to": "none"}))
+    fast = hardware.cpu_bf16_support().fast
+    *_, from_config = run_mtl.parse_args([str(config)])
+    assert from_config.bf16 is fast and from_config.use_cpu is fast
+    *_, from_flag = run_mtl.parse_args([str(config), "--bf16", "false"])
+    assert from_flag.bf16 is False
+    *_, bare_flag = run_mtl.parse_args([str(config), "--bf16"])
+    assert bare_flag.bf16 is True
+    *_, auto_flag = run_mtl.parse_args(["--output_dir", str(tmp_path / "o2"), "--bf16", "auto"])
+    assert auto_flag.bf16 is fast
