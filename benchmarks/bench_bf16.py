@@ -20,7 +20,6 @@ when `--model` is given.
 
 from __future__ import annotations
 
-import contextlib
 import tempfile
 
 import _speed
@@ -103,19 +102,15 @@ def prediction_rows(args, work) -> dict:
     ).eval()
     sentences = [s for task in work.loaded.values() for s in task.splits["test"]["text"]]
 
-    def predict(precision):
-        autocast = (
-            torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+    def predict(precision, batch=sentences):
+        dtype = torch.bfloat16 if precision == "bf16" else None
+        return model.predict(
+            batch, work.tokenizer, batch_size=args.batch_size, max_length=args.max_length, dtype=dtype
         )
-        with autocast:
-            return model.predict(
-                sentences, work.tokenizer, batch_size=args.batch_size, max_length=args.max_length
-            )
 
     sides = {"fp32": lambda: predict("fp32"), "bf16": lambda: predict("bf16")}
-    for run in sides.values():  # warm-up: thread pools, allocator, oneDNN kernels
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=run is sides["bf16"]):
-            model.predict(sentences[:64], work.tokenizer, max_length=args.max_length)
+    for precision in sides:  # warm-up: thread pools, allocator, oneDNN kernels
+        predict(precision, sentences[:64])
     outputs, seconds, _ = _speed.alternate(sides, args.rounds)
     pairs = [
         (a[task]["label"], b[task]["label"])

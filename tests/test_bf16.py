@@ -140,3 +140,49 @@ def test_run_configs_and_the_command_line_take_auto(tmp_path):
     assert bare_flag.bf16 is True
     *_, auto_flag = run_mtl.parse_args(["--output_dir", str(tmp_path / "o2"), "--bf16", "auto"])
     assert auto_flag.bf16 is fast
+
+
+SENTENCES = ["good film", "what is the answer", "the movie was a great film", "bad", "a b c d e f g"]
+
+
+def test_encode_and_predict_in_bf16_stay_close_to_fp32_and_come_back_as_float32(tiny_model, tiny_tokenizer):
+    linear_dtypes = _encoder_dtypes(tiny_model)
+    fp32 = tiny_model.encode(SENTENCES, tiny_tokenizer)
+    assert set(linear_dtypes) == {torch.float32}
+    linear_dtypes.clear()
+    bf16 = tiny_model.encode(SENTENCES, tiny_tokenizer, dtype=torch.bfloat16)
+    assert set(linear_dtypes) == {torch.bfloat16}  # it did compute in bf16
+    assert bf16.dtype == torch.float32 and bf16.shape == fp32.shape
+    cosine = torch.nn.functional.cosine_similarity(bf16, fp32, dim=-1)
+    assert cosine.min() > 0.99, cosine
+    assert not torch.is_autocast_enabled("cpu")  # nothing leaks out of the call
+
+    fp32_labels = tiny_model.predict(SENTENCES, tiny_tokenizer)
+    bf16_labels = tiny_model.predict(SENTENCES, tiny_tokenizer, dtype=torch.bfloat16)
+    for a, b in zip(fp32_labels, bf16_labels, strict=True):
+        for task in a:
+            assert isinstance(b[task]["score"], float)
+            assert b[task]["score"] == pytest.approx(a[task]["score"], abs=0.05)
+    assert (
+        tiny_model.encode(SENTENCES, tiny_tokenizer, dtype=torch.bfloat16, convert_to_numpy=True).dtype
+        == "float32"
+    )
+    with pytest.raises(ValueError, match="dtype must be a floating-point torch.dtype"):
+        tiny_model.encode(SENTENCES, tiny_tokenizer, dtype="bf16")
+
+
+def test_the_pipeline_runs_a_bf16_model(tiny_model, tiny_tokenizer):
+    from transformers import pipeline
+
+    from hydrabert.pipeline_registration import PIPELINE_TASK, register_pipeline
+
+    register_pipeline()
+    expected = tiny_model.predict(SENTENCES, tiny_tokenizer)
+    classifier = pipeline(
+        PIPELINE_TASK, model=tiny_model.to(torch.bfloat16), tokenizer=tiny_tokenizer, device="cpu"
+    )
+    got = classifier(SENTENCES)
+    for a, b in zip(expected, got, strict=True):
+        for task in a:
+            assert isinstance(b[task]["score"], float)
+            assert b[task]["score"] == pytest.approx(a[task]["score"], abs=0.05)
