@@ -47,6 +47,7 @@ from .freezing import (
     lowest_trainable_depth,
     set_requires_grad,
 )
+from .hardware import cpu_bf16_support, resolve_bf16
 from .metrics import load_metric
 from .model_card import ModelCardCallback, generate_model_card
 from .optim import layerwise_parameter_groups
@@ -179,6 +180,7 @@ class MultiTaskTrainingArguments(TrainingArguments):
     def __post_init__(self):
         # Before TrainingArguments checks them: what early stopping and checkpoint selection need.
         set_up_checkpoint_selection(self)
+        self._resolve_cpu_bf16()
         super().__post_init__()
         # A JSON string from the command line or a JSON config (parsed here, not through the base
         # class's dict fields, so that a malformed string gets an error that names the field).
@@ -228,6 +230,22 @@ class MultiTaskTrainingArguments(TrainingArguments):
         # ("'pin_memory' argument is set as true but no accelerator is found"): off on a CPU-only machine.
         if not torch.accelerator.is_available():
             self.dataloader_pin_memory = False
+
+    def _resolve_cpu_bf16(self) -> None:
+        """`bf16="auto"` (run configs, Python) becomes a bool from what the hardware offers; and bf16 on a
+        machine without an accelerator trains on the CPU, where TrainingArguments alone would refuse ("Your setup
+        doesn't support bf16/gpu") unless use_cpu is also given."""
+        self.bf16 = resolve_bf16(self.bf16, use_cpu=self.use_cpu)
+        if self.bf16 and (self.use_cpu or not torch.accelerator.is_available()):
+            support = cpu_bf16_support()
+            if support.fast:
+                logger.info("bf16 autocast on the CPU (found %s)", support.describe())
+            else:
+                logger.warning(
+                    "bf16 on a CPU with %s: PyTorch emulates bf16 there, expect it slower than fp32",
+                    support.describe(),
+                )
+            self.use_cpu = True
 
 
 class MultiTaskTrainer(Trainer):
