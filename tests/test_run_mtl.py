@@ -631,6 +631,59 @@ def test_run_mtl_pushes_one_loadable_commit_and_pins_the_card(
     _same_predictions(loaded["pipeline"], expected)
 
 
+def test_a_hub_repo_id_of_a_trained_model_continues_with_its_heads_at_the_pinned_revision(
+    tmp_path, tiny_encoder_dir, data_root, hub_server, monkeypatch
+):
+    from hydrabert import HydraBertModel
+    from hydrabert.assembly import is_hydrabert_checkpoint
+
+    first = tmp_path / "first"
+    run_mtl.main([_config(tmp_path / "a.json", tiny_encoder_dir, data_root, first, **PUSH_SETTINGS)])
+    repo = hub_server.hub.get_repo("test-user/tiny-mtl")
+    pinned = list(repo.commits.values())[-1].oid  # the run's last commit (its card pinned)
+    trained = load_file(first / "model.safetensors")
+    # A later commit on main with other head weights: only the pin keeps the first run's.
+    later = HydraBertModel.from_pretrained(first)
+    with torch.no_grad():
+        later.heads["sentiment"].weight.add_(1.0)
+    later.push_to_hub("test-user/tiny-mtl")
+    assert list(repo.commits.values())[-1].oid != pinned
+
+    assert is_hydrabert_checkpoint("test-user/tiny-mtl", revision=pinned)
+    assert not is_hydrabert_checkpoint(tiny_encoder_dir)  # a plain encoder
+
+    started = {}
+    build_model = run_mtl.build_model
+
+    def record_the_starting_weights(*args, **kwargs):
+        model = build_model(*args, **kwargs)
+        started.update({name: tensor.detach().clone() for name, tensor in model.state_dict().items()})
+        return model
+
+    monkeypatch.setattr(run_mtl, "build_model", record_the_starting_weights)
+    second = tmp_path / "second"
+    config = _config(
+        tmp_path / "b.json",
+        "test-user/tiny-mtl",
+        data_root,
+        second,
+        model_revision=pinned,
+        num_train_epochs=1,
+        save_strategy="no",
+    )
+    run_mtl.main([config])
+
+    # It started from the pinned revision's weights, heads included: the trained model, not a fresh one.
+    assert set(trained) <= set(started)
+    for name, tensor in trained.items():
+        assert torch.equal(started[name], tensor), name
+    saved = json.loads((second / "config.json").read_text())
+    assert saved["tasks"] == json.loads((first / "config.json").read_text())["tasks"]  # heads and labels kept
+    assert not torch.equal(
+        load_file(second / "model.safetensors")["heads.sentiment.weight"], trained["heads.sentiment.weight"]
+    )
+
+
 @pytest.mark.parametrize("config", sorted(os.listdir(os.path.join(REPO, "configs"))))
 def test_every_shipped_config_parses_and_names_data_that_exists(config, tmp_path):
     # Catches a config broken by a renamed argument or task key before anyone trains with it.
