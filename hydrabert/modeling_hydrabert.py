@@ -22,7 +22,12 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput, cached_file, can_return_tuple
 from transformers.utils import logging as hf_logging
 
-from .configuration_hydrabert import HEADLESS_PROBLEM_TYPES, HydraBertConfig, _normalize_task
+from .configuration_hydrabert import (
+    HEADLESS_PROBLEM_TYPES,
+    HydraBertConfig,
+    _normalize_task,
+    readable_predictions,
+)
 from .pipeline_hydrabert import custom_pipelines_entry
 
 logger = hf_logging.get_logger(__name__)
@@ -33,8 +38,11 @@ _LAYER_INDEX = re.compile(r"\.layers?\.(\d+)\.")
 
 # HydraBertConfig's own settings besides the encoder and the tasks, read from the config class itself:
 # the one list of what from_encoder_pretrained passes to the config (run_mtl.py's arguments mirror it).
+# (max_seq_length is not one: it records the length a run trained at, which the run sets.)
 CONFIG_SETTINGS = tuple(
-    name for name in inspect.get_annotations(HydraBertConfig) if name not in ("encoder", "tasks")
+    name
+    for name in inspect.get_annotations(HydraBertConfig)
+    if name not in ("encoder", "tasks", "max_seq_length")
 )
 # Keyword arguments of from_pretrained that say where and how to read a checkpoint's config.
 _CONFIG_LOADING_KWARGS = (
@@ -684,7 +692,10 @@ class HydraBertModel(HydraBertPreTrainedModel):
             sentences, tokenizer, batch_size, max_length, show_progress_bar, dtype
         ):
             per_task = {
-                name: _readable_predictions(self.config.tasks[name], outputs.logits[name]) for name in tasks
+                name: readable_predictions(
+                    self.config.tasks[name], outputs.logits[name].float().cpu().numpy()
+                )
+                for name in tasks
             }
             for row, index in enumerate(indices.tolist()):
                 results[index] = {name: per_task[name][row] for name in tasks}
@@ -706,6 +717,8 @@ class HydraBertModel(HydraBertPreTrainedModel):
         )
         # Longest first by token count, so a batch pads little. Character length, the usual proxy (and
         # sentence-transformers'), left 23% of the SST-2 test set's batch tokens as padding; tokens, 2.5%.
+        if max_length is None:  # the length the model was trained at (None: the tokenizer's own limit)
+            max_length = self.config.max_seq_length
         lengths = _token_lengths(sentences, tokenizer, max_length)
         order = sorted(range(len(sentences)), key=lambda i: -lengths[i])
         starts = range(0, len(order), batch_size)
@@ -906,26 +919,6 @@ def _class_weighted_cross_entropy(
     if per_row:
         return torch.where(counted, losses, float("nan"))
     return losses.sum() / counted.sum()  # NaN when no row counts, as F.cross_entropy's mean
-
-
-def _readable_predictions(spec: dict, logits: torch.Tensor) -> list[dict]:
-    logits = logits.float().cpu()
-    names = spec["labels"]
-    if spec["problem_type"] == "single_label_classification":
-        probs = logits.softmax(-1)
-        scores, ids = probs.max(-1)
-        return [{"label": names[i], "score": s} for i, s in zip(ids.tolist(), scores.tolist(), strict=True)]
-    if spec["problem_type"] == "multi_label_classification":
-        probs = logits.sigmoid()
-        return [
-            {
-                "label": [names[j] for j in range(len(names)) if p[j] > 0.5],
-                "score": [s for s in p.tolist() if s > 0.5],
-            }
-            for p in probs
-        ]
-    values = logits.squeeze(-1) if logits.shape[-1] == 1 else logits
-    return [{"score": v} for v in values.tolist()]
 
 
 __all__ = ["HydraBertModel", "HydraBertOutput", "HydraBertPreTrainedModel"]

@@ -7,11 +7,16 @@ import json
 import os
 
 import numpy as np
-import torch
 
-from ..modeling_hydrabert import _readable_predictions
+from ..configuration_hydrabert import readable_predictions
 from ._common import require
-from .onnx_graph import EMBEDDING_OUTPUT, ONNX_FILE, TASKS_METADATA_KEY, logits_output_name
+from .onnx_layout import (
+    EMBEDDING_OUTPUT,
+    MAX_SEQ_LENGTH_METADATA_KEY,
+    ONNX_FILE,
+    TASKS_METADATA_KEY,
+    logits_output_name,
+)
 
 # What OnnxPredictor downloads from a Hub repo: the graphs and the tokenizer, not the torch weights.
 _HUB_PATTERNS = [
@@ -69,6 +74,10 @@ class OnnxPredictor:
                 f"{self.path} is not a hydrabert export: its metadata lacks {TASKS_METADATA_KEY!r}"
             )
         self.tasks: dict[str, dict] = json.loads(metadata[TASKS_METADATA_KEY])
+        # The length the model was trained at (graphs exported before it was recorded: the tokenizer's limit).
+        self.max_seq_length = (
+            int(metadata[MAX_SEQ_LENGTH_METADATA_KEY]) if MAX_SEQ_LENGTH_METADATA_KEY in metadata else None
+        )
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.tokenizer = tokenizer if tokenizer is not None else _load_tokenizer(graph_dir, path_or_repo_id)
 
@@ -93,7 +102,7 @@ class OnnxPredictor:
         results: list[dict | None] = [None] * len(sentences)
         for indices, outputs in self._batches(sentences, wanted, batch_size, max_length):
             per_task = {
-                name: _readable_predictions(self.tasks[name], torch.from_numpy(logits))
+                name: readable_predictions(self.tasks[name], logits)
                 for name, logits in zip(tasks, outputs, strict=True)
             }
             for row, index in enumerate(indices):
@@ -120,6 +129,8 @@ class OnnxPredictor:
     def _batches(self, sentences, output_names, batch_size, max_length):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if max_length is None:
+            max_length = self.max_seq_length
         # Longest first, as HydraBertModel.predict batches: little padding per batch.
         lengths = [
             len(ids) for ids in self.tokenizer(sentences, truncation=True, max_length=max_length)["input_ids"]
