@@ -26,6 +26,7 @@ from .configuration_hydrabert import (
     HEADLESS_PROBLEM_TYPES,
     HydraBertConfig,
     _normalize_task,
+    length_sorted_batches,
     readable_predictions,
 )
 from .pipeline_hydrabert import custom_pipelines_entry
@@ -57,7 +58,7 @@ _CONFIG_LOADING_KWARGS = (
 )
 
 # encode()/predict() show a progress bar by default once there are more batches than this.
-_PROGRESS_BAR_MIN_BATCHES = 20
+_TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # CoSENT's scale on cosine similarities (sentence-transformers' CoSENTLoss default, from the CoSENT paper).
 COSENT_SCALE = 20.0
 
@@ -715,40 +716,16 @@ class HydraBertModel(HydraBertPreTrainedModel):
             if dtype is not None and dtype != self.dtype
             else contextlib.nullcontext()
         )
-        # Longest first by token count, so a batch pads little. Character length, the usual proxy (and
-        # sentence-transformers'), left 23% of the SST-2 test set's batch tokens as padding; tokens, 2.5%.
         if max_length is None:  # the length the model was trained at (None: the tokenizer's own limit)
             max_length = self.config.max_seq_length
-        lengths = _token_lengths(sentences, tokenizer, max_length)
-        order = sorted(range(len(sentences)), key=lambda i: -lengths[i])
-        starts = range(0, len(order), batch_size)
-        if show_progress_bar is None:  # off where transformers' bars are (run_mtl.py --disable_tqdm true)
-            show_progress_bar = (
-                len(starts) > _PROGRESS_BAR_MIN_BATCHES and hf_logging.is_progress_bar_enabled()
-            )
         was_training = self.training
         self.eval()
         try:
-            iterator = starts
-            if show_progress_bar:
-                from tqdm.auto import tqdm
-
-                iterator = tqdm(starts, desc="Batches", unit="batch")
             device = self.device
-            for start in iterator:
-                indices = order[start : start + batch_size]
-                batch = tokenizer(
-                    [sentences[i] for i in indices],
-                    padding=True,
-                    truncation=True,
-                    max_length=max_length,
-                    return_tensors="pt",
-                )
-                batch = {
-                    k: v.to(device)
-                    for k, v in batch.items()
-                    if k in ("input_ids", "attention_mask", "token_type_ids")
-                }
+            for indices, batch in length_sorted_batches(
+                sentences, tokenizer, batch_size, max_length, "pt", show_progress_bar
+            ):
+                batch = {k: v.to(device) for k, v in batch.items() if k in _TOKEN_INPUTS}
                 with autocast:
                     outputs = self(**batch)
                 yield torch.tensor(indices), outputs
@@ -838,16 +815,6 @@ def _safetensors_files(name_or_path) -> str:
     if len(files) == 1:
         return os.path.join(folder, files[0])
     return f"one of the weights files {files} in {folder}"
-
-
-def _token_lengths(sentences: list[str], tokenizer, max_length: int | None, chunk: int = 4096) -> list[int]:
-    """Tokens per sentence as the batches will tokenise them, in chunks: only the lengths are kept, so
-    memory stays flat on long inputs (a second tokenisation costs ~1% of an encoder pass)."""
-    lengths = []
-    for start in range(0, len(sentences), chunk):
-        encoded = tokenizer(sentences[start : start + chunk], truncation=True, max_length=max_length)
-        lengths.extend(len(ids) for ids in encoded["input_ids"])
-    return lengths
 
 
 def _encoder_from_config(encoder_config):
