@@ -287,6 +287,10 @@ def load_data_and_model(model_args, data_args, training_args, configs):
         model = build_model(model_args, task_specs)
         tokenizer = load_tokenizer(model_args)
         max_length = max_sequence_length(data_args.max_seq_length, tokenizer, model)
+        # The length the model trains at travels with it: encode, predict, the pipeline and the ONNX export
+        # truncate there by default (config.max_seq_length), and so does whoever loads the saved tokenizer.
+        model.config.max_seq_length = max_length
+        tokenizer.model_max_length = max_length
         splits, train_units = {}, {}
         for name, task in loaded.items():
             parts = task.splits

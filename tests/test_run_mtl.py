@@ -147,7 +147,7 @@ def _run_script(args, cwd, timeout=300, env=None):
 # ------------------------------------------------------------------------------------- main job
 def test_run_mtl_trains_evaluates_and_writes_a_loadable_model(tmp_path, tiny_encoder_dir, data_root):
     out = tmp_path / "out"
-    config = _config(tmp_path / "c.json", tiny_encoder_dir, data_root, out)
+    config = _config(tmp_path / "c.json", tiny_encoder_dir, data_root, out, max_seq_length=32)
     results = run_mtl.main([config])
     for split in ("eval", "test"):
         for task in ("sentiment", "question"):
@@ -167,6 +167,8 @@ def test_run_mtl_trains_evaluates_and_writes_a_loadable_model(tmp_path, tiny_enc
     prediction = model.predict(["who was the good film"], tokenizer)[0]
     assert prediction["question"]["label"] in {"DESC", "HUM", "LOC"}
     assert prediction["sentiment"]["label"] in {"neg", "pos"}
+    # The length it trained at travels with it: in its config and its saved tokenizer.
+    assert model.config.max_seq_length == 32 == tokenizer.model_max_length  # the tiny tokenizer's own is 64
 
 
 # What a tqdm bar writes to stderr: "Checking rows: 100%|██████████| 64/64 [00:00<00:00, ...]", or without a
