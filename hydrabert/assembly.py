@@ -8,11 +8,10 @@ script's arguments reach this module as plain values (a name, task specs, config
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import os
 
-from .configuration_hydrabert import _normalize_task
+from .configuration_hydrabert import HydraBertConfig, _normalize_task
 from .modeling_hydrabert import CONFIG_SETTINGS, HydraBertModel
 
 logger = logging.getLogger(__name__)
@@ -40,13 +39,18 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> str:
     return name_or_path
 
 
-def is_hydrabert_checkpoint(path: str | os.PathLike) -> bool:
-    """True for a local folder whose config.json is a hydrabert model's (not a plain encoder's)."""
-    config_file = os.path.join(path, "config.json")
-    if not os.path.isfile(config_file):
+def is_hydrabert_checkpoint(
+    name_or_path: str | os.PathLike, *, revision: str | None = None, cache_dir: str | None = None
+) -> bool:
+    """True when `name_or_path`, a local folder or a Hub repo id (at `revision`), holds a hydrabert model's
+    config.json (not a plain encoder's). The config is read the way `from_pretrained` reads it (the Hub cache,
+    offline mode, tokens), so a repo id of a trained model continues with its heads; a repo that cannot be
+    reached raises transformers' error, which names it."""
+    name_or_path = os.fspath(name_or_path)
+    if os.path.isdir(name_or_path) and not os.path.isfile(os.path.join(name_or_path, "config.json")):
         return False
-    with open(config_file, encoding="utf-8") as handle:
-        return json.load(handle).get("model_type") == "hydrabert"
+    config_dict, _ = HydraBertConfig.get_config_dict(name_or_path, revision=revision, cache_dir=cache_dir)
+    return config_dict.get("model_type") == HydraBertConfig.model_type
 
 
 def check_checkpoint_heads(checkpoint: str, loading: dict) -> None:
@@ -119,7 +123,7 @@ def load_model(
     settings = {key: value for key, value in config_settings.items() if value is not None}
     checkpoint = resolve_checkpoint(name_or_path)
     load_kwargs = {"revision": revision, "cache_dir": cache_dir}
-    if not is_hydrabert_checkpoint(checkpoint):
+    if not is_hydrabert_checkpoint(checkpoint, **load_kwargs):
         model = HydraBertModel.from_encoder_pretrained(checkpoint, tasks=tasks, **settings, **load_kwargs)
         # The encoder's padding id: the Trainer otherwise copies the tokenizer's into a config that has none,
         # with a warning about "new PAD/BOS/EOS tokens".

@@ -40,6 +40,7 @@ from .data import (
 from .embedding_preservation import EmbeddingTeacher
 from .feature_cache import FrozenEncoder, length_sorted_batches
 from .freezing import FREEZE_POLICIES, check_something_trains
+from .hardware import cpu_bf16_support, resolve_bf16
 from .metrics import default_task_metrics, similarity_correlations, task_averages
 from .model_card import RUN_CARD_FIELDS, generate_model_card
 from .optim import group_learning_rates, layerwise_parameter_groups
@@ -167,6 +168,7 @@ class MultiTaskTrainingArguments(TrainingArguments):
     def __post_init__(self):
         # Before TrainingArguments checks them: what early stopping and checkpoint selection need.
         set_up_checkpoint_selection(self)
+        self._resolve_cpu_bf16()
         super().__post_init__()
         # A JSON string from the command line or a JSON config (parsed here, not through the base
         # class's dict fields, so that a malformed string gets an error that names the field).
@@ -216,6 +218,22 @@ class MultiTaskTrainingArguments(TrainingArguments):
         # ("'pin_memory' argument is set as true but no accelerator is found"): off on a CPU-only machine.
         if not torch.accelerator.is_available():
             self.dataloader_pin_memory = False
+
+    def _resolve_cpu_bf16(self) -> None:
+        """`bf16="auto"` (run configs, Python) becomes a bool from what the hardware offers; and bf16 on a
+        machine without an accelerator trains on the CPU, where TrainingArguments alone would refuse ("Your setup
+        doesn't support bf16/gpu") unless use_cpu is also given."""
+        self.bf16 = resolve_bf16(self.bf16, use_cpu=self.use_cpu)
+        if self.bf16 and (self.use_cpu or not torch.accelerator.is_available()):
+            support = cpu_bf16_support()
+            if support.fast:
+                logger.info("bf16 autocast on the CPU (found %s)", support.describe())
+            else:
+                logger.warning(
+                    "bf16 on a CPU with %s: PyTorch emulates bf16 there, expect it slower than fp32",
+                    support.describe(),
+                )
+            self.use_cpu = True
 
 
 class MultiTaskTrainer(Trainer):

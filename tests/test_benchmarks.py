@@ -42,6 +42,7 @@ KEYS = {
     ],
     "frozen": [
         *HEADLINE,
+        *["bound", "ratio_over_bound", "bound_if_cached_epochs_were_free"],
         *["cached_epochs_ratio", "fill_cost_fraction", "cpu_time_ratio", "seconds", "fill_seconds"],
         *["epoch_seconds", "encoder_rows", "cache_hits", "final_weights_max_abs_diff"],
         *["weights_max_abs_update", "final_weights_bit_identical", "trained_tensors_compared"],
