@@ -42,6 +42,7 @@ from .feature_cache import FrozenEncoder, length_sorted_batches
 from .freezing import FREEZE_POLICIES, check_something_trains
 from .hardware import cpu_bf16_support, resolve_bf16
 from .metrics import default_task_metrics, similarity_correlations, task_averages
+from .metrics.task_losses import TaskLossMeans
 from .model_card import RUN_CARD_FIELDS, generate_model_card
 from .optim import group_learning_rates, layerwise_parameter_groups
 from .selection import (
@@ -286,8 +287,7 @@ class MultiTaskTrainer(Trainer):
         if data_collator is None:
             data_collator = _default_collator(processing_class, train_dataset, eval_dataset)
         self.task_compute_metrics = compute_metrics or default_task_metrics(model)
-        # task -> (summed training loss as a device tensor, steps) since the last log
-        self._task_loss_sums: dict[str, tuple[torch.Tensor, int]] = {}
+        self.task_losses = TaskLossMeans()  # each task's training loss between two logs
         self._eval_task: str | None = None  # the task evaluate() is on (read by the eval hooks)
         super().__init__(
             model=model,
@@ -430,14 +430,7 @@ class MultiTaskTrainer(Trainer):
         # The feature cache's forward (FrozenEncoder): no callback event sees the batch before the forward.
         outputs = self.frozen_encoder(model, inputs) if self.frozen_encoder is not None else model(**inputs)
         loss = outputs.loss
-        if not torch.isfinite(loss).all():
-            tasks = sorted(outputs.task_losses or {})
-            bad = [t for t in tasks if not torch.isfinite(outputs.task_losses[t]).all()]
-            raise FloatingPointError(
-                f"Non-finite training loss ({loss.item()}) at step {self.state.global_step}, task(s) "
-                f"{bad or tasks}. Lower the learning rate or check the data; checkpoints saved before this "
-                f"step in {self.args.output_dir} are intact (resume_from_checkpoint)."
-            )
+        _check_finite(outputs, self.state.global_step, self.args.output_dir)
         task_losses = dict(outputs.task_losses or {})
         if model.training and self.embedding_teacher is not None:
             features = self.frozen_encoder.last_features if self.frozen_encoder is not None else None
@@ -445,10 +438,7 @@ class MultiTaskTrainer(Trainer):
             loss = loss + term
             task_losses["embedding_preservation"] = distance
         if model.training and task_losses:
-            # Summed as tensors on the device: no host sync per step (log() reads them, once per logging step).
-            for task, value in task_losses.items():
-                total, count = self._task_loss_sums.get(task, (0.0, 0))
-                self._task_loss_sums[task] = (total + value.detach().float(), count + 1)
+            self.task_losses.add(task_losses)  # on the device: log() reads them, once per logging step
         return (loss, outputs) if return_outputs else loss
 
     # ------------------------------------------------------------------------------ saving, card
@@ -489,22 +479,10 @@ class MultiTaskTrainer(Trainer):
         """`loss/<task>`: each task's mean training loss since the last log, over all processes (one host
         sync here, none per step). Every process takes part (log() runs on all of them at a logging step)."""
         tasks = self.accelerator.unwrap_model(self.model).task_names
-        if self.embedding_teacher is not None:  # the same list on every process: the reduce below pairs them
+        if self.embedding_teacher is not None:  # the same list on every process: the reduce pairs them
             tasks = [*tasks, "embedding_preservation"]
-        device = self.args.device
-        totals = torch.stack(
-            [torch.as_tensor(self._task_loss_sums.get(t, (0.0, 0))[0], device=device).float() for t in tasks]
-        )
-        counts = torch.tensor([self._task_loss_sums.get(t, (0.0, 0))[1] for t in tasks], device=device)
-        self._task_loss_sums = {}
-        if self._distributed:
-            totals = self.accelerator.reduce(totals, reduction="sum")
-            counts = self.accelerator.reduce(counts, reduction="sum")
-        return {
-            f"loss/{task}": round(total / count, 4)
-            for task, total, count in zip(tasks, totals.tolist(), counts.tolist(), strict=True)
-            if count
-        }
+        reduce = functools.partial(self.accelerator.reduce, reduction="sum") if self._distributed else None
+        return self.task_losses.pop_means(tasks, self.args.device, reduce)
 
     # ----------------------------------------------------------------------------- evaluation
     def evaluate(
@@ -639,6 +617,18 @@ class _SingleTaskCollator:
         batch.pop("task_ids", None)
         batch["task"] = self.task
         return batch
+
+
+def _check_finite(outputs, step: int, output_dir: str) -> None:
+    """A non-finite loss stops training with the step and the task(s) whose loss it was."""
+    if torch.isfinite(outputs.loss).all():
+        return
+    tasks = sorted(outputs.task_losses or {})
+    bad = [t for t in tasks if not torch.isfinite(outputs.task_losses[t]).all()]
+    raise FloatingPointError(
+        f"Non-finite training loss ({outputs.loss.item()}) at step {step}, task(s) {bad or tasks}. Lower the learning "
+        f"rate or check the data; checkpoints saved before this step in {output_dir} are intact (resume_from_checkpoint)."
+    )
 
 
 def _longest_first_dataloader(task_dataset, collate: _SingleTaskCollator, args) -> DataLoader:

@@ -377,12 +377,12 @@ def test_training_keeps_task_losses_on_the_device_between_logs(
     ]
     monkeypatch.undo()
     assert syncs == []
-    ((total, count),) = trainer._task_loss_sums.values()
+    ((total, count),) = trainer.task_losses.sums.values()
     assert isinstance(total, torch.Tensor) and count == 3
     (task,) = task_losses[0]
     mean = sum(losses[task].item() for losses in task_losses) / 3
     assert trainer._task_training_losses() == {f"loss/{task}": round(mean, 4)}
-    assert trainer._task_loss_sums == {}  # reset after each log
+    assert trainer.task_losses.sums == {}  # reset after each log
 
 
 # ------------------------------------------------------------------------------ policy callbacks
