@@ -497,7 +497,7 @@ RUN_CASES = {
         ["--freeze_policy", "all"],
         {},
         ValueError,
-        r"do_train is set but nothing would train: freeze_policy='all'",
+        r"Nothing would train: the freeze settings \(freeze_policy='all'",
     ),
     "--layerwise_lr_decay 1.5": (
         ["--layerwise_lr_decay", "1.5"],
