@@ -43,7 +43,7 @@ from hydrabert.data import (
     tokenize_task,
 )
 from hydrabert.export.deploy import plan_exports, push_exports, write_exports
-from hydrabert.freezing import frozen_parameter_names
+from hydrabert.freezing import check_something_trains, frozen_by_arguments
 from hydrabert.modeling_hydrabert import CONFIG_SETTINGS, HydraBertModel
 from hydrabert.trainer import MultiTaskTrainer, MultiTaskTrainingArguments
 
@@ -361,19 +361,7 @@ def check_run(training_args, model: HydraBertModel, train_sets, eval_sets) -> No
         )
     if not training_args.do_train:
         return
-    frozen = frozen_parameter_names(
-        model,
-        training_args.freeze_policy,
-        training_args.frozen_tasks,
-        training_args.freeze_embeddings,
-        training_args.freeze_lower_layers,
-    )
-    if all(name in frozen for name, _ in model.named_parameters()):
-        raise ValueError(
-            f"do_train is set but nothing would train: freeze_policy={training_args.freeze_policy!r}, "
-            f"frozen_tasks={training_args.frozen_tasks} freeze every parameter (for feature extraction, "
-            "run with do_train false)"
-        )
+    check_something_trains(model, frozen_by_arguments(model, training_args), training_args)
 
 
 def train(trainer: MultiTaskTrainer, checkpoint: str | None, train_sets: dict) -> dict:

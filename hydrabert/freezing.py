@@ -113,6 +113,25 @@ class UnfreezingSchedule:
         return f"training encoder levels {names[0]}..{names[-1]} ({len(encoder)} of {self.num_layers + 1})"
 
 
+def frozen_by_arguments(model: nn.Module, args) -> set[str]:
+    """`frozen_parameter_names` from a run's arguments (MultiTaskTrainingArguments' freeze fields): the one
+    place that reads them, for the trainer and for run_mtl.py's check before any output is written."""
+    return frozen_parameter_names(
+        model, args.freeze_policy, args.frozen_tasks, args.freeze_embeddings, args.freeze_lower_layers
+    )
+
+
+def check_something_trains(model: nn.Module, frozen: set[str], args) -> None:
+    """Refuse a training run whose freeze settings leave no parameter to train, saying what to do instead."""
+    if all(name in frozen for name, _ in model.named_parameters()):
+        raise ValueError(
+            f"Nothing would train: the freeze settings (freeze_policy={args.freeze_policy!r}, "
+            f"frozen_tasks={args.frozen_tasks}) freeze every parameter. For feature extraction use "
+            "trainer.evaluate(), model.predict() or model.encode() (run_mtl.py: do_train false); to train, "
+            "choose another freeze_policy."
+        )
+
+
 def lowest_trainable_depth(freeze_embeddings: bool, freeze_lower_layers: int) -> int:
     if freeze_lower_layers:
         return freeze_lower_layers + 1
@@ -122,6 +141,8 @@ def lowest_trainable_depth(freeze_embeddings: bool, freeze_lower_layers: int) ->
 __all__ = [
     "FREEZE_POLICIES",
     "UnfreezingSchedule",
+    "check_something_trains",
+    "frozen_by_arguments",
     "frozen_parameter_names",
     "lowest_trainable_depth",
     "set_requires_grad",

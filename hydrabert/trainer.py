@@ -43,7 +43,8 @@ from .feature_cache import FrozenEncoder
 from .freezing import (
     FREEZE_POLICIES,
     UnfreezingSchedule,
-    frozen_parameter_names,
+    check_something_trains,
+    frozen_by_arguments,
     lowest_trainable_depth,
     set_requires_grad,
 )
@@ -61,9 +62,6 @@ from .selection import (
 )
 
 logger = logging.getLogger(__name__)
-
-# Trainer.evaluate's speed report: one for the whole multi-task evaluation, not one per task.
-_SPEED_METRICS = ("runtime", "samples_per_second", "steps_per_second")
 
 
 @dataclass
@@ -302,7 +300,6 @@ class MultiTaskTrainer(Trainer):
         # task -> (summed training loss as a device tensor, steps) since the last log
         self._task_loss_sums: dict[str, tuple[torch.Tensor, int]] = {}
         self._eval_task: str | None = None  # the task evaluate() is on (read by the eval hooks)
-        self._holding_reports = False  # evaluate(): the per-task evaluations neither log nor call on_evaluate
         # Fill the model card (recipe, per-task results) and draw the plots as training runs.
         self.card_callback = ModelCardCallback()
         self.plots_callback = PlotsCallback()
@@ -328,9 +325,7 @@ class MultiTaskTrainer(Trainer):
 
     def _set_up_freezing(self, model, args: MultiTaskTrainingArguments) -> None:
         """Freeze what the policies never train, and plan the gradual unfreezing of the rest."""
-        self.never_trained = frozen_parameter_names(
-            model, args.freeze_policy, args.frozen_tasks, args.freeze_embeddings, args.freeze_lower_layers
-        )
+        self.never_trained = frozen_by_arguments(model, args)
         self.unfreezing = None
         if args.gradual_unfreezing:
             self.unfreezing = UnfreezingSchedule(
@@ -443,13 +438,7 @@ class MultiTaskTrainer(Trainer):
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         if self.train_dataset is None:
             raise ValueError("MultiTaskTrainer.train() needs a train_dataset ({task name: dataset})")
-        if all(name in self.never_trained for name, _ in self.model.named_parameters()):
-            raise ValueError(
-                "Nothing would train: the freeze settings (freeze_policy="
-                f"{self.args.freeze_policy!r}, frozen_tasks={self.args.frozen_tasks}) freeze every parameter. "
-                "For feature extraction use trainer.evaluate(), model.predict() or model.encode(); to train, "
-                "choose another freeze_policy."
-            )
+        check_something_trains(self.model, self.never_trained, self.args)
         # True: the last *complete* checkpoint (transformers takes the highest-numbered folder, even one
         # whose write was interrupted); a path must hold a complete checkpoint.
         resume_from_checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
@@ -595,8 +584,6 @@ class MultiTaskTrainer(Trainer):
                     seen.add(name)
                     logs[f"lr/{name}"] = group["lr"]
             logs.update(self._task_training_losses())
-        if self._holding_reports:
-            return
         super().log(logs, start_time)
 
     def _task_training_losses(self) -> dict[str, float]:
@@ -643,15 +630,16 @@ class MultiTaskTrainer(Trainer):
         metrics: dict[str, float] = {}
         num_samples = 0
         for task, dataset in datasets_.items():
-            task_prefix = f"{metric_key_prefix}_{task}"
+            # Trainer.evaluate's own loop on each task's data; the log and on_evaluate happen once, below, so
+            # that callbacks (early stopping, model card, plots) see one combined report.
             with self._evaluating(task):
-                task_metrics = super().evaluate(
-                    dataset, ignore_keys=ignore_keys, metric_key_prefix=task_prefix
+                output = self.evaluation_loop(
+                    self.get_eval_dataloader(dataset),
+                    description=f"Evaluation ({task})",
+                    ignore_keys=ignore_keys,
+                    metric_key_prefix=f"{metric_key_prefix}_{task}",
                 )
-            # One speed report for the whole evaluation (below), as before, not one per task.
-            for name in _SPEED_METRICS:
-                task_metrics.pop(f"{task_prefix}_{name}", None)
-            metrics.update(task_metrics)
+            metrics.update(output.metrics)
             num_samples += len(dataset)
         metrics.update(_averages(metrics, metric_key_prefix, list(datasets_)))
         # One number for "which checkpoint is best" (hydrabert/selection.py); required when it selects them.
@@ -677,21 +665,17 @@ class MultiTaskTrainer(Trainer):
 
     @contextlib.contextmanager
     def _evaluating(self, task: str):
-        """While `Trainer.evaluate` runs on one task: its batches and metrics are that task's, and its own log()
-        and on_evaluate() are held back, so that callbacks (model card, plots) see one combined report."""
-        handler = self.callback_handler
-        self._eval_task, self._holding_reports = task, True
+        """While the evaluation loop runs on one task: its batches and metrics are that task's."""
+        self._eval_task = task
         self.compute_metrics = functools.partial(self._task_metrics, task)
-        # An instance attribute shadows CallbackHandler.on_evaluate for this call only.
-        handler.on_evaluate = lambda args, state, control, metrics: control
         try:
             yield
         finally:
-            del handler.on_evaluate
-            self._eval_task, self._holding_reports, self.compute_metrics = None, False, None
-            # The held-back on_evaluate is what closes the progress bar: close it here, so that each task gets
-            # its own bar (sized to its own batches) instead of one that overruns the first task's total.
-            for callback in handler.callbacks:
+            self._eval_task, self.compute_metrics = None, None
+            # The progress bar of an evaluation closes at on_evaluate, which comes once for all tasks: close
+            # each task's bar here, so that every task gets its own (sized to its own batches) instead of one
+            # that overruns the first task's total.
+            for callback in self.callback_handler.callbacks:
                 if isinstance(callback, ProgressCallback):
                     callback.on_evaluate(self.args, self.state, self.control)
 
