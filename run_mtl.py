@@ -43,7 +43,7 @@ from hydrabert.data import (
     tokenize_task,
 )
 from hydrabert.export.deploy import plan_exports, push_exports, write_exports
-from hydrabert.freezing import check_something_trains, frozen_by_args
+from hydrabert.freezing import check_something_trains, frozen_by_arguments
 from hydrabert.modeling_hydrabert import CONFIG_SETTINGS, HydraBertModel
 from hydrabert.trainer import MultiTaskTrainer, MultiTaskTrainingArguments
 
@@ -361,7 +361,7 @@ def check_run(training_args, model: HydraBertModel, train_sets, eval_sets) -> No
         )
     if not training_args.do_train:
         return
-    check_something_trains(model, frozen_by_args(model, training_args), training_args, "do_train is set but")
+    check_something_trains(model, frozen_by_arguments(model, training_args), training_args)
 
 
 def train(trainer: MultiTaskTrainer, checkpoint: str | None, train_sets: dict) -> dict:

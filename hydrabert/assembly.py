@@ -11,7 +11,7 @@ import importlib
 import logging
 import os
 
-from .configuration_hydrabert import HydraBertConfig, _normalize_task
+from .configuration_hydrabert import DEFAULT_HEAD, HydraBertConfig, _normalize_task
 from .modeling_hydrabert import CONFIG_SETTINGS, HydraBertModel
 
 logger = logging.getLogger(__name__)
@@ -75,16 +75,23 @@ def check_checkpoint_heads(checkpoint: str, loading: dict) -> None:
 
 
 def reconcile_heads(model: HydraBertModel, tasks: dict[str, dict], checkpoint: str) -> None:
-    """Keep the heads whose labels agree with the configured tasks, add a head for each new task and
-    refuse a task whose labels disagree with the checkpoint's head of that name. The run's class weights
-    replace the checkpoint's: they shape this run's loss, and the saved config reports what it trained with."""
+    """Keep the heads whose labels (and head architecture) agree with the configured tasks, add a head for each
+    new task and refuse a task whose labels disagree with the checkpoint's head of that name. The run's class
+    weights and loss replace the checkpoint's: they shape this run's loss, and the saved config reports what it
+    trained with."""
     for name, spec in tasks.items():
         known = model.config.tasks.get(name)
-        class_weights = spec.get("class_weights")
+        training = {"class_weights": spec.get("class_weights"), "loss": spec.get("loss")}
         if known is None:
             logger.info("Adding a new head for task %r to %s", name, checkpoint)
             model.add_task(
-                name, spec["num_labels"], spec["labels"], spec["problem_type"], spec["weight"], class_weights
+                name,
+                spec["num_labels"],
+                spec["labels"],
+                spec["problem_type"],
+                spec["weight"],
+                head=spec.get("head", DEFAULT_HEAD),
+                **training,
             )
         elif known["labels"] != spec["labels"] or known["problem_type"] != spec["problem_type"]:
             raise ValueError(
@@ -92,14 +99,20 @@ def reconcile_heads(model: HydraBertModel, tasks: dict[str, dict], checkpoint: s
                 f"the checkpoint's head {known['labels']} ({known['problem_type']}); rename the task to "
                 "train a new head"
             )
-        elif known.get("class_weights") != class_weights:
-            logger.info(
-                "Task %r: class_weights %s replace the checkpoint's %s",
-                name,
-                class_weights,
-                known.get("class_weights"),
+        elif known.get("head", DEFAULT_HEAD) != spec.get("head", DEFAULT_HEAD):
+            raise ValueError(
+                f"Task {name!r}: the run asks for a {spec.get('head', DEFAULT_HEAD)!r} head, the checkpoint has a "
+                f"{known.get('head', DEFAULT_HEAD)!r} one; rename the task to train a new head"
             )
-            updated = _normalize_task(name, {**known, "class_weights": class_weights})
+        elif any(known.get(key) != value for key, value in training.items()):
+            logger.info(
+                "Task %r: %s replace the checkpoint's %s",
+                name,
+                training,
+                {key: known.get(key) for key in training},
+            )
+            updated = _normalize_task(name, {**known, **training})
+            model._check_heads_and_losses({name: updated})
             model.config.tasks = {**model.config.tasks, name: updated}
 
 

@@ -28,7 +28,12 @@ from torch import nn
 from transformers import TrainerCallback
 
 from .feature_cache import FrozenEncoder
-from .freezing import UnfreezingSchedule, frozen_by_args, set_requires_grad, unfreezing_schedule_from_args
+from .freezing import (
+    UnfreezingSchedule,
+    frozen_by_arguments,
+    set_requires_grad,
+    unfreezing_schedule_from_arguments,
+)
 from .model_card import ModelCardCallback
 from .plots import PlotsCallback
 from .selection import HydraEarlyStoppingCallback, early_stopping_callbacks
@@ -56,7 +61,7 @@ class FreezingCallback(TrainerCallback):
     def from_args(cls, model: nn.Module, args) -> FreezingCallback:
         """The frozen set and schedule of `args`' freeze settings (`freeze_policy`, `frozen_tasks`,
         `freeze_embeddings`, `freeze_lower_layers`, `gradual_unfreezing`, `unfreeze_every`)."""
-        return cls(frozen_by_args(model, args), unfreezing_schedule_from_args(model, args))
+        return cls(frozen_by_arguments(model, args), unfreezing_schedule_from_arguments(model, args))
 
     def on_init_end(self, args, state, control, model=None, **kwargs):
         set_requires_grad(extract_model_from_parallel(model), self.never_trained)

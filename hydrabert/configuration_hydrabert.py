@@ -27,6 +27,9 @@ SIMILARITY_LABEL = "similarity"
 # Tasks whose targets are scores (floats), not label names.
 SCORE_PROBLEM_TYPES = ("regression", "sentence_similarity")
 POOLING_MODES = ("cls", "mean")
+# A task's head unless it names another (HydraBertModel.HEADS); its loss, unless it names one (.LOSSES), is the
+# problem type's own (cross-entropy, binary cross-entropy, MSE, CoSENT).
+DEFAULT_HEAD = "linear"
 EMBEDDING_ACTIVATIONS = ("tanh", "identity")
 
 
@@ -41,11 +44,15 @@ class HydraBertConfig(PreTrainedConfig):
             The backbone's config (any BERT-family model type); a `BertConfig` by default.
         tasks (`dict[str, dict]`, *optional*):
             `{name: {"num_labels": int, "labels": [str, ...], "problem_type": str, "weight": float,
-            "class_weights": [float, ...] | None}}`. Every key is optional except that a task needs
+            "class_weights": [float, ...] | None, "head": str, "loss": str | None}}`. Every key is optional
+            except that a task needs
             `num_labels` or `labels`. Heads are keyed by task name, never by position. `class_weights`
             (single-label tasks only, one per label) scales each row's cross-entropy by its label's weight.
             A `"sentence_similarity"` task has no head: it trains (and is evaluated on) the sentence embedding
             itself, from pairs of sentences with a similarity score (CoSENT loss on their cosine similarity).
+            `head` names the head's architecture (`"linear"`, default; `"mlp"`: two layers) and `loss` another
+            loss than the problem type's own (`"focal"`, `"label_smoothing"`); both are keys of
+            `HydraBertModel.HEADS` / `.LOSSES`, which a subclass extends (docs/extending.md).
         embedding_dim (`int`, *optional*):
             Size of the sentence embedding; defaults to the encoder's hidden size.
         pooling (`str`, defaults to `"cls"`):
@@ -146,7 +153,7 @@ def _normalize_task(name, spec) -> dict:
         raise ValueError(f"tasks: task name {name!r} must be a valid Python identifier (letters, digits, _)")
     if not isinstance(spec, dict):
         raise ValueError(f"tasks[{name!r}] must be a dict, got {type(spec).__name__}")
-    unknown = set(spec) - {"num_labels", "labels", "problem_type", "weight", "class_weights"}
+    unknown = set(spec) - {"num_labels", "labels", "problem_type", "weight", "class_weights", "head", "loss"}
     if unknown:
         raise ValueError(f"tasks[{name!r}] has unknown keys {sorted(unknown)}")
     problem_type = spec.get("problem_type") or "single_label_classification"
@@ -183,12 +190,29 @@ def _normalize_task(name, spec) -> dict:
     weight = spec.get("weight", 1.0)
     if not is_nonnegative_number(weight):
         raise ValueError(f"tasks[{name!r}].weight must be a finite number >= 0, got {weight!r}")
+    # The head's and the loss's names; the model checks them against its mappings (HydraBertModel.HEADS,
+    # .LOSSES), which a subclass extends: this file cannot know a user's additions.
+    head, loss = spec.get("head") or DEFAULT_HEAD, spec.get("loss")
+    if not isinstance(head, str):
+        raise ValueError(f"tasks[{name!r}].head must be a head's name (e.g. 'mlp'), got {head!r}")
+    if problem_type in HEADLESS_PROBLEM_TYPES and head != DEFAULT_HEAD:
+        raise ValueError(f"tasks[{name!r}]: a {problem_type} task has no head, so no head={head!r}")
+    if loss is not None and not isinstance(loss, str):
+        raise ValueError(f"tasks[{name!r}].loss must be a loss's name (e.g. 'focal') or None, got {loss!r}")
+    class_weights = _checked_class_weights(name, spec.get("class_weights"), problem_type, num_labels)
+    if loss is not None and class_weights is not None:
+        raise ValueError(
+            f"tasks[{name!r}]: class_weights scale the default cross-entropy; with loss={loss!r} drop them "
+            "(or weight rows inside your loss)"
+        )
     return {
         "num_labels": num_labels,
         "labels": labels,
         "problem_type": problem_type,
         "weight": float(weight),
-        "class_weights": _checked_class_weights(name, spec.get("class_weights"), problem_type, num_labels),
+        "class_weights": class_weights,
+        "head": head,
+        "loss": loss,
     }
 
 

@@ -535,7 +535,7 @@ class MultiTaskTrainer(Trainer):
         try:
             output = self.evaluation_loop(
                 self.get_eval_dataloader(dataset),
-                "Evaluation",
+                f"Evaluation ({task})",
                 ignore_keys=ignore_keys,
                 metric_key_prefix=prefix,
             )

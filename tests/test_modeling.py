@@ -31,6 +31,8 @@ def test_config_fills_task_defaults_and_sorts_tasks():
         "problem_type": "single_label_classification",
         "weight": 1.0,
         "class_weights": None,
+        "head": "linear",
+        "loss": None,
     }
     assert config.tasks["alpha"]["weight"] == 2.0
     assert config.embedding_dim == TINY_ENCODER["hidden_size"]

@@ -294,8 +294,8 @@ def test_non_finite_loss_stops_with_task_and_step(tmp_path, task_data, tiny_toke
 
     real_task_loss = modeling._task_loss
 
-    def diverging_topic(name, spec, logits, labels):
-        loss = real_task_loss(name, spec, logits, labels)
+    def diverging_topic(name, spec, logits, labels, **kwargs):
+        loss = real_task_loss(name, spec, logits, labels, **kwargs)
         return loss * float("inf") if name == "topic" else loss
 
     monkeypatch.setattr(modeling, "_task_loss", diverging_topic)
