@@ -2,10 +2,13 @@
 
 What never trains is decided once, from the arguments, before the model is wrapped: DDP registers
 trainable parameters when it wraps the model, so `requires_grad` of a wrapped model must not change.
-Gradual unfreezing therefore works in two modes (see `MultiTaskTrainer`): in one process it toggles
+Gradual unfreezing therefore works in two modes (`hydrabert.callbacks.FreezingCallback`): in one process it toggles
 `requires_grad` (no backward through frozen layers: cheap); under DDP every layer that will ever
 train keeps `requires_grad=True` and the trainer drops the gradients of layers whose turn has not
 come, after the all-reduce and before clipping and the optimizer step (no update, no optimizer state).
+
+The rules live here once: `frozen_by_arguments` (what a run's freeze settings never train), `check_something_trains`
+(the "nothing would train" error), `unfreezing_schedule_from_arguments`. `MultiTaskTrainer` and `run_mtl.py` call them.
 """
 
 from __future__ import annotations
@@ -63,6 +66,17 @@ def frozen_parameter_names(
         ):
             frozen.add(name)
     return frozen
+
+
+def unfreezing_schedule_from_arguments(model: nn.Module, args) -> UnfreezingSchedule | None:
+    """The gradual-unfreezing schedule `args` asks for (`gradual_unfreezing`, `unfreeze_every`), None without one."""
+    if not args.gradual_unfreezing:
+        return None
+    return UnfreezingSchedule(
+        num_layers=_num_layers(model),
+        unfreeze_every=args.unfreeze_every,
+        lowest_trainable_depth=lowest_trainable_depth(args.freeze_embeddings, args.freeze_lower_layers),
+    )
 
 
 def set_requires_grad(model: nn.Module, frozen: set[str]) -> None:
@@ -146,4 +160,5 @@ __all__ = [
     "frozen_parameter_names",
     "lowest_trainable_depth",
     "set_requires_grad",
+    "unfreezing_schedule_from_arguments",
 ]
