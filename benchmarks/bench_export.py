@@ -12,8 +12,8 @@ question_type = TREC-6). It is exported to a temporary folder: each task as a st
 Accuracy, on the labelled test sets (SST-2 1821 sentences, TREC-6 500): hydrabert's `predict()`, each
 exported task through `pipeline("text-classification")`, the ONNX graph and the int8 graph through
 `OnnxPredictor`. The ONNX graph is export_onnx's default, fused by ONNX Runtime's transformer optimizer
-(its fused-node counts are recorded), and int8 is quantized from it. Speed, on the SST-2 test set, same batch size and max_length on every side, all on one
-thread (ONNX Runtime's session too): ONNX Runtime vs PyTorch `predict()` (both tasks), int8 vs PyTorch,
+(its fused-node counts are recorded), and int8 is quantized from it. Speed, on the SST-2 test set, same
+batch size and max_length on every side, all on one thread (ONNX Runtime's session too): ONNX Runtime vs PyTorch `predict()` (both tasks), int8 vs PyTorch,
 and the exported sentiment pipeline vs hydrabert's `predict(tasks="sentiment")`. Ratios > 1: the first
 named side is faster.
 
