@@ -193,10 +193,10 @@ def test_onnx_graph_is_fused_by_onnxruntime(model, tiny_tokenizer, tmp_path):
     result = export_onnx(model, tmp_path / "fused", tokenizer=tiny_tokenizer, quantize=True)
     expected = {"Attention": 0, "SkipLayerNormalization": 2 * layers, "BiasGelu": layers, "EmbedLayerNormalization": 0}
     assert result.fused_nodes == expected
-    graph = onnx.load(result.path)
-    written = [node.op_type for node in graph.node]
+    saved = onnx.load(result.path)
+    written = [node.op_type for node in saved.graph.node]
     assert {op: written.count(op) for op in expected} == expected  # what was counted is what was saved
-    assert "hydrabert_tasks" in {prop.key for prop in graph.metadata_props}  # fusion keeps the metadata
+    assert "hydrabert_tasks" in {prop.key for prop in saved.metadata_props}  # fusion keeps the metadata
     assert result.max_abs_diff <= 1e-4
     # The int8 copy is quantized from the fused graph (its fused layer norms survive).
     quantized = [node.op_type for node in onnx.load(result.quantized_path).graph.node]
