@@ -132,6 +132,8 @@ class HydraBertCardData(CardData):
         }
         if self.base_model is None:
             self.base_model = getattr(encoder, "_name_or_path", None) or None
+        if self.max_seq_length is None:  # the training length the model carries (config.max_seq_length)
+            self.max_seq_length = getattr(config, "max_seq_length", None)
 
     def update_from_args(self, args) -> None:
         """The training recipe and the non-default hyperparameters, from (MultiTask)TrainingArguments."""

@@ -351,6 +351,13 @@ def test_card_states_the_training_sequence_length_not_the_encoders(tiny_model, t
     # Without the run's length, the encoder's limit, said to be that.
     card = str(generate_model_card(tiny_model, tmp_path))
     assert "- **Maximum sequence length**: 64 tokens (the encoder's position embeddings)" in card
+    # A model that carries its training length (config.max_seq_length, issue 24) states it without being told.
+    tiny_model.config.max_seq_length = 24
+    card = str(generate_model_card(tiny_model, tmp_path))
+    assert "- **Maximum sequence length**: 24 tokens in training" in card
+    assert "- **Maximum sequence length**: 8 tokens in training" in str(
+        generate_model_card(tiny_model, tmp_path, max_seq_length=8)  # the run's own value wins
+    )
 
 
 def test_learning_rate_is_the_top_layers_peak_with_decay_and_head_rate(tiny_model, tmp_path):
