@@ -8,9 +8,10 @@ script's arguments reach this module as plain values (a name, task specs, config
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import os
+
+from transformers import PreTrainedConfig
 
 from .configuration_hydrabert import _normalize_task
 from .modeling_hydrabert import CONFIG_SETTINGS, HydraBertModel
@@ -40,13 +41,26 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> str:
     return name_or_path
 
 
-def is_hydrabert_checkpoint(path: str | os.PathLike) -> bool:
-    """True for a local folder whose config.json is a hydrabert model's (not a plain encoder's)."""
-    config_file = os.path.join(path, "config.json")
-    if not os.path.isfile(config_file):
-        return False
-    with open(config_file, encoding="utf-8") as handle:
-        return json.load(handle).get("model_type") == "hydrabert"
+def is_hydrabert_checkpoint(
+    name_or_path: str | os.PathLike, *, revision: str | None = "main", cache_dir: str | None = None
+) -> bool:
+    """True when the config.json of `name_or_path` (a local folder, or a Hub repo id at `revision`) is a
+    hydrabert model's, not a plain encoder's.
+
+    The config is read the way `from_pretrained` reads it (`PreTrainedConfig.get_config_dict`: the Hub
+    cache, `HF_HUB_OFFLINE`, `cache_dir`), as plain JSON: no remote code runs to tell the two apart. A
+    config that cannot be read is an error that names the checkpoint and revision, raised before a model
+    is built (transformers' own message for an offline miss names only the endpoint).
+    """
+    name_or_path = os.fspath(name_or_path)
+    try:
+        config, _ = PreTrainedConfig.get_config_dict(name_or_path, revision=revision, cache_dir=cache_dir)
+    except OSError as error:
+        where = name_or_path if os.path.isdir(name_or_path) else f"{name_or_path} at revision {revision!r}"
+        raise OSError(
+            f"Cannot read the config.json of {where} (to tell a trained hydrabert model from an encoder): {error}"
+        ) from error
+    return config.get("model_type") == "hydrabert"
 
 
 def check_checkpoint_heads(checkpoint: str, loading: dict) -> None:
@@ -119,7 +133,7 @@ def load_model(
     settings = {key: value for key, value in config_settings.items() if value is not None}
     checkpoint = resolve_checkpoint(name_or_path)
     load_kwargs = {"revision": revision, "cache_dir": cache_dir}
-    if not is_hydrabert_checkpoint(checkpoint):
+    if not is_hydrabert_checkpoint(checkpoint, **load_kwargs):
         model = HydraBertModel.from_encoder_pretrained(checkpoint, tasks=tasks, **settings, **load_kwargs)
         # The encoder's padding id: the Trainer otherwise copies the tokenizer's into a config that has none,
         # with a warning about "new PAD/BOS/EOS tokens".
