@@ -43,7 +43,7 @@ from hydrabert.data import (
     tokenize_task,
 )
 from hydrabert.export.deploy import plan_exports, push_exports, write_exports
-from hydrabert.freezing import frozen_parameter_names
+from hydrabert.freezing import check_something_trains, frozen_by_arguments
 from hydrabert.modeling_hydrabert import CONFIG_SETTINGS, HydraBertModel
 from hydrabert.trainer import MultiTaskTrainer, MultiTaskTrainingArguments
 
@@ -63,7 +63,10 @@ class ModelArguments:
         },
     )
     tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer, if not the model's."})
-    model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of the checkpoint, for its config, weights and tokenizer."})
+    model_revision: str = field(
+        default="main",
+        metadata={"help": "Branch, tag or commit of the checkpoint, for its config, weights and tokenizer."},
+    )
     cache_dir: str | None = field(default=None, metadata={"help": "Where to store downloads."})
     embedding_dim: int | None = field(
         default=None, metadata={"help": "Sentence embedding size (default hidden)."}
@@ -136,6 +139,7 @@ class DataArguments:
 
 def parse_args(argv: list[str]):
     parser = HfArgumentParser((ModelArguments, DataArguments, RunTrainingArguments))
+    _accept_auto(parser, "bf16")
     if argv and argv[0].endswith(".json"):
         if not os.path.isfile(argv[0]):
             raise FileNotFoundError(f"Config file {argv[0]!r} not found")
@@ -149,6 +153,18 @@ def parse_args(argv: list[str]):
         parser.set_defaults(**config)
         argv = argv[1:]
     return parser.parse_args_into_dataclasses(args=argv)
+
+
+def _accept_auto(parser: HfArgumentParser, dest: str) -> None:
+    """Lets a boolean flag also take "auto" (`--bf16 auto`, or `"bf16": "auto"` in a config), which
+    MultiTaskTrainingArguments resolves from the hardware. HfArgumentParser types a bool field with
+    `string_to_bool` and offers no hook for a third value, so the action's type is wrapped here."""
+    for action in parser._actions:
+        if action.dest == dest:
+            to_bool = action.type
+            action.type = lambda value, to_bool=to_bool: (
+                "auto" if str(value).lower() == "auto" else to_bool(value)
+            )
 
 
 def task_configs(data_args: DataArguments) -> list[TaskDataConfig]:
@@ -274,6 +290,10 @@ def load_data_and_model(model_args, data_args, training_args, configs):
         model = build_model(model_args, task_specs)
         tokenizer = load_tokenizer(model_args)
         max_length = max_sequence_length(data_args.max_seq_length, tokenizer, model)
+        # The length the model trains at travels with it: encode, predict, the pipeline and the ONNX export
+        # truncate there by default (config.max_seq_length), and so does whoever loads the saved tokenizer.
+        model.config.max_seq_length = max_length
+        tokenizer.model_max_length = max_length
         splits, train_units = {}, {}
         for name, task in loaded.items():
             parts = task.splits
@@ -344,19 +364,7 @@ def check_run(training_args, model: HydraBertModel, train_sets, eval_sets) -> No
         )
     if not training_args.do_train:
         return
-    frozen = frozen_parameter_names(
-        model,
-        training_args.freeze_policy,
-        training_args.frozen_tasks,
-        training_args.freeze_embeddings,
-        training_args.freeze_lower_layers,
-    )
-    if all(name in frozen for name, _ in model.named_parameters()):
-        raise ValueError(
-            f"do_train is set but nothing would train: freeze_policy={training_args.freeze_policy!r}, "
-            f"frozen_tasks={training_args.frozen_tasks} freeze every parameter (for feature extraction, "
-            "run with do_train false)"
-        )
+    check_something_trains(model, frozen_by_arguments(model, training_args), training_args)
 
 
 def train(trainer: MultiTaskTrainer, checkpoint: str | None, train_sets: dict) -> dict:

@@ -9,6 +9,7 @@ the command that produced it and the machine it ran on.
     python benchmarks/experiments.py transfer --only recipe,frozen
     python benchmarks/experiments.py shared_sources    # SST-5 fine + polarity: shared rows vs duplicated
     python benchmarks/experiments.py embeddings        # STS-B Spearman through task training (docs/embeddings.md)
+    python benchmarks/experiments.py bf16              # the main job in fp32 and bf16, 3 seeds (docs/results.md)
     python benchmarks/experiments.py --list
 """
 
@@ -143,6 +144,19 @@ GROUPS: dict[str, dict[str, tuple[str, list[str]]]] = {
         },
         "preserve10_seed42": (DEMO, ["--embedding_preservation_weight", "10", "--seed", "42"]),
         "sts_task_preserve0_seed42": ("configs/demo_sts.json", ["--embedding_preservation_weight", "0"]),
+        # Roads to more Spearman from the STS-B pairs: the preservation term too; another task mix; 4 epochs.
+        "sts_task_preserve1_seed42": ("configs/demo_sts.json", ["--embedding_preservation_weight", "1"]),
+        "sts_task_temperature3_seed42": (
+            "configs/demo_sts.json",
+            ["--task_sampling", "temperature", "--sampling_temperature", "3"],
+        ),
+        "sts_task_4_epochs_seed42": ("configs/demo_sts.json", ["--num_train_epochs", "4"]),
+    },
+    # The main job in fp32 and in bf16 (autocast on the CPU), three seeds each: what bf16 costs in accuracy.
+    "bf16": {
+        f"{precision}_seed{seed}": (DEMO, ["--bf16", str(precision == "bf16").lower(), "--seed", str(seed)])
+        for precision in ("fp32", "bf16")
+        for seed in (42, 43, 44)
     },
     # SST-5's fine label and the polarity derived from it, as one shared source (one encoder pass per row for
     # both tasks) and as two tasks each with its own copy of the rows; same seed and budget (1 epoch).
@@ -189,14 +203,22 @@ GROUPS: dict[str, dict[str, tuple[str, list[str]]]] = {
 }
 
 
+# The flags that decide what bf16 costs on a CPU (and so whether a bf16 run's time compares across machines).
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
+    flags: list[str] = []
     try:
         with open("/proc/cpuinfo") as handle:
-            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+            lines = handle.readlines()
+        cpu = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+        found = next(line.split(":", 1)[1].split() for line in lines if line.startswith("flags"))
+        flags = [flag for flag in BF16_FLAGS if flag in found]
     except (OSError, StopIteration):
         pass
-    return f"{os.cpu_count()} CPU cores ({cpu})"
+    return f"{os.cpu_count()} CPU cores ({cpu}; {', '.join(flags) or 'no bf16 flags'})"
 
 
 def run(group: str, name: str, config: str, overrides: list[str], extra: list[str]) -> dict:

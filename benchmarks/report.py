@@ -533,7 +533,23 @@ def embedding_fresh_block() -> str:
     )
 
 
+def bf16_block() -> str:
+    """The main job in fp32 and bf16 (3 seeds each): test accuracies and STS-B Spearman (mean ± sd), train time;
+    and benchmarks/results/bf16.json's speed rows when recorded."""
+    records = load("bf16")
+    if not records:
+        return "_Not run yet: `python benchmarks/experiments.py bf16`._"
+    rows = []
+    for kind, runs in by_setting(records).items():
+        keys = ("test_sentiment_accuracy", "test_question_type_accuracy", "test_sts_spearman")
+        runtime = statistics.mean(run["metrics"]["train_runtime"] for run in runs)
+        rows.append([f"`{kind}`", str(len(runs)), *(seeds_cell(runs, key) for key in keys), f"{runtime:.0f}"])
+    header = ["precision", "seeds", "SST-2 acc", "TREC-6 acc", "STS-B Spearman", "train s (mean)"]
+    return f"{table(header, rows)}\n\n{commands(records)}"
+
+
 BLOCKS = {
+    "bf16": bf16_block,
     "embedding_fresh": embedding_fresh_block,
     "embeddings": embeddings_block,
     "transfer": transfer_block,

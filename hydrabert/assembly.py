@@ -11,9 +11,7 @@ import importlib
 import logging
 import os
 
-from transformers import PreTrainedConfig
-
-from .configuration_hydrabert import _normalize_task
+from .configuration_hydrabert import DEFAULT_HEAD, HydraBertConfig, _normalize_task
 from .modeling_hydrabert import CONFIG_SETTINGS, HydraBertModel
 
 logger = logging.getLogger(__name__)
@@ -42,25 +40,27 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> str:
 
 
 def is_hydrabert_checkpoint(
-    name_or_path: str | os.PathLike, *, revision: str | None = "main", cache_dir: str | None = None
+    name_or_path: str | os.PathLike, *, revision: str | None = None, cache_dir: str | None = None
 ) -> bool:
-    """True when the config.json of `name_or_path` (a local folder, or a Hub repo id at `revision`) is a
-    hydrabert model's, not a plain encoder's.
-
-    The config is read the way `from_pretrained` reads it (`PreTrainedConfig.get_config_dict`: the Hub
-    cache, `HF_HUB_OFFLINE`, `cache_dir`), as plain JSON: no remote code runs to tell the two apart. A
-    config that cannot be read is an error that names the checkpoint and revision, raised before a model
-    is built (transformers' own message for an offline miss names only the endpoint).
-    """
+    """True when `name_or_path`, a local folder or a Hub repo id (at `revision`), holds a hydrabert model's
+    config.json (not a plain encoder's). The config is read the way `from_pretrained` reads it (the Hub cache,
+    offline mode, tokens), as plain JSON: no remote code runs to tell the two apart, so a repo id of a trained
+    model continues with its heads. A config that cannot be read is an error naming the checkpoint and the
+    revision (transformers' own message for an offline miss names only the endpoint)."""
     name_or_path = os.fspath(name_or_path)
+    if os.path.isdir(name_or_path):
+        if not os.path.isfile(os.path.join(name_or_path, "config.json")):
+            return False  # not a model folder at all: the encoder path says what is missing
+        where = name_or_path
+    else:
+        where = f"{name_or_path} at revision {revision or 'main'!r}"
     try:
-        config, _ = PreTrainedConfig.get_config_dict(name_or_path, revision=revision, cache_dir=cache_dir)
+        config_dict, _ = HydraBertConfig.get_config_dict(name_or_path, revision=revision, cache_dir=cache_dir)
     except OSError as error:
-        where = name_or_path if os.path.isdir(name_or_path) else f"{name_or_path} at revision {revision!r}"
         raise OSError(
             f"Cannot read the config.json of {where} (to tell a trained hydrabert model from an encoder): {error}"
         ) from error
-    return config.get("model_type") == "hydrabert"
+    return config_dict.get("model_type") == HydraBertConfig.model_type
 
 
 def check_checkpoint_heads(checkpoint: str, loading: dict) -> None:
@@ -85,16 +85,23 @@ def check_checkpoint_heads(checkpoint: str, loading: dict) -> None:
 
 
 def reconcile_heads(model: HydraBertModel, tasks: dict[str, dict], checkpoint: str) -> None:
-    """Keep the heads whose labels agree with the configured tasks, add a head for each new task and
-    refuse a task whose labels disagree with the checkpoint's head of that name. The run's class weights
-    replace the checkpoint's: they shape this run's loss, and the saved config reports what it trained with."""
+    """Keep the heads whose labels (and head architecture) agree with the configured tasks, add a head for each
+    new task and refuse a task whose labels disagree with the checkpoint's head of that name. The run's class
+    weights and loss replace the checkpoint's: they shape this run's loss, and the saved config reports what it
+    trained with."""
     for name, spec in tasks.items():
         known = model.config.tasks.get(name)
-        class_weights = spec.get("class_weights")
+        training = {"class_weights": spec.get("class_weights"), "loss": spec.get("loss")}
         if known is None:
             logger.info("Adding a new head for task %r to %s", name, checkpoint)
             model.add_task(
-                name, spec["num_labels"], spec["labels"], spec["problem_type"], spec["weight"], class_weights
+                name,
+                spec["num_labels"],
+                spec["labels"],
+                spec["problem_type"],
+                spec["weight"],
+                head=spec.get("head", DEFAULT_HEAD),
+                **training,
             )
         elif known["labels"] != spec["labels"] or known["problem_type"] != spec["problem_type"]:
             raise ValueError(
@@ -102,14 +109,20 @@ def reconcile_heads(model: HydraBertModel, tasks: dict[str, dict], checkpoint: s
                 f"the checkpoint's head {known['labels']} ({known['problem_type']}); rename the task to "
                 "train a new head"
             )
-        elif known.get("class_weights") != class_weights:
-            logger.info(
-                "Task %r: class_weights %s replace the checkpoint's %s",
-                name,
-                class_weights,
-                known.get("class_weights"),
+        elif known.get("head", DEFAULT_HEAD) != spec.get("head", DEFAULT_HEAD):
+            raise ValueError(
+                f"Task {name!r}: the run asks for a {spec.get('head', DEFAULT_HEAD)!r} head, the checkpoint has a "
+                f"{known.get('head', DEFAULT_HEAD)!r} one; rename the task to train a new head"
             )
-            updated = _normalize_task(name, {**known, "class_weights": class_weights})
+        elif any(known.get(key) != value for key, value in training.items()):
+            logger.info(
+                "Task %r: %s replace the checkpoint's %s",
+                name,
+                training,
+                {key: known.get(key) for key in training},
+            )
+            updated = _normalize_task(name, {**known, **training})
+            model._check_heads_and_losses({name: updated})
             model.config.tasks = {**model.config.tasks, name: updated}
 
 

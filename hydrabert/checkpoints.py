@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import struct
 import zipfile
 from dataclasses import dataclass
@@ -171,6 +172,21 @@ def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
             return path
         logger.warning("Skipping incomplete checkpoint %s: %s", path, problem)
     return None
+
+
+def clear_for_checkpoint(run_dir: str | os.PathLike, step: int) -> None:
+    """Before `Trainer._save_checkpoint` writes `checkpoint-<step>` in `run_dir`: a trainer_state.json left in that
+    folder by an earlier run would make a half-written rewrite look complete, so it goes first; and incomplete
+    checkpoint folders (interrupted writes) go too, as nothing can resume from them and save_total_limit rotation
+    would count (and, ordering by step, protect) them instead of the complete ones."""
+    target = os.path.join(run_dir, f"checkpoint-{step}")
+    stale_state = os.path.join(target, TRAINER_STATE_NAME)
+    if os.path.isfile(stale_state):
+        os.remove(stale_state)
+    for path, problem in incomplete_checkpoints(run_dir).items():
+        if os.path.normpath(path) != os.path.normpath(target):
+            logger.warning("Removing incomplete checkpoint %s (%s)", path, problem)
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def resolve_resume_checkpoint(resume_from_checkpoint: str | bool | None, output_dir: str) -> str | None:
@@ -338,6 +354,7 @@ __all__ = [
     "checkpoint_folders",
     "checkpoint_problem",
     "checkpoint_step",
+    "clear_for_checkpoint",
     "incomplete_checkpoints",
     "is_complete_checkpoint",
     "last_complete_checkpoint",

@@ -31,13 +31,15 @@ encoder output in its last bit; the cache returns the value of the example's fir
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
+
+from .data.collation import MODEL_INPUTS
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +146,10 @@ class FrozenEncoder(TrainerCallback):
     dropout, so its outputs are deterministic) and, with `cache=True`, each example's encoder features
     computed once during `train()` (training and the evaluations it runs) and reused after that.
 
-    `MultiTaskTrainer` builds one with `from_trainer` and routes `compute_loss` through `__call__`.
+    `MultiTaskTrainer` builds one with `from_trainer` and routes `compute_loss` through `__call__` (the forward is
+    the trainer's: no callback event sees a batch before it). Without this callback in the trainer's list
+    (`trainer.remove_callback(FrozenEncoder)`) the forward still runs the encoder in eval mode, uncached: the same
+    results, at the cost of an encoder pass per step.
     """
 
     def __init__(
@@ -173,9 +178,10 @@ class FrozenEncoder(TrainerCallback):
     ) -> FrozenEncoder | None:
         """One for `trainer` when its model's encoder is frozen for the whole run, else None."""
         model = trainer.accelerator.unwrap_model(trainer.model)
-        if getattr(trainer, "unfreezing", None) is not None or not encoder_is_frozen(
-            model, trainer.never_trained
-        ):
+        freezing = (
+            trainer.freezing
+        )  # the trainer's FreezingCallback: what never trains, and any unfreezing schedule
+        if freezing.unfreezing is not None or not encoder_is_frozen(model, freezing.never_trained):
             return None
         return cls(
             unwrap=trainer.accelerator.unwrap_model,
@@ -255,6 +261,28 @@ class FrozenEncoder(TrainerCallback):
         return model(**others, encoder_features=self.last_features)
 
 
+def length_sorted_batches(
+    sources: list, collate: Callable[[list[dict]], dict], batch_size: int
+) -> Iterator[dict]:
+    """Every row of `sources` (`MultiTaskDataset`s), longest first, collated in batches of `batch_size`, token inputs
+    only (the cache needs no labels, and rows of a shared source carry theirs by task): sorted rows hardly pad, and
+    the longest batch comes first, so one that does not fit in memory fails at once. `FrozenEncoder.fill` reads
+    them."""
+    rows = []  # (token length, source, global index in the source)
+    for number, source in enumerate(sources):
+        lengths = [n for task_lengths in source.task_lengths().values() for n in task_lengths]
+        rows += [(length, number, index) for index, length in enumerate(lengths)]
+    rows.sort(key=lambda row: -row[0])
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start : start + batch_size]
+        features = []
+        for number, source in enumerate(sources):  # one batched Arrow read per source
+            indices = [index for _, source_number, index in batch if source_number == number]
+            if indices:
+                features += source.__getitems__(indices)
+        yield collate([{k: row[k] for k in MODEL_INPUTS if k in row} for row in features])
+
+
 def _cacheable(inputs: dict) -> bool:
     return (
         isinstance(inputs.get("input_ids"), torch.Tensor)
@@ -263,4 +291,4 @@ def _cacheable(inputs: dict) -> bool:
     )
 
 
-__all__ = ["FeatureCache", "FrozenEncoder", "encoder_is_frozen"]
+__all__ = ["FeatureCache", "FrozenEncoder", "encoder_is_frozen", "length_sorted_batches"]

@@ -2,10 +2,13 @@
 
 What never trains is decided once, from the arguments, before the model is wrapped: DDP registers
 trainable parameters when it wraps the model, so `requires_grad` of a wrapped model must not change.
-Gradual unfreezing therefore works in two modes (see `MultiTaskTrainer`): in one process it toggles
+Gradual unfreezing therefore works in two modes (`hydrabert.callbacks.FreezingCallback`): in one process it toggles
 `requires_grad` (no backward through frozen layers: cheap); under DDP every layer that will ever
 train keeps `requires_grad=True` and the trainer drops the gradients of layers whose turn has not
 come, after the all-reduce and before clipping and the optimizer step (no update, no optimizer state).
+
+The rules live here once: `frozen_by_arguments` (what a run's freeze settings never train), `check_something_trains`
+(the "nothing would train" error), `unfreezing_schedule_from_arguments`. `MultiTaskTrainer` and `run_mtl.py` call them.
 """
 
 from __future__ import annotations
@@ -65,6 +68,17 @@ def frozen_parameter_names(
     return frozen
 
 
+def unfreezing_schedule_from_arguments(model: nn.Module, args) -> UnfreezingSchedule | None:
+    """The gradual-unfreezing schedule `args` asks for (`gradual_unfreezing`, `unfreeze_every`), None without one."""
+    if not args.gradual_unfreezing:
+        return None
+    return UnfreezingSchedule(
+        num_layers=_num_layers(model),
+        unfreeze_every=args.unfreeze_every,
+        lowest_trainable_depth=lowest_trainable_depth(args.freeze_embeddings, args.freeze_lower_layers),
+    )
+
+
 def set_requires_grad(model: nn.Module, frozen: set[str]) -> None:
     for name, param in model.named_parameters():
         param.requires_grad_(name not in frozen)
@@ -113,6 +127,25 @@ class UnfreezingSchedule:
         return f"training encoder levels {names[0]}..{names[-1]} ({len(encoder)} of {self.num_layers + 1})"
 
 
+def frozen_by_arguments(model: nn.Module, args) -> set[str]:
+    """`frozen_parameter_names` from a run's arguments (MultiTaskTrainingArguments' freeze fields): the one
+    place that reads them, for the trainer and for run_mtl.py's check before any output is written."""
+    return frozen_parameter_names(
+        model, args.freeze_policy, args.frozen_tasks, args.freeze_embeddings, args.freeze_lower_layers
+    )
+
+
+def check_something_trains(model: nn.Module, frozen: set[str], args) -> None:
+    """Refuse a training run whose freeze settings leave no parameter to train, saying what to do instead."""
+    if all(name in frozen for name, _ in model.named_parameters()):
+        raise ValueError(
+            f"Nothing would train: the freeze settings (freeze_policy={args.freeze_policy!r}, "
+            f"frozen_tasks={args.frozen_tasks}) freeze every parameter. For feature extraction use "
+            "trainer.evaluate(), model.predict() or model.encode() (run_mtl.py: do_train false); to train, "
+            "choose another freeze_policy."
+        )
+
+
 def lowest_trainable_depth(freeze_embeddings: bool, freeze_lower_layers: int) -> int:
     if freeze_lower_layers:
         return freeze_lower_layers + 1
@@ -122,7 +155,10 @@ def lowest_trainable_depth(freeze_embeddings: bool, freeze_lower_layers: int) ->
 __all__ = [
     "FREEZE_POLICIES",
     "UnfreezingSchedule",
+    "check_something_trains",
+    "frozen_by_arguments",
     "frozen_parameter_names",
     "lowest_trainable_depth",
     "set_requires_grad",
+    "unfreezing_schedule_from_arguments",
 ]

@@ -28,6 +28,13 @@ from transformers import TrainerCallback
 from .selection import kept_checkpoint
 
 TEMPLATE_PATH = Path(__file__).parent / "model_cards" / "model_card.md"
+# What a training run can tell the card (`MultiTaskTrainer.create_model_card(**fields)`); not `tasks`:
+# Trainer.push_to_hub's own card arguments (finetuned_from, tasks, dataset...) are a string's worth each, where the
+# card reads the model.
+RUN_CARD_FIELDS = frozenset(
+    "model_name language license tags datasets dataset_sizes validation_split_percentage max_seq_length "
+    "base_model revision model_id example_sentences".split()
+)
 DEFAULT_TAGS = ["hydrabert", "multi-task", "sentence-embeddings", "text-classification"]
 PLOT_EXTENSIONS = (".png", ".jpg", ".jpeg", ".svg", ".gif")
 DEFAULT_EXAMPLES = [
@@ -507,6 +514,7 @@ def _describe_prediction(prediction: dict) -> str:
 
 
 __all__ = [
+    "RUN_CARD_FIELDS",
     "HydraBertCardData",
     "ModelCardCallback",
     "check_metadata_round_trip",

@@ -7,6 +7,7 @@ through a flat relative import, its configuration file.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
@@ -21,7 +22,14 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput, cached_file, can_return_tuple
 from transformers.utils import logging as hf_logging
 
-from .configuration_hydrabert import HEADLESS_PROBLEM_TYPES, HydraBertConfig, _normalize_task
+from .configuration_hydrabert import (
+    DEFAULT_HEAD,
+    HEADLESS_PROBLEM_TYPES,
+    HydraBertConfig,
+    _normalize_task,
+    length_sorted_batches,
+    readable_predictions,
+)
 from .pipeline_hydrabert import custom_pipelines_entry
 
 logger = hf_logging.get_logger(__name__)
@@ -32,8 +40,11 @@ _LAYER_INDEX = re.compile(r"\.layers?\.(\d+)\.")
 
 # HydraBertConfig's own settings besides the encoder and the tasks, read from the config class itself:
 # the one list of what from_encoder_pretrained passes to the config (run_mtl.py's arguments mirror it).
+# (max_seq_length is not one: it records the length a run trained at, which the run sets.)
 CONFIG_SETTINGS = tuple(
-    name for name in inspect.get_annotations(HydraBertConfig) if name not in ("encoder", "tasks")
+    name
+    for name in inspect.get_annotations(HydraBertConfig)
+    if name not in ("encoder", "tasks", "max_seq_length")
 )
 # Keyword arguments of from_pretrained that say where and how to read a checkpoint's config.
 _CONFIG_LOADING_KWARGS = (
@@ -48,7 +59,7 @@ _CONFIG_LOADING_KWARGS = (
 )
 
 # encode()/predict() show a progress bar by default once there are more batches than this.
-_PROGRESS_BAR_MIN_BATCHES = 20
+_TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # CoSENT's scale on cosine similarities (sentence-transformers' CoSENTLoss default, from the CoSENT paper).
 COSENT_SCALE = 20.0
 
@@ -119,6 +130,77 @@ class HydraBertAdapter(nn.Module):
 
     def forward(self, embedding: torch.Tensor) -> torch.Tensor:
         return embedding + self.up(F.gelu(self.down(self.layer_norm(embedding))))
+
+
+# ------------------------------------------------------------------------------ heads and losses
+# A task spec names its head (`"head"`) and, optionally, a loss other than its problem type's own (`"loss"`).
+# The names are keys of these mappings, which HydraBertModel holds as class attributes: a subclass extends
+# them (`HEADS = {**HydraBertModel.HEADS, "mine": build}`), as transformers keeps LOSS_MAPPING and timm its
+# registries. Code that a saved model needs must travel with it: see docs/extending.md.
+
+
+def linear_head(config: HydraBertConfig, spec: dict) -> nn.Module:
+    """One Linear from the sentence embedding to the task's outputs (BERT's classifier)."""
+    return nn.Linear(config.embedding_dim, spec["num_labels"])
+
+
+def mlp_head(config: HydraBertConfig, spec: dict) -> nn.Module:
+    """Two layers as wide as the embedding: Linear -> GELU -> dropout -> Linear (the classification head of
+    RoBERTa and ELECTRA, with GELU)."""
+    width = config.embedding_dim
+    return nn.Sequential(
+        nn.Linear(width, width),
+        nn.GELU(),
+        nn.Dropout(config.head_dropout()),
+        nn.Linear(width, spec["num_labels"]),
+    )
+
+
+@dataclass(frozen=True)
+class TaskLoss:
+    """A loss a task may name: `fn(logits, labels, spec, reduction)` returns the batch's mean over the rows that
+    count (`reduction="mean"`) or one value per row (`"none"`, NaN where the label is -100); the problem types it
+    serves."""
+
+    fn: object
+    problem_types: tuple[str, ...]
+
+
+FOCAL_GAMMA = 2.0  # Lin et al. (2017)'s default
+LABEL_SMOOTHING = 0.1  # Szegedy et al. (2016)'s value, and the usual one
+
+
+def _mean_or_rows(loss: torch.Tensor, counted: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "none":
+        return torch.where(counted, loss, float("nan"))
+    return loss.sum() / counted.sum()  # NaN when no row counts, as F.cross_entropy's mean
+
+
+def focal_loss(
+    logits: torch.Tensor, labels: torch.Tensor, spec: dict, reduction: str = "mean"
+) -> torch.Tensor:
+    """Focal loss (Lin et al., 2017): each row's cross-entropy times (1 - p_true)^gamma, so rows the model
+    already gets right weigh little and hard rows dominate; gamma = FOCAL_GAMMA."""
+    cross_entropy = F.cross_entropy(logits.float(), labels, ignore_index=-100, reduction="none")
+    loss = (1.0 - torch.exp(-cross_entropy)) ** FOCAL_GAMMA * cross_entropy
+    return _mean_or_rows(loss, labels != -100, reduction)
+
+
+def label_smoothing_loss(
+    logits: torch.Tensor, labels: torch.Tensor, spec: dict, reduction: str = "mean"
+) -> torch.Tensor:
+    """Cross-entropy against targets smoothed by LABEL_SMOOTHING (PyTorch's own `label_smoothing`)."""
+    loss = F.cross_entropy(
+        logits.float(), labels, ignore_index=-100, reduction="none", label_smoothing=LABEL_SMOOTHING
+    )
+    return _mean_or_rows(loss, labels != -100, reduction)
+
+
+HEADS = {"linear": linear_head, "mlp": mlp_head}
+LOSSES = {
+    "focal": TaskLoss(focal_loss, ("single_label_classification",)),
+    "label_smoothing": TaskLoss(label_smoothing_loss, ("single_label_classification",)),
+}
 
 
 class HydraBertPreTrainedModel(PreTrainedModel):
@@ -221,18 +303,20 @@ class HydraBertModel(HydraBertPreTrainedModel):
     ```
     """
 
+    # Which head and loss a task's name picks (module docs above; extend in a subclass).
+    HEADS = HEADS
+    LOSSES = LOSSES
+
     def __init__(self, config: HydraBertConfig):
         super().__init__(config)
+        self._check_heads_and_losses(config.tasks)
         self.encoder = _encoder_from_config(config.encoder)
         self.pooler = HydraBertPooler(config)
         self.adapter = HydraBertAdapter(config) if config.adapter_size else None
         self.dropout = nn.Dropout(config.head_dropout())
         # Sentence-similarity tasks have no head: they train the embedding itself.
         self.heads = nn.ModuleDict(
-            {
-                name: nn.Linear(config.embedding_dim, config.tasks[name]["num_labels"])
-                for name in config.head_task_names
-            }
+            {name: self._build_head(config.tasks[name]) for name in config.head_task_names}
         )
         self.post_init()
 
@@ -336,20 +420,26 @@ class HydraBertModel(HydraBertPreTrainedModel):
         problem_type: str = "single_label_classification",
         weight: float = 1.0,
         class_weights: list[float] | None = None,
-    ) -> nn.Linear | None:
-        """Add a new, freshly initialised head; the encoder and the other heads are untouched. A
-        `"sentence_similarity"` task gets no head (it trains the embedding): None is returned."""
+        head: str = DEFAULT_HEAD,
+        loss: str | None = None,
+    ) -> nn.Module | None:
+        """Add a new, freshly initialised head (`head`: a key of `HEADS`; `loss`: of `LOSSES`, or None for the
+        problem type's own); the encoder and the other heads are untouched. A `"sentence_similarity"` task gets
+        no head (it trains the embedding): None is returned."""
         if name in self.config.tasks:
             raise ValueError(f"Task {name!r} already exists; known tasks: {self.task_names}")
         spec = {"num_labels": num_labels, "labels": labels, "problem_type": problem_type, "weight": weight}
-        spec = _normalize_task(name, {**spec, "class_weights": class_weights})
+        spec = _normalize_task(name, {**spec, "class_weights": class_weights, "head": head, "loss": loss})
+        self._check_heads_and_losses({name: spec})
         if spec["problem_type"] in HEADLESS_PROBLEM_TYPES:
             self.config.tasks = dict(sorted({**self.config.tasks, name: spec}.items()))
             return None
-        head = nn.Linear(self.config.embedding_dim, spec["num_labels"])
+        head = self._build_head(spec)
         std = getattr(self.config.encoder, "initializer_range", 0.02)
-        nn.init.normal_(head.weight, mean=0.0, std=std)
-        nn.init.zeros_(head.bias)
+        for module in head.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+                nn.init.zeros_(module.bias)
         reference = self.pooler.dense.weight
         self.heads[name] = head.to(device=reference.device, dtype=reference.dtype)
         self.config.tasks = dict(sorted({**self.config.tasks, name: spec}.items()))
@@ -360,6 +450,31 @@ class HydraBertModel(HydraBertPreTrainedModel):
         if name in self.heads:
             del self.heads[name]
         self.config.tasks = {k: v for k, v in self.config.tasks.items() if k != name}
+
+    def _build_head(self, spec: dict) -> nn.Module:
+        return self.HEADS[spec.get("head", DEFAULT_HEAD)](self.config, spec)
+
+    def _check_heads_and_losses(self, tasks: dict[str, dict]) -> None:
+        """Every task names a head and a loss this class knows (HEADS, LOSSES), a loss for its problem type."""
+        for name, spec in tasks.items():
+            head, loss = spec.get("head", DEFAULT_HEAD), spec.get("loss")
+            if spec["problem_type"] not in HEADLESS_PROBLEM_TYPES and head not in self.HEADS:
+                raise ValueError(
+                    f"Task {name!r}: unknown head {head!r}; known heads: {sorted(self.HEADS)} (add yours to "
+                    f"{type(self).__name__}.HEADS: docs/extending.md)"
+                )
+            if loss is None:
+                continue
+            if loss not in self.LOSSES:
+                raise ValueError(
+                    f"Task {name!r}: unknown loss {loss!r}; known losses: {sorted(self.LOSSES)} (add yours to "
+                    f"{type(self).__name__}.LOSSES: docs/extending.md)"
+                )
+            if spec["problem_type"] not in self.LOSSES[loss].problem_types:
+                raise ValueError(
+                    f"Task {name!r}: loss {loss!r} serves {list(self.LOSSES[loss].problem_types)}, not "
+                    f"{spec['problem_type']}"
+                )
 
     def _check_task(self, name: str) -> None:
         if name not in self.config.tasks:
@@ -374,7 +489,7 @@ class HydraBertModel(HydraBertPreTrainedModel):
         self._check_task(task)
         if self.config.tasks[task]["problem_type"] in HEADLESS_PROBLEM_TYPES:
             return torch.full(logits.shape[:1], float("nan"), device=logits.device)
-        return _task_loss(task, self.config.tasks[task], logits, labels, reduction="none")
+        return _task_loss(task, self.config.tasks[task], logits, labels, reduction="none", losses=self.LOSSES)
 
     def get_layer_depth(self, parameter_name: str) -> int:
         """Depth of a parameter for layer-wise learning rates: 0 = embeddings, k = encoder block k
@@ -564,7 +679,9 @@ class HydraBertModel(HydraBertPreTrainedModel):
         for name, rows in rows_per_task.items():
             logits = all_logits[name] if rows is None else all_logits[name][rows]
             task_labels = labels_per_task[name] if rows is None else labels_per_task[name][rows]
-            task_losses[name] = _task_loss(name, self.config.tasks[name], logits, task_labels)
+            task_losses[name] = _task_loss(
+                name, self.config.tasks[name], logits, task_labels, losses=self.LOSSES
+            )
         if task is not None:
             loss = task_losses[task]  # one task asked for by name: its plain loss
         elif task_losses:
@@ -623,21 +740,25 @@ class HydraBertModel(HydraBertPreTrainedModel):
         max_length: int | None = None,
         show_progress_bar: bool | None = None,
         convert_to_numpy: bool = False,
+        dtype: torch.dtype | None = None,
     ):
         """Sentence embeddings `(n, embedding_dim)` in input order. Batches are sorted by length so
-        little compute goes to padding; gradients are off; a progress bar shows on long inputs."""
+        little compute goes to padding; gradients are off; a progress bar shows on long inputs.
+
+        `dtype=torch.bfloat16` computes under autocast (fp32 weights kept; on a CPU with AMX or AVX512-BF16 about
+        twice as fast, see docs/results.md); the embeddings come back as float32 either way."""
         single = isinstance(sentences, str)
         sentences = [sentences] if single else list(sentences)
         output = None
         for indices, outputs in self._batched_forward(
-            sentences, tokenizer, batch_size, max_length, show_progress_bar
+            sentences, tokenizer, batch_size, max_length, show_progress_bar, dtype
         ):
-            embeddings = outputs.sentence_embedding
+            embeddings = outputs.sentence_embedding.float()
             if normalize:
                 # Row by row, so batch by batch: normalising the whole result would hold a second copy of it.
                 embeddings = F.normalize(embeddings.float(), p=2, dim=-1)
             if output is None:
-                output = torch.empty(len(sentences), embeddings.shape[-1], dtype=embeddings.dtype)
+                output = torch.empty(len(sentences), embeddings.shape[-1])
             output[indices] = embeddings.to("cpu")
         if output is None:
             output = torch.empty(0, self.config.embedding_dim)
@@ -654,12 +775,14 @@ class HydraBertModel(HydraBertPreTrainedModel):
         batch_size: int = 32,
         max_length: int | None = None,
         show_progress_bar: bool | None = None,
+        dtype: torch.dtype | None = None,
     ) -> list[dict[str, dict]]:
         """Per sentence, `{task: {"label": name, "score": probability}}` for every task with a head (or the given
         ones; a sentence-similarity task has none).
 
         Multi-label tasks give the labels whose probability exceeds 0.5 (`"label"` is a list, `"score"`
-        their probabilities); regression tasks give `"score"` only.
+        their probabilities); regression tasks give `"score"` only. `dtype=torch.bfloat16`: as in `encode`
+        (scores are computed from the logits in float32).
         """
         single = isinstance(sentences, str)
         sentences = [sentences] if single else list(sentences)
@@ -674,52 +797,45 @@ class HydraBertModel(HydraBertPreTrainedModel):
                 )
         results: list[dict | None] = [None] * len(sentences)
         for indices, outputs in self._batched_forward(
-            sentences, tokenizer, batch_size, max_length, show_progress_bar
+            sentences, tokenizer, batch_size, max_length, show_progress_bar, dtype
         ):
             per_task = {
-                name: _readable_predictions(self.config.tasks[name], outputs.logits[name]) for name in tasks
+                name: readable_predictions(
+                    self.config.tasks[name], outputs.logits[name].float().cpu().numpy()
+                )
+                for name in tasks
             }
             for row, index in enumerate(indices.tolist()):
                 results[index] = {name: per_task[name][row] for name in tasks}
         return results[0] if single else results
 
-    def _batched_forward(self, sentences, tokenizer, batch_size, max_length, show_progress_bar):
-        """Yields (original indices, outputs) for length-sorted batches, in eval mode."""
+    def _batched_forward(self, sentences, tokenizer, batch_size, max_length, show_progress_bar, dtype=None):
+        """Yields (original indices, outputs) for length-sorted batches, in eval mode (under autocast to
+        `dtype` when it is not the weights' own)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        # Longest first by token count, so a batch pads little. Character length, the usual proxy (and
-        # sentence-transformers'), left 23% of the SST-2 test set's batch tokens as padding; tokens, 2.5%.
-        lengths = _token_lengths(sentences, tokenizer, max_length)
-        order = sorted(range(len(sentences)), key=lambda i: -lengths[i])
-        starts = range(0, len(order), batch_size)
-        if show_progress_bar is None:  # off where transformers' bars are (run_mtl.py --disable_tqdm true)
-            show_progress_bar = (
-                len(starts) > _PROGRESS_BAR_MIN_BATCHES and hf_logging.is_progress_bar_enabled()
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise ValueError(
+                f"dtype must be a floating-point torch.dtype (e.g. torch.bfloat16), got {dtype!r}"
             )
+        autocast = (
+            torch.autocast(self.device.type, dtype=dtype)
+            if dtype is not None and dtype != self.dtype
+            else contextlib.nullcontext()
+        )
+        if max_length is None:  # the length the model was trained at (None: the tokenizer's own limit)
+            max_length = self.config.max_seq_length
         was_training = self.training
         self.eval()
         try:
-            iterator = starts
-            if show_progress_bar:
-                from tqdm.auto import tqdm
-
-                iterator = tqdm(starts, desc="Batches", unit="batch")
             device = self.device
-            for start in iterator:
-                indices = order[start : start + batch_size]
-                batch = tokenizer(
-                    [sentences[i] for i in indices],
-                    padding=True,
-                    truncation=True,
-                    max_length=max_length,
-                    return_tensors="pt",
-                )
-                batch = {
-                    k: v.to(device)
-                    for k, v in batch.items()
-                    if k in ("input_ids", "attention_mask", "token_type_ids")
-                }
-                yield torch.tensor(indices), self(**batch)
+            for indices, batch in length_sorted_batches(
+                sentences, tokenizer, batch_size, max_length, "pt", show_progress_bar
+            ):
+                batch = {k: v.to(device) for k, v in batch.items() if k in _TOKEN_INPUTS}
+                with autocast:
+                    outputs = self(**batch)
+                yield torch.tensor(indices), outputs
         finally:
             self.train(was_training)
 
@@ -808,16 +924,6 @@ def _safetensors_files(name_or_path) -> str:
     return f"one of the weights files {files} in {folder}"
 
 
-def _token_lengths(sentences: list[str], tokenizer, max_length: int | None, chunk: int = 4096) -> list[int]:
-    """Tokens per sentence as the batches will tokenise them, in chunks: only the lengths are kept, so
-    memory stays flat on long inputs (a second tokenisation costs ~1% of an encoder pass)."""
-    lengths = []
-    for start in range(0, len(sentences), chunk):
-        encoded = tokenizer(sentences[start : start + chunk], truncation=True, max_length=max_length)
-        lengths.extend(len(ids) for ids in encoded["input_ids"])
-    return lengths
-
-
 def _encoder_from_config(encoder_config):
     """The backbone without its own pooler: our projection replaces it, and an unused pooler would
     hold parameters that never get a gradient (which DDP rejects)."""
@@ -828,13 +934,20 @@ def _encoder_from_config(encoder_config):
 
 
 def _task_loss(
-    name: str, spec: dict, logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean"
+    name: str,
+    spec: dict,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    reduction: str = "mean",
+    losses: dict | None = None,
 ) -> torch.Tensor:
     """The task's loss over the batch (`reduction="mean"`), or one value per row (`"none"`; NaN for a row whose
-    label is -100), whose mean over the rows that count is the batch's loss."""
+    label is -100), whose mean over the rows that count is the batch's loss. A task naming a `loss` gets
+    `losses[loss]` (the model's LOSSES), after its labels are checked."""
     problem_type, num_labels = spec["problem_type"], spec["num_labels"]
     per_row = reduction == "none"
-    if problem_type == "sentence_similarity":
+    custom = spec.get("loss")
+    if problem_type == "sentence_similarity" and custom is None:
         return _cosent_loss(logits, labels)
     if problem_type == "single_label_classification":
         labels = labels.long().view(-1)
@@ -844,6 +957,9 @@ def _task_loss(
                 f"Task {name!r}: labels must be in [0, {num_labels}) (labels {spec['labels']}), "
                 f"got {labels[bad].unique().tolist()}"
             )
+    if custom is not None:
+        return (LOSSES if losses is None else losses)[custom].fn(logits, labels, spec, reduction)
+    if problem_type == "single_label_classification":
         if spec.get("class_weights") is not None:
             return _class_weighted_cross_entropy(logits, labels, spec["class_weights"], per_row)
         loss = F.cross_entropy(logits.float(), labels, ignore_index=-100, reduction=reduction)
@@ -887,26 +1003,6 @@ def _class_weighted_cross_entropy(
     if per_row:
         return torch.where(counted, losses, float("nan"))
     return losses.sum() / counted.sum()  # NaN when no row counts, as F.cross_entropy's mean
-
-
-def _readable_predictions(spec: dict, logits: torch.Tensor) -> list[dict]:
-    logits = logits.float().cpu()
-    names = spec["labels"]
-    if spec["problem_type"] == "single_label_classification":
-        probs = logits.softmax(-1)
-        scores, ids = probs.max(-1)
-        return [{"label": names[i], "score": s} for i, s in zip(ids.tolist(), scores.tolist(), strict=True)]
-    if spec["problem_type"] == "multi_label_classification":
-        probs = logits.sigmoid()
-        return [
-            {
-                "label": [names[j] for j in range(len(names)) if p[j] > 0.5],
-                "score": [s for s in p.tolist() if s > 0.5],
-            }
-            for p in probs
-        ]
-    values = logits.squeeze(-1) if logits.shape[-1] == 1 else logits
-    return [{"score": v} for v in values.tolist()]
 
 
 __all__ = ["HydraBertModel", "HydraBertOutput", "HydraBertPreTrainedModel"]

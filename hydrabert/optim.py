@@ -96,4 +96,15 @@ def layerwise_parameter_groups(
     return ordered
 
 
-__all__ = ["group_name", "layerwise_parameter_groups"]
+def group_learning_rates(optimizer, name_unnamed: bool = False) -> dict[str, float]:
+    """`{group name: current lr}`, one entry per depth (`layer_3` and `layer_3.no_decay` share their rate). Groups
+    without a name are left out, or with `name_unnamed` named `group_<index>`."""
+    rates: dict[str, float] = {}
+    for index, group in enumerate(optimizer.param_groups):
+        name = group.get("name") or (f"group_{index}" if name_unnamed else None)
+        if name:
+            rates.setdefault(name.removesuffix(".no_decay"), group["lr"])
+    return rates
+
+
+__all__ = ["group_learning_rates", "group_name", "layerwise_parameter_groups"]

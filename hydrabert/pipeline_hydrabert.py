@@ -2,14 +2,17 @@
 
 This file travels to the Hub next to the weights (`config.json` names it under `custom_pipelines`), so
 `transformers.pipeline(model=repo_or_dir, trust_remote_code=True)` builds it on a machine that never
-installed hydrabert. It imports only torch, transformers and the standard library, and relies on nothing
-but the model's config (`config.tasks`) and its forward returning a dict of per-task logits.
+installed hydrabert. It imports only torch, transformers, the standard library and the configuration file
+that travels with it (whose `readable_predictions` turns logits into labels and scores exactly as
+`HydraBertModel.predict` and `OnnxPredictor` do), and relies on nothing but the model's config (`config.tasks`,
+`config.max_seq_length`) and its forward returning a dict of per-task logits.
 """
 
 from __future__ import annotations
 
-import torch
 from transformers import Pipeline
+
+from .configuration_hydrabert import readable_predictions
 
 # Model outputs travel through the pipeline's batching machinery as a flat dict of tensors (a nested
 # dict would not be split back into rows); the prefix keeps task names clear of the keys the machinery
@@ -31,7 +34,8 @@ class HydraBertPipeline(Pipeline):
         tasks (`str` or `list[str]`, *optional*): only these tasks (default: all).
         top_k (`int`, *optional*): for classification tasks, the `top_k` most probable labels as a list of
             `{"label", "score"}` dicts, best first, instead of the single prediction.
-        max_length (`int`, *optional*): truncate longer inputs (default: the tokenizer's maximum).
+        max_length (`int`, *optional*): truncate longer inputs (default: the length the model was trained at,
+            `config.max_seq_length`, or the tokenizer's maximum for a model saved without it).
 
     Example:
 
@@ -85,6 +89,8 @@ class HydraBertPipeline(Pipeline):
     def preprocess(self, inputs, truncation=True, max_length=None):
         if not isinstance(inputs, str):
             raise TypeError(f"{type(self).__name__} takes a string or a list of strings, got {type(inputs)}")
+        if max_length is None:
+            max_length = getattr(self.model.config, "max_seq_length", None)
         encoded = self.tokenizer(inputs, truncation=truncation, max_length=max_length, return_tensors="pt")
         return {k: v for k, v in encoded.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
 
@@ -103,7 +109,10 @@ class HydraBertPipeline(Pipeline):
                 f"Task(s) {headless} have no head to predict with (sentence similarity: use the embedding)"
             )
         return {
-            name: _readable(specs[name], model_outputs[_LOGITS_PREFIX + name][0], top_k) for name in tasks
+            name: readable_predictions(
+                specs[name], model_outputs[_LOGITS_PREFIX + name].float().cpu().numpy(), top_k
+            )[0]
+            for name in tasks
         }
 
 
@@ -118,25 +127,6 @@ def custom_pipelines_entry() -> dict:
             "type": "text",
         }
     }
-
-
-def _readable(spec: dict, logits: torch.Tensor, top_k: int | None):
-    """One row's logits as names and probabilities; mirrors `HydraBertModel.predict`."""
-    logits = logits.float().cpu()
-    names = spec["labels"]
-    problem_type = spec.get("problem_type", "single_label_classification")
-    if problem_type == "regression":
-        values = logits.squeeze(-1) if logits.shape[-1] == 1 else logits
-        return {"score": values.tolist()}
-    probs = logits.softmax(-1) if problem_type == "single_label_classification" else logits.sigmoid()
-    if top_k is not None:
-        scores, ids = probs.topk(min(top_k, probs.shape[-1]))
-        return [{"label": names[i], "score": s} for i, s in zip(ids.tolist(), scores.tolist(), strict=True)]
-    if problem_type == "single_label_classification":
-        score, index = probs.max(-1)
-        return {"label": names[int(index)], "score": float(score)}
-    chosen = [j for j, p in enumerate(probs.tolist()) if p > 0.5]
-    return {"label": [names[j] for j in chosen], "score": [float(probs[j]) for j in chosen]}
 
 
 def _names_for_custom_pipelines(config) -> None:

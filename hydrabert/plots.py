@@ -13,6 +13,8 @@ from collections import defaultdict
 
 from transformers import TrainerCallback
 
+from .optim import group_learning_rates
+
 logger = logging.getLogger(__name__)
 
 LEARNING_RATE_PLOT = "learning_rates.png"
@@ -177,11 +179,8 @@ class PlotsCallback(TrainerCallback):
             step == 1 or step == last or step % max(1, last // _MAX_RATE_POINTS) == 0
         ):
             return
-        rates = {}
-        for index, group in enumerate(optimizer.param_groups):
-            # MultiTaskTrainer names its groups `layer_3`, `layer_3.no_decay`, ...: one line per depth.
-            rates.setdefault(group.get("name", f"group_{index}").removesuffix(".no_decay"), group["lr"])
-        self.recorded_rates[step] = rates
+        # MultiTaskTrainer names its groups `layer_3`, `layer_3.no_decay`, ...: one line per depth.
+        self.recorded_rates[step] = group_learning_rates(optimizer, name_unnamed=True)
 
     def on_train_end(self, args, state, control, **kwargs):
         self._save(args, state)

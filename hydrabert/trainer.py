@@ -1,19 +1,18 @@
-"""MultiTaskTrainer: the HF Trainer with layer-wise learning rates, freeze policies, gradual
-unfreezing, task sampling and per-task evaluation.
+"""MultiTaskTrainer: the HF Trainer with layer-wise learning rates, task sampling and per-task evaluation.
 
-A thin subclass: it overrides documented hooks (`create_optimizer`, `get_train_dataloader`,
-`compute_loss`, `training_step`, `evaluate`, `log`) and never rewrites `train()`'s loop.
+A thin subclass: it keeps the data, the loss, the optimizer groups and evaluation, overriding documented hooks
+(`create_optimizer`, `get_train_dataloader`, `compute_loss`, `training_step`, `evaluate`, `log`), and never
+rewrites `train()`'s loop. The training policies (freezing and gradual unfreezing, the frozen-encoder feature
+cache, the model card, the plots, early stopping) are `TrainerCallback`s it composes from its arguments
+(hydrabert/callbacks.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
 import math
-import os
-import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -25,7 +24,8 @@ from transformers import EvalPrediction, Trainer, TrainingArguments
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import speed_metrics
 
-from .checkpoints import TRAINER_STATE_NAME, incomplete_checkpoints, resolve_resume_checkpoint
+from .callbacks import FreezingCallback, ModelCardCallback, PlotsCallback, find_callback, policy_callbacks
+from .checkpoints import clear_for_checkpoint, resolve_resume_checkpoint
 from .configuration_hydrabert import HEADLESS_PROBLEM_TYPES, is_nonnegative_number
 from .data import (
     SAMPLING_STRATEGIES,
@@ -37,32 +37,22 @@ from .data import (
     per_task_datasets,
     token_lengths,
 )
-from .data.collation import MODEL_INPUTS
 from .embedding_preservation import EmbeddingTeacher
-from .feature_cache import FrozenEncoder
-from .freezing import (
-    FREEZE_POLICIES,
-    UnfreezingSchedule,
-    frozen_parameter_names,
-    lowest_trainable_depth,
-    set_requires_grad,
-)
-from .metrics import load_metric
-from .model_card import ModelCardCallback, generate_model_card
-from .optim import layerwise_parameter_groups
-from .plots import PlotsCallback
+from .feature_cache import FrozenEncoder, length_sorted_batches
+from .freezing import FREEZE_POLICIES, check_something_trains
+from .hardware import cpu_bf16_support, resolve_bf16
+from .metrics import default_task_metrics, similarity_correlations, task_averages
+from .metrics.task_losses import TaskLossMeans
+from .model_card import RUN_CARD_FIELDS, generate_model_card
+from .optim import group_learning_rates, layerwise_parameter_groups
 from .selection import (
     describe_checkpoint_selection,
-    early_stopping_callbacks,
     is_selection_metric,
     selection_score,
     set_up_checkpoint_selection,
 )
 
 logger = logging.getLogger(__name__)
-
-# Trainer.evaluate's speed report: one for the whole multi-task evaluation, not one per task.
-_SPEED_METRICS = ("runtime", "samples_per_second", "steps_per_second")
 
 
 @dataclass
@@ -179,6 +169,7 @@ class MultiTaskTrainingArguments(TrainingArguments):
     def __post_init__(self):
         # Before TrainingArguments checks them: what early stopping and checkpoint selection need.
         set_up_checkpoint_selection(self)
+        self._resolve_cpu_bf16()
         super().__post_init__()
         # A JSON string from the command line or a JSON config (parsed here, not through the base
         # class's dict fields, so that a malformed string gets an error that names the field).
@@ -229,6 +220,22 @@ class MultiTaskTrainingArguments(TrainingArguments):
         if not torch.accelerator.is_available():
             self.dataloader_pin_memory = False
 
+    def _resolve_cpu_bf16(self) -> None:
+        """`bf16="auto"` (run configs, Python) becomes a bool from what the hardware offers; and bf16 on a
+        machine without an accelerator trains on the CPU, where TrainingArguments alone would refuse ("Your setup
+        doesn't support bf16/gpu") unless use_cpu is also given."""
+        self.bf16 = resolve_bf16(self.bf16, use_cpu=self.use_cpu)
+        if self.bf16 and (self.use_cpu or not torch.accelerator.is_available()):
+            support = cpu_bf16_support()
+            if support.fast:
+                logger.info("bf16 autocast on the CPU (found %s)", support.describe())
+            else:
+                logger.warning(
+                    "bf16 on a CPU with %s: PyTorch emulates bf16 there, expect it slower than fp32",
+                    support.describe(),
+                )
+            self.use_cpu = True
+
 
 class MultiTaskTrainer(Trainer):
     """Trains a `HydraBertModel` on several tasks at once.
@@ -243,6 +250,9 @@ class MultiTaskTrainer(Trainer):
         compute_metrics: optional `fn(task_name, EvalPrediction) -> dict`; default: accuracy and macro-F1
             (classification), MSE (regression), Spearman and Pearson of the cosine similarities
             (sentence similarity).
+        callbacks: as `transformers.Trainer`; they run before hydrabert's policies (hydrabert/callbacks.py:
+            freezing and gradual unfreezing, the frozen-encoder feature cache, the model card, the plots, early
+            stopping), and one of the same class replaces ours. `trainer.remove_callback(PlotsCallback)` drops one.
         Everything else as `transformers.Trainer`.
     """
 
@@ -255,19 +265,15 @@ class MultiTaskTrainer(Trainer):
         processing_class=None,
         data_collator=None,
         compute_metrics: Callable[[str, EvalPrediction], dict] | None = None,
+        callbacks: list | None = None,
         **kwargs,
     ):
-        if model is None:
-            raise ValueError("MultiTaskTrainer needs a model (a HydraBertModel)")
-        if args is None:
-            args = MultiTaskTrainingArguments(output_dir="hydrabert_output")
-        elif not isinstance(args, MultiTaskTrainingArguments):
-            raise TypeError(f"args must be MultiTaskTrainingArguments, got {type(args).__name__}")
-        for name, datasets_ in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
-            _check_task_datasets(model, datasets_, name)
+        args = _checked_arguments(model, args, train_dataset, eval_dataset)
         _apply_task_weights(model, args.task_weights)
-        # Freezing happens here, before anything wraps the model (DDP registers parameters once).
-        self._set_up_freezing(model, args)
+        callbacks = list(callbacks or [])
+        # What never trains, and the unfreezing schedule: read by the optimizer groups and the feature cache.
+        self.freezing = find_callback(callbacks, FreezingCallback) or FreezingCallback.from_args(model, args)
+        callbacks += policy_callbacks(model, args, callbacks, self.freezing)
 
         # The embedding as training starts, copied before anything trains or wraps the model.
         weight = args.embedding_preservation_weight
@@ -281,16 +287,8 @@ class MultiTaskTrainer(Trainer):
         if data_collator is None:
             data_collator = _default_collator(processing_class, train_dataset, eval_dataset)
         self.task_compute_metrics = compute_metrics or default_task_metrics(model)
-        # task -> (summed training loss as a device tensor, steps) since the last log
-        self._task_loss_sums: dict[str, tuple[torch.Tensor, int]] = {}
+        self.task_losses = TaskLossMeans()  # each task's training loss between two logs
         self._eval_task: str | None = None  # the task evaluate() is on (read by the eval hooks)
-        self._holding_reports = False  # evaluate(): the per-task evaluations neither log nor call on_evaluate
-        # Fill the model card (recipe, per-task results) and draw the plots as training runs.
-        self.card_callback = ModelCardCallback()
-        self.plots_callback = PlotsCallback()
-        kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), self.card_callback, self.plots_callback]
-        # Early stopping's callback, judged only once gradual unfreezing has released the last encoder layer.
-        kwargs["callbacks"] += early_stopping_callbacks(model, args, kwargs["callbacks"], self.unfreezing)
         super().__init__(
             model=model,
             args=args,
@@ -298,33 +296,32 @@ class MultiTaskTrainer(Trainer):
             eval_dataset=self.eval_datasets,
             processing_class=processing_class,
             data_collator=data_collator,
+            callbacks=callbacks,
             **kwargs,
         )
-        # A frozen encoder runs without dropout, and computes each example once (feature_cache.py):
-        # in one process all of them up front, length-sorted; under DDP lazily, as each rank meets them.
+        # A frozen encoder runs without dropout, and computes each example once (feature_cache.py): in one
+        # process all of them up front, length-sorted; under DDP lazily, as each rank meets them. Built here, as
+        # it needs the accelerator; `compute_loss` routes the forward through it.
         self.frozen_encoder = FrozenEncoder.from_trainer(
             self, prefill=self._frozen_encoder_batches if self.args.world_size == 1 else None
         )
         if self.frozen_encoder is not None:
             self.add_callback(self.frozen_encoder)
 
-    def _set_up_freezing(self, model, args: MultiTaskTrainingArguments) -> None:
-        """Freeze what the policies never train, and plan the gradual unfreezing of the rest."""
-        self.never_trained = frozen_parameter_names(
-            model, args.freeze_policy, args.frozen_tasks, args.freeze_embeddings, args.freeze_lower_layers
-        )
-        self.unfreezing = None
-        if args.gradual_unfreezing:
-            self.unfreezing = UnfreezingSchedule(
-                num_layers=model.config.encoder.num_hidden_layers,
-                unfreeze_every=args.unfreeze_every,
-                lowest_trainable_depth=lowest_trainable_depth(
-                    args.freeze_embeddings, args.freeze_lower_layers
-                ),
-            )
-        set_requires_grad(model, self.never_trained)
-        self._waiting = set()  # parameters whose unfreezing turn has not come yet
-        self._unfrozen_levels = None
+    @property
+    def card_callback(self) -> ModelCardCallback | None:
+        """The `ModelCardCallback` whose data `create_model_card` renders (None once removed)."""
+        return find_callback(self.callback_handler.callbacks, ModelCardCallback)
+
+    @property
+    def plots_callback(self) -> PlotsCallback | None:
+        """The `PlotsCallback` that draws the plots (None once removed)."""
+        return find_callback(self.callback_handler.callbacks, PlotsCallback)
+
+    @property
+    def plot_files(self) -> list[str]:
+        """The plot files (names in `args.output_dir`) that the `PlotsCallback` wrote last."""
+        return self.plots_callback.files if self.plots_callback is not None else []
 
     # ------------------------------------------------------------------------------- optimizer
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
@@ -336,7 +333,8 @@ class MultiTaskTrainer(Trainer):
         unwrapped = self.accelerator.unwrap_model(opt_model)
         # Layers that gradual unfreezing will release later are in the optimizer from the start:
         # their gradients stay None until then, and torch optimizers skip such parameters.
-        trainable = [(n, p) for n, p in unwrapped.named_parameters() if n not in self.never_trained]
+        never_trained = self.freezing.never_trained
+        trainable = [(n, p) for n, p in unwrapped.named_parameters() if n not in never_trained]
         groups = layerwise_parameter_groups(
             unwrapped,
             learning_rate=self.args.learning_rate,
@@ -346,11 +344,7 @@ class MultiTaskTrainer(Trainer):
             parameters=trainable,
         )
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
-        if (
-            "params" in optimizer_kwargs
-            or "model" in optimizer_kwargs
-            or "optimizer_dict" in optimizer_kwargs
-        ):
+        if {"params", "model", "optimizer_dict"} & set(optimizer_kwargs):
             raise ValueError(
                 f"optim={self.args.optim!r} builds its own parameter groups, which would drop the layer-wise "
                 "learning rates; choose a standard optimizer (e.g. adamw_torch, adamw_torch_fused, sgd, adafactor)."
@@ -396,111 +390,47 @@ class MultiTaskTrainer(Trainer):
         return self.accelerator.prepare(dataloader)
 
     def _frozen_encoder_batches(self):
-        """Every example training will encode (train rows, and validation rows when training evaluates),
-        longest first, in batches of `eval_batch_size`: sorted rows hardly pad, and the longest batch
-        comes first, so one that does not fit in memory fails at once."""
+        """Every example training will encode (train rows, and validation rows when training evaluates)."""
         sources = [self.train_dataset]
         if self.eval_datasets and self.args.eval_strategy != "no":
             sources += [
                 build_multitask_dataset({task: dataset}, task_names=self.model.task_names)[0]
                 for task, dataset in self.eval_datasets.items()
             ]
-        rows = []  # (token length, source, global index in the source)
-        for number, source in enumerate(sources):
-            lengths = [n for task_lengths in source.task_lengths().values() for n in task_lengths]
-            rows += [(length, number, index) for index, length in enumerate(lengths)]
-        rows.sort(key=lambda row: -row[0])
-        size = self.args.eval_batch_size
-        for start in range(0, len(rows), size):
-            batch = rows[start : start + size]
-            features = []
-            for number, source in enumerate(sources):  # one batched Arrow read per source
-                indices = [index for _, source_number, index in batch if source_number == number]
-                if indices:
-                    features += source.__getitems__(indices)
-            # Token inputs only: the cache needs no labels, and rows of a shared source carry theirs by task.
-            yield self.data_collator([{k: row[k] for k in MODEL_INPUTS if k in row} for row in features])
+        return length_sorted_batches(sources, self.data_collator, self.args.eval_batch_size)
 
     # ---------------------------------------------------------------------------------- training
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         if self.train_dataset is None:
             raise ValueError("MultiTaskTrainer.train() needs a train_dataset ({task name: dataset})")
-        if all(name in self.never_trained for name, _ in self.model.named_parameters()):
-            raise ValueError(
-                "Nothing would train: the freeze settings (freeze_policy="
-                f"{self.args.freeze_policy!r}, frozen_tasks={self.args.frozen_tasks}) freeze every parameter. "
-                "For feature extraction use trainer.evaluate(), model.predict() or model.encode(); to train, "
-                "choose another freeze_policy."
-            )
+        check_something_trains(self.model, self.freezing.never_trained, self.args)
         # True: the last *complete* checkpoint (transformers takes the highest-numbered folder, even one
         # whose write was interrupted); a path must hold a complete checkpoint.
         resume_from_checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
         if self.args.load_best_model_at_end:
-            logger.info(describe_checkpoint_selection(self.args, self.model.config.tasks, self.unfreezing))
+            unfreezing = self.freezing.unfreezing
+            logger.info(describe_checkpoint_selection(self.args, self.model.config.tasks, unfreezing))
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
-    @property
-    def plot_files(self) -> list[str]:
-        """The plot files (names in `args.output_dir`) that `PlotsCallback` wrote last."""
-        return self.plots_callback.files
-
     def training_step(self, model, inputs, num_items_in_batch=None):
-        if self.unfreezing is not None:
-            self._follow_unfreezing_schedule()
         loss = super().training_step(model, inputs, num_items_in_batch)
-        if self._waiting and self._distributed:
-            # Under DDP the waiting layers keep requires_grad (DDP registered them when it wrapped the
-            # model) and their gradients were all-reduced like the rest; dropping them here, before
-            # clipping and the optimizer step, means they neither move nor gain optimizer state.
-            for param in self._waiting_params():
-                param.grad = None
+        if self._distributed:
+            # Gradual unfreezing under DDP: the layers whose turn has not come keep requires_grad (DDP registered
+            # them when it wrapped the model) and their gradients were all-reduced like the rest; dropped here,
+            # they neither move, gain optimizer state nor count in the clipped norm. Not in FreezingCallback: no
+            # event comes between the backward and the clipping (on_pre_optimizer_step comes after it).
+            self.freezing.drop_waiting_gradients(model)
         return loss
 
     @property
     def _distributed(self) -> bool:
         return self.accelerator.num_processes > 1
 
-    def _waiting_params(self):
-        return [
-            p for n, p in self.accelerator.unwrap_model(self.model).named_parameters() if n in self._waiting
-        ]
-
-    def _follow_unfreezing_schedule(self) -> None:
-        epoch = self.state.epoch or 0.0
-        levels = self.unfreezing.levels_unfrozen(epoch)
-        if levels == self._unfrozen_levels:
-            return
-        model = self.accelerator.unwrap_model(self.model)
-        depths = self.unfreezing.trainable_depths(epoch)
-        self._waiting = {
-            name
-            for name, _ in model.named_parameters()
-            if name not in self.never_trained and model.get_layer_depth(name) not in depths
-        }
-        if not self._distributed:
-            # One process: really stop the backward at the frozen layers (the cheap way).
-            for name, param in model.named_parameters():
-                if name not in self.never_trained:
-                    param.requires_grad_(name not in self._waiting)
-        self._unfrozen_levels = levels
-        message = f"gradual unfreezing at epoch {epoch:.2f}: {self.unfreezing.describe(epoch)}"
-        logger.info(message)
-        if self.is_world_process_zero():
-            self.state.log_history.append(
-                {"unfreezing": self.unfreezing.describe(epoch), "step": self.state.global_step}
-            )
-
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        # The feature cache's forward (FrozenEncoder): no callback event sees the batch before the forward.
         outputs = self.frozen_encoder(model, inputs) if self.frozen_encoder is not None else model(**inputs)
         loss = outputs.loss
-        if not torch.isfinite(loss).all():
-            tasks = sorted(outputs.task_losses or {})
-            bad = [t for t in tasks if not torch.isfinite(outputs.task_losses[t]).all()]
-            raise FloatingPointError(
-                f"Non-finite training loss ({loss.item()}) at step {self.state.global_step}, task(s) "
-                f"{bad or tasks}. Lower the learning rate or check the data; checkpoints saved before this "
-                f"step in {self.args.output_dir} are intact (resume_from_checkpoint)."
-            )
+        _check_finite(outputs, self.state.global_step, self.args.output_dir)
         task_losses = dict(outputs.task_losses or {})
         if model.training and self.embedding_teacher is not None:
             features = self.frozen_encoder.last_features if self.frozen_encoder is not None else None
@@ -508,61 +438,32 @@ class MultiTaskTrainer(Trainer):
             loss = loss + term
             task_losses["embedding_preservation"] = distance
         if model.training and task_losses:
-            # Summed as tensors on the device: no host sync per step (log() reads them, once per logging step).
-            for task, value in task_losses.items():
-                total, count = self._task_loss_sums.get(task, (0.0, 0))
-                self._task_loss_sums[task] = (total + value.detach().float(), count + 1)
+            self.task_losses.add(task_losses)  # on the device: log() reads them, once per logging step
         return (loss, outputs) if return_outputs else loss
 
     # ------------------------------------------------------------------------------ saving, card
     def _save_checkpoint(self, model, trial):
-        """The base class writes checkpoint-N in place, trainer_state.json last, then rotates old ones.
-        Before that: a trainer_state.json left in checkpoint-N by an earlier run would make a half-written
-        rewrite look complete, so it goes first; and incomplete checkpoint folders (interrupted writes)
-        go too, as nothing can resume from them and save_total_limit rotation would count (and, ordering
-        by step, protect) them instead of the complete ones."""
+        # Stale and incomplete checkpoint folders go before the base class writes checkpoint-N (checkpoints.py).
+        # Not a callback: on_save comes after the write, and no event comes before it.
         if self.args.should_save:
-            run_dir = self._get_output_dir(trial=trial)
-            target = os.path.join(run_dir, f"checkpoint-{self.state.global_step}")
-            stale_state = os.path.join(target, TRAINER_STATE_NAME)
-            if os.path.isfile(stale_state):
-                os.remove(stale_state)
-            for path, problem in incomplete_checkpoints(run_dir).items():
-                if os.path.normpath(path) != os.path.normpath(target):
-                    logger.warning("Removing incomplete checkpoint %s (%s)", path, problem)
-                    shutil.rmtree(path, ignore_errors=True)
+            clear_for_checkpoint(self._get_output_dir(trial=trial), self.state.global_step)
         super()._save_checkpoint(model, trial)
 
-    def create_model_card(self, **overrides):
-        """Writes README.md in the output directory from the card data gathered during training
-        (`Trainer.push_to_hub` calls this before it uploads the folder)."""
+    def create_model_card(self, **fields):
+        """Writes README.md in the output directory from the card data the `ModelCardCallback` gathered during
+        training (`Trainer.push_to_hub` calls this before it uploads the folder); `fields` of RUN_CARD_FIELDS."""
         if not self.is_world_process_zero():
             return None
-        # What a run can tell the card; not `tasks`: Trainer.push_to_hub's own card arguments (finetuned_from,
-        # tasks, dataset...) are a string's worth each, where the card reads the model.
-        known = {
-            "model_name",
-            "language",
-            "license",
-            "tags",
-            "datasets",
-            "dataset_sizes",
-            "validation_split_percentage",
-            "max_seq_length",
-            "base_model",
-            "revision",
-            "model_id",
-            "example_sentences",
-        }
-        overrides = {k: v for k, v in overrides.items() if k in known and v is not None}
-        if "model_id" not in overrides and self.args.hub_model_id:
-            overrides["model_id"] = self.args.hub_model_id
+        fields = {k: v for k, v in fields.items() if k in RUN_CARD_FIELDS and v is not None}
+        if "model_id" not in fields and self.args.hub_model_id:
+            fields["model_id"] = self.args.hub_model_id
+        card = self.card_callback
         return generate_model_card(
             self.accelerator.unwrap_model(self.model),
             self.args.output_dir,
-            card_data=self.card_callback.card_data,
+            card_data=card.card_data if card is not None else None,
             tokenizer=self.processing_class,
-            **overrides,
+            **fields,
         )
 
     # -------------------------------------------------------------------------------- logging
@@ -570,37 +471,18 @@ class MultiTaskTrainer(Trainer):
         """Adds every layer group's learning rate (the base Trainer logs group 0 only) and each
         task's mean training loss since the last log."""
         if "loss" in logs and self.optimizer is not None:
-            seen = set()
-            for group in self.optimizer.param_groups:
-                name = group.get("name", "").removesuffix(".no_decay")
-                if name and name not in seen:
-                    seen.add(name)
-                    logs[f"lr/{name}"] = group["lr"]
+            logs.update({f"lr/{name}": lr for name, lr in group_learning_rates(self.optimizer).items()})
             logs.update(self._task_training_losses())
-        if self._holding_reports:
-            return
         super().log(logs, start_time)
 
     def _task_training_losses(self) -> dict[str, float]:
         """`loss/<task>`: each task's mean training loss since the last log, over all processes (one host
         sync here, none per step). Every process takes part (log() runs on all of them at a logging step)."""
         tasks = self.accelerator.unwrap_model(self.model).task_names
-        if self.embedding_teacher is not None:  # the same list on every process: the reduce below pairs them
+        if self.embedding_teacher is not None:  # the same list on every process: the reduce pairs them
             tasks = [*tasks, "embedding_preservation"]
-        device = self.args.device
-        totals = torch.stack(
-            [torch.as_tensor(self._task_loss_sums.get(t, (0.0, 0))[0], device=device).float() for t in tasks]
-        )
-        counts = torch.tensor([self._task_loss_sums.get(t, (0.0, 0))[1] for t in tasks], device=device)
-        self._task_loss_sums = {}
-        if self._distributed:
-            totals = self.accelerator.reduce(totals, reduction="sum")
-            counts = self.accelerator.reduce(counts, reduction="sum")
-        return {
-            f"loss/{task}": round(total / count, 4)
-            for task, total, count in zip(tasks, totals.tolist(), counts.tolist(), strict=True)
-            if count
-        }
+        reduce = functools.partial(self.accelerator.reduce, reduction="sum") if self._distributed else None
+        return self.task_losses.pop_means(tasks, self.args.device, reduce)
 
     # ----------------------------------------------------------------------------- evaluation
     def evaluate(
@@ -609,9 +491,9 @@ class MultiTaskTrainer(Trainer):
         ignore_keys: list[str] | None = None,
         metric_key_prefix: str = "eval",
     ) -> dict[str, float]:
-        """Evaluates every task on its own data with `Trainer.evaluate`: `{prefix}_{task}_{metric}` for each
-        task (its loss, and what `compute_metrics` returns for it), `{prefix}_average_{metric}` over the tasks
-        that report that metric, and the run's speed. Logged, and given to `on_evaluate`, once."""
+        """Evaluates every task on its own data with `Trainer.evaluation_loop`: `{prefix}_{task}_{metric}` for
+        each task (its loss, and what `compute_metrics` returns for it), `{prefix}_average_{metric}` over the
+        tasks that report that metric, and the run's speed. Logged, and given to `on_evaluate`, once."""
         datasets_ = eval_dataset if eval_dataset is not None else self.eval_datasets
         if datasets_ is None:
             raise ValueError("MultiTaskTrainer.evaluate() needs eval_dataset ({task name: dataset})")
@@ -621,21 +503,12 @@ class MultiTaskTrainer(Trainer):
             )
         _check_units(self.model, datasets_, "eval_dataset")
         datasets_ = per_task_datasets(datasets_)
+        self._memory_tracker.start()
         start_time = time.time()
         metrics: dict[str, float] = {}
-        num_samples = 0
         for task, dataset in datasets_.items():
-            task_prefix = f"{metric_key_prefix}_{task}"
-            with self._evaluating(task):
-                task_metrics = super().evaluate(
-                    dataset, ignore_keys=ignore_keys, metric_key_prefix=task_prefix
-                )
-            # One speed report for the whole evaluation (below), as before, not one per task.
-            for name in _SPEED_METRICS:
-                task_metrics.pop(f"{task_prefix}_{name}", None)
-            metrics.update(task_metrics)
-            num_samples += len(dataset)
-        metrics.update(_averages(metrics, metric_key_prefix, list(datasets_)))
+            metrics.update(self._evaluate_task(task, dataset, ignore_keys, f"{metric_key_prefix}_{task}"))
+        metrics.update(task_averages(metrics, metric_key_prefix, list(datasets_)))
         # One number for "which checkpoint is best" (hydrabert/selection.py); required when it selects them.
         specs = self.accelerator.unwrap_model(self.model).config.tasks
         kinds = {task: specs[task]["problem_type"] for task in datasets_}
@@ -645,37 +518,35 @@ class MultiTaskTrainer(Trainer):
             and is_selection_metric(self.args.metric_for_best_model)
         )
         metrics.update(selection_score(metrics, metric_key_prefix, kinds, required=required))
+        num_samples = sum(len(dataset) for dataset in datasets_.values())
+        num_steps = math.ceil(num_samples / (self.args.eval_batch_size * self.args.world_size))
         metrics.update(
-            speed_metrics(
-                metric_key_prefix,
-                start_time,
-                num_samples=num_samples,
-                num_steps=math.ceil(num_samples / (self.args.eval_batch_size * self.args.world_size)),
-            )
+            speed_metrics(metric_key_prefix, start_time, num_samples=num_samples, num_steps=num_steps)
         )
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        self._memory_tracker.stop_and_update_metrics(metrics)
         return metrics
 
-    @contextlib.contextmanager
-    def _evaluating(self, task: str):
-        """While `Trainer.evaluate` runs on one task: its batches and metrics are that task's, and its own log()
-        and on_evaluate() are held back, so that callbacks (model card, plots) see one combined report."""
-        handler = self.callback_handler
-        self._eval_task, self._holding_reports = task, True
-        self.compute_metrics = functools.partial(self._task_metrics, task)
-        # An instance attribute shadows CallbackHandler.on_evaluate for this call only.
-        handler.on_evaluate = lambda args, state, control, metrics: control
+    def _evaluate_task(self, task: str, dataset: Dataset, ignore_keys, prefix: str) -> dict[str, float]:
+        """What `Trainer.evaluate` runs on one data set, `evaluation_loop`, on one task's rows: its batches and
+        metrics are that task's. No log() and no on_evaluate here: `evaluate` reports all the tasks at once."""
+        self._eval_task, self.compute_metrics = task, functools.partial(self._task_metrics, task)
         try:
-            yield
+            output = self.evaluation_loop(
+                self.get_eval_dataloader(dataset),
+                f"Evaluation ({task})",
+                ignore_keys=ignore_keys,
+                metric_key_prefix=prefix,
+            )
         finally:
-            del handler.on_evaluate
-            self._eval_task, self._holding_reports, self.compute_metrics = None, False, None
-            # The held-back on_evaluate is what closes the progress bar: close it here, so that each task gets
-            # its own bar (sized to its own batches) instead of one that overruns the first task's total.
-            for callback in handler.callbacks:
-                if isinstance(callback, ProgressCallback):
-                    callback.on_evaluate(self.args, self.state, self.control)
+            self._eval_task, self.compute_metrics = None, None
+        # ProgressCallback closes its evaluation bar in on_evaluate, which comes once, after the last task: closed
+        # here, each task gets its own bar (sized to its own batches) instead of one that overruns the first's.
+        progress = find_callback(self.callback_handler.callbacks, ProgressCallback)
+        if progress is not None:
+            progress.on_evaluate(self.args, self.state, self.control)
+        return output.metrics
 
     def get_eval_dataloader(self, eval_dataset=None) -> DataLoader:
         """The batches of the task being evaluated, longest first (batches of similar length pad little; the
@@ -685,19 +556,11 @@ class MultiTaskTrainer(Trainer):
             raise ValueError(
                 "MultiTaskTrainer evaluates task by task: call trainer.evaluate({task name: dataset})"
             )
-        task = self._eval_task
-        task_dataset, _ = build_multitask_dataset({task: eval_dataset}, task_names=self.model.task_names)
-        lengths = task_dataset.task_lengths()[task]
-        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-        dataloader = DataLoader(
-            task_dataset,
-            batch_size=self.args.eval_batch_size,
-            sampler=order,
-            collate_fn=_SingleTaskCollator(self.data_collator, task),
-            num_workers=self.args.dataloader_num_workers,
-            pin_memory=self.args.dataloader_pin_memory,
+        task_dataset, _ = build_multitask_dataset(
+            {self._eval_task: eval_dataset}, task_names=self.model.task_names
         )
-        return self.accelerator.prepare(dataloader)
+        collate = _SingleTaskCollator(self.data_collator, self._eval_task)
+        return self.accelerator.prepare(_longest_first_dataloader(task_dataset, collate, self.args))
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Returns no batch loss but, with the task's logits, each row's loss: `Trainer.evaluation_loop` would
@@ -756,6 +619,31 @@ class _SingleTaskCollator:
         return batch
 
 
+def _check_finite(outputs, step: int, output_dir: str) -> None:
+    """A non-finite loss stops training with the step and the task(s) whose loss it was."""
+    if torch.isfinite(outputs.loss).all():
+        return
+    tasks = sorted(outputs.task_losses or {})
+    bad = [t for t in tasks if not torch.isfinite(outputs.task_losses[t]).all()]
+    raise FloatingPointError(
+        f"Non-finite training loss ({outputs.loss.item()}) at step {step}, task(s) {bad or tasks}. Lower the learning "
+        f"rate or check the data; checkpoints saved before this step in {output_dir} are intact (resume_from_checkpoint)."
+    )
+
+
+def _longest_first_dataloader(task_dataset, collate: _SingleTaskCollator, args) -> DataLoader:
+    """One task's rows (a single-task `MultiTaskDataset`), longest first, in batches of `args.eval_batch_size`."""
+    lengths = task_dataset.task_lengths()[collate.task]
+    return DataLoader(
+        task_dataset,
+        batch_size=args.eval_batch_size,
+        sampler=sorted(range(len(lengths)), key=lambda i: -lengths[i]),
+        collate_fn=collate,
+        num_workers=args.dataloader_num_workers,
+        pin_memory=args.dataloader_pin_memory,
+    )
+
+
 def _default_collator(processing_class, train_dataset, eval_dataset) -> MultiTaskCollator:
     """Pads with `processing_class`; without one, padded data is stacked as is (as default_data_collator
     does), and unpadded data fails here, not mid-run."""
@@ -766,12 +654,21 @@ def _default_collator(processing_class, train_dataset, eval_dataset) -> MultiTas
     return MultiTaskCollator(processing_class)
 
 
-def _check_task_datasets(model, datasets_, what: str) -> None:
-    if datasets_ is None:
-        return
-    if not isinstance(datasets_, Mapping):
-        raise TypeError(f"{what} must be a dict {{task name: dataset}}, got {type(datasets_).__name__}")
-    _check_units(model, datasets_, what)
+def _checked_arguments(model, args, train_dataset, eval_dataset) -> MultiTaskTrainingArguments:
+    """`args` (defaults when None), once the model and the data sets are what MultiTaskTrainer takes."""
+    if model is None:
+        raise ValueError("MultiTaskTrainer needs a model (a HydraBertModel)")
+    if args is None:
+        args = MultiTaskTrainingArguments(output_dir="hydrabert_output")
+    elif not isinstance(args, MultiTaskTrainingArguments):
+        raise TypeError(f"args must be MultiTaskTrainingArguments, got {type(args).__name__}")
+    for what, datasets_ in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
+        if datasets_ is None:
+            continue
+        if not isinstance(datasets_, Mapping):
+            raise TypeError(f"{what} must be a dict {{task name: dataset}}, got {type(datasets_).__name__}")
+        _check_units(model, datasets_, what)
+    return args
 
 
 def _check_task_names(model, names, what: str) -> None:
@@ -801,87 +698,10 @@ def _apply_task_weights(model, task_weights: dict | None) -> None:
     model.config.tasks = tasks
 
 
-def _averages(metrics: dict[str, float], prefix: str, tasks: list[str]) -> dict[str, float]:
-    """Mean of each metric (loss, accuracy, f1, spearman, ...) over the tasks that report it: classification
-    tasks' accuracy is averaged without a similarity task, which reports Spearman instead."""
-    per_metric: dict[str, list[float]] = {}
-    for task in tasks:
-        head = f"{prefix}_{task}_"
-        for key, value in metrics.items():
-            if key.startswith(head) and isinstance(value, (int, float)):
-                per_metric.setdefault(key[len(head) :], []).append(float(value))
-    skip = {"runtime", "samples_per_second", "steps_per_second", "model_preparation_time"}
-    return {
-        f"{prefix}_average_{name}": float(np.mean(values))
-        for name, values in per_metric.items()
-        if name not in skip
-    }
-
-
-def default_task_metrics(model) -> Callable[[str, EvalPrediction], dict]:
-    """Accuracy and macro-F1 for classification (via the `evaluate` modules shipped in
-    `hydrabert/metrics`), mean squared error for regression.
-
-    `f1` is the usual macro-F1 (scikit-learn's and `evaluate`'s default): the mean over the labels that occur
-    in the references or the predictions. `f1_declared_labels` is the mean over every label of the task, so
-    that a label absent from both counts as F1 = 0; the two differ only when a split lacks a label that the
-    model never predicts either."""
-    tasks = model.config.tasks
-
-    def compute(task: str, prediction: EvalPrediction) -> dict:
-        logits = np.asarray(prediction.predictions)
-        references = np.asarray(prediction.label_ids)
-        problem_type = tasks[task]["problem_type"]
-        if problem_type == "sentence_similarity":
-            return similarity_correlations(logits, references)
-        if problem_type == "regression":
-            values = logits.squeeze(-1) if logits.ndim > 1 and logits.shape[-1] == 1 else logits
-            return {"mse": float(np.mean((values - references) ** 2))}
-        declared = list(range(tasks[task]["num_labels"]))
-        if problem_type == "multi_label_classification":
-            predicted = (logits > 0).astype(int)
-            truth = references.astype(int)
-            present = np.flatnonzero((predicted | truth).any(axis=0)).tolist() or declared
-            accuracy = load_metric("accuracy", "multilabel").compute(
-                predictions=predicted.tolist(), references=truth.tolist()
-            )
-            return {
-                "accuracy": accuracy["accuracy"],
-                **_macro_f1(predicted, truth, present, declared, "multilabel"),
-            }
-        keep = references != -100
-        predicted = logits.argmax(-1)[keep].tolist()
-        truth = references[keep].tolist()
-        accuracy = load_metric("accuracy").compute(predictions=predicted, references=truth)
-        return {"accuracy": accuracy["accuracy"], **_macro_f1(predicted, truth, None, declared)}
-
-    return compute
-
-
-def similarity_correlations(similarities, scores) -> dict[str, float]:
-    """`spearman` and `pearson`: how the cosine similarities of the pairs rank and follow their gold scores.
-
-    A sentence-similarity task's rows come in pairs, each pair's similarity and score on both its rows: every
-    pair is there twice, which leaves both correlations unchanged (ranks of a doubled sample are an affine map
-    of the single sample's ranks)."""
-    from scipy.stats import pearsonr, spearmanr
-
-    similarities, scores = np.asarray(similarities, dtype=np.float64), np.asarray(scores, dtype=np.float64)
-    return {
-        "spearman": float(spearmanr(similarities, scores).statistic),
-        "pearson": float(pearsonr(similarities, scores).statistic),
-    }
-
-
-def _macro_f1(predicted, truth, present, declared, config_name=None) -> dict[str, float]:
-    """`f1` over the labels present in references or predictions (`present`; None: scikit-learn finds them),
-    `f1_declared_labels` over every label of the task."""
-    metric = load_metric("f1", config_name)
-    predicted, truth = np.asarray(predicted).tolist(), np.asarray(truth).tolist()
-    return {
-        name: metric.compute(predictions=predicted, references=truth, average="macro", labels=labels)["f1"]
-        for name, labels in (("f1", present), ("f1_declared_labels", declared))
-    }
-
-
-__all__ = ["MultiTaskTrainer", "MultiTaskTrainingArguments", "default_task_metrics"]
+# default_task_metrics and similarity_correlations live in hydrabert.metrics; importable from here as before.
+__all__ = [
+    "MultiTaskTrainer",
+    "MultiTaskTrainingArguments",
+    "default_task_metrics",
+    "similarity_correlations",
+]

@@ -19,6 +19,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 import _speed  # noqa: E402
+import bench_bf16  # noqa: E402
 import bench_encode  # noqa: E402
 import bench_export  # noqa: E402
 import bench_freeze_step  # noqa: E402
@@ -42,6 +43,7 @@ KEYS = {
     ],
     "frozen": [
         *HEADLINE,
+        *["bound", "ratio_over_bound", "bound_if_cached_epochs_were_free"],
         *["cached_epochs_ratio", "fill_cost_fraction", "cpu_time_ratio", "seconds", "fill_seconds"],
         *["epoch_seconds", "encoder_rows", "cache_hits", "final_weights_max_abs_diff"],
         *["weights_max_abs_update", "final_weights_bit_identical", "trained_tensors_compared"],
@@ -71,6 +73,7 @@ KEYS = {
         *["cpu_time_ratio", "round_seconds", "rows", "samples", "labels_per_task", "steps", "encoder_rows"],
         *["tokens", "train_loss", "settings", *TRAILER],
     ],
+    "bf16": ["benchmark", "what", "training", "predict", "settings", *TRAILER],
     "freeze_step": ["benchmark", "batch_size", "seconds_per_step", "speedup_vs_full", "torch_threads"],
     "gpu_train_smoke": [
         *HEADLINE,
@@ -192,6 +195,19 @@ def assert_headline(line: dict, samples: int) -> None:
 
 def small(data_root: str, *flags: str) -> list[str]:
     return ["--data-root", data_root, "--batch-size", "8", "--max-length", "32", *flags]
+
+
+def test_bf16_times_fp32_and_bf16_on_the_same_work_and_compares_labels(data_root, capfd):
+    line = run(bench_bf16, small(data_root, "--steps", "2", "--rounds", "1"), capfd)
+    training, predict = line["training"], line["predict"]
+    assert training["samples"] == 16 and training["steps"] == 2
+    for side in ("hydrabert_fp32", "hydrabert_bf16", "hf_trainer_bf16_group_by_length"):
+        assert training["samples_per_s"][side] > 0
+    # autocast changes the loss a little, not a lot (the same batches, the same weights at the start)
+    assert training["train_loss"]["bf16"] == pytest.approx(training["train_loss"]["fp32"], rel=0.05)
+    assert predict["sentences"] > 0 and 0.0 <= predict["label_agreement"] <= 1.0
+    assert predict["model"].startswith("fresh")  # no --model: the JSON says the agreement means little
+    assert set(line["machine"]) >= {"cpu", "cpu_flags"}
 
 
 def test_train_both_sides_train_the_same_rows_tokens_and_steps(data_root, capfd):

@@ -334,9 +334,9 @@ def test_divergence_keeps_the_last_good_checkpoint_resumable(tmp_path, tokenizer
     real_task_loss = modeling._task_loss
     calls = {"n": 0}
 
-    def diverge_on_step_five(name, spec, logits, labels):
+    def diverge_on_step_five(name, spec, logits, labels, **kwargs):
         calls["n"] += 1
-        loss = real_task_loss(name, spec, logits, labels)
+        loss = real_task_loss(name, spec, logits, labels, **kwargs)
         return loss * float("nan") if calls["n"] == KILL_STEP + 1 else loss
 
     monkeypatch.setattr(modeling, "_task_loss", diverge_on_step_five)

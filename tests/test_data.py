@@ -178,6 +178,8 @@ def test_configured_labels_fix_the_ids(tmp_path):
         "problem_type": "single_label_classification",
         "weight": 1.0,
         "class_weights": None,
+        "head": "linear",
+        "loss": None,
     }
 
 

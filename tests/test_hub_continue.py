@@ -1,20 +1,13 @@
-"""Continuing a trained hydrabert model from a Hub repo id (issue 26), through the offline Hub test server:
-the repo id is told apart from a plain encoder's at the pinned revision, and run_mtl.py keeps its heads and
-labels, starts from that revision's weights and adds the tasks the checkpoint lacks."""
+"""Telling a Hub repo id of a trained hydrabert model from a plain encoder's (issue 26), through the offline
+Hub test server: at the pinned revision, offline from the cache, and with errors that name the repo. The
+run_mtl.py side (continue from a repo id at a pinned revision, add a task) is in tests/test_run_mtl.py."""
 
 from __future__ import annotations
 
-import json
-import os
-
 import pytest
 import torch
-from huggingface_hub import HfApi
-from safetensors.torch import load, load_file, save_file
-from test_run_mtl import PUSH_SETTINGS, TASKS, _config, data_root  # noqa: F401 (data_root: a fixture)
 from transformers import BertModel
 
-import run_mtl
 from hydrabert.assembly import is_hydrabert_checkpoint, load_model
 
 SPEC = {
@@ -51,75 +44,3 @@ def test_a_hub_repo_id_is_told_apart_from_an_encoder_at_its_revision(hub_server,
     hub_server.set_offline(False)
     with pytest.raises(OSError, match=r"test-user/grows at revision 'no-such-branch'"):
         is_hydrabert_checkpoint("test-user/grows", revision="no-such-branch")
-
-
-def test_run_mtl_continues_a_hub_model_at_a_pinned_revision_with_its_heads(
-    tmp_path,
-    tiny_encoder_dir,
-    data_root,  # noqa: F811 (the fixture imported from test_run_mtl)
-    hub_server,
-    monkeypatch,
-):
-    # A model trained on one task, pushed by run_mtl.py itself (its push, then the card-pinning commit).
-    first = tmp_path / "first"
-    run_mtl.main(
-        [
-            _config(
-                tmp_path / "first.json", tiny_encoder_dir, data_root, first, tasks=TASKS[:1], **PUSH_SETTINGS
-            )
-        ]
-    )
-    repo_id = PUSH_SETTINGS["hub_model_id"]
-    pinned = list(hub_server.hub.get_repo(repo_id).commits.values())[1].oid
-    # Read from the server's store, not through the client: the run must download the pinned files itself.
-    pinned_weights = load(hub_server.hub.file_bytes(repo_id, "model.safetensors", revision=pinned))
-
-    # A later commit with other weights: a run that ignored the pin would start from these.
-    later_weights = {key: value + 1.0 for key, value in pinned_weights.items()}
-    save_file(later_weights, tmp_path / "later.safetensors", metadata={"format": "pt"})
-    later = HfApi().upload_file(
-        path_or_fileobj=tmp_path / "later.safetensors", path_in_repo="model.safetensors", repo_id=repo_id
-    )
-    assert later.oid != pinned
-
-    started = {}
-
-    def build_and_record(model_args, task_specs):
-        model = build_model(model_args, task_specs)
-        started["state"] = {key: value.detach().clone() for key, value in model.state_dict().items()}
-        started["tasks"] = json.loads(json.dumps(model.config.tasks))
-        return model
-
-    build_model = run_mtl.build_model
-    monkeypatch.setattr(run_mtl, "build_model", build_and_record)
-    requests = len(hub_server.hub.requests)
-    out = tmp_path / "continued"
-    config = _config(
-        tmp_path / "continued.json", repo_id, data_root, out, num_train_epochs=1, save_strategy="no"
-    )
-    results = run_mtl.main([config, "--model_revision", pinned])
-
-    # Started from the pinned revision: its weights, its head and labels, and a new head for the new task.
-    assert started["tasks"]["sentiment"]["labels"] == ["neg", "pos"]
-    assert started["tasks"]["question"]["labels"] == ["DESC", "HUM", "LOC"]
-    for key, value in pinned_weights.items():
-        torch.testing.assert_close(started["state"][key], value, msg=key)
-    assert "heads.question.weight" in started["state"]
-    assert not any(key.startswith("heads.question") for key in pinned_weights)
-    downloads = {path for method, path in hub_server.hub.requests[requests:] if method == "GET"}
-    assert f"/{repo_id}/resolve/{pinned}/model.safetensors" in downloads
-    assert f"/{repo_id}/resolve/{pinned}/tokenizer.json" in downloads  # the tokenizer at the pin too
-    assert not any(later.oid in path for path in downloads)
-
-    # ... and trained both heads from there.
-    assert (
-        0.0 <= results["eval_sentiment_accuracy"] <= 1.0 and 0.0 <= results["eval_question_accuracy"] <= 1.0
-    )
-    saved = json.loads((out / "config.json").read_text())["tasks"]
-    assert saved["sentiment"]["labels"] == ["neg", "pos"] and saved["question"]["labels"] == [
-        "DESC",
-        "HUM",
-        "LOC",
-    ]
-    trained = load_file(os.path.join(out, "model.safetensors"))
-    assert not torch.equal(trained["heads.sentiment.weight"], pinned_weights["heads.sentiment.weight"])

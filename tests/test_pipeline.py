@@ -42,18 +42,22 @@ def _same_predictions(got, expected):
             assert g[task]["score"] == pytest.approx(e[task]["score"], abs=1e-4), (row, task)
 
 
-def test_pipeline_file_imports_only_torch_transformers_and_stdlib():
+def test_pipeline_file_imports_only_transformers_and_the_travelling_config():
     import hydrabert.pipeline_hydrabert as module
 
     tree = ast.parse(open(module.__file__).read())
-    roots = set()
+    roots, relative = set(), set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             roots |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level:
+            # transformers fetches a remote-code file's flat relative imports from the same repo
+            assert node.level == 1 and "." not in node.module, "only flat relative imports travel"
+            relative.add(node.module)
         elif isinstance(node, ast.ImportFrom):
-            assert node.level == 0, "the pipeline file travels alone: no relative imports"
             roots.add(node.module.split(".")[0])
     assert roots <= {"torch", "transformers", "__future__"}, roots
+    assert relative <= {"configuration_hydrabert"}, relative
 
 
 def test_registered_pipeline_matches_predict_in_process(decisive_model, tiny_tokenizer):

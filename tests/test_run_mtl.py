@@ -147,7 +147,7 @@ def _run_script(args, cwd, timeout=300, env=None):
 # ------------------------------------------------------------------------------------- main job
 def test_run_mtl_trains_evaluates_and_writes_a_loadable_model(tmp_path, tiny_encoder_dir, data_root):
     out = tmp_path / "out"
-    config = _config(tmp_path / "c.json", tiny_encoder_dir, data_root, out)
+    config = _config(tmp_path / "c.json", tiny_encoder_dir, data_root, out, max_seq_length=32)
     results = run_mtl.main([config])
     for split in ("eval", "test"):
         for task in ("sentiment", "question"):
@@ -167,6 +167,8 @@ def test_run_mtl_trains_evaluates_and_writes_a_loadable_model(tmp_path, tiny_enc
     prediction = model.predict(["who was the good film"], tokenizer)[0]
     assert prediction["question"]["label"] in {"DESC", "HUM", "LOC"}
     assert prediction["sentiment"]["label"] in {"neg", "pos"}
+    # The length it trained at travels with it: in its config and its saved tokenizer.
+    assert model.config.max_seq_length == 32 == tokenizer.model_max_length  # the tiny tokenizer's own is 64
 
 
 # What a tqdm bar writes to stderr: "Checking rows: 100%|██████████| 64/64 [00:00<00:00, ...]", or without a
@@ -629,6 +631,75 @@ def test_run_mtl_pushes_one_loadable_commit_and_pins_the_card(
     loaded = json.loads(result.stdout.split("RESULT", 1)[1])
     _same_predictions(loaded["predict"], expected)
     _same_predictions(loaded["pipeline"], expected)
+
+
+def test_a_hub_repo_id_of_a_trained_model_continues_with_its_heads_at_the_pinned_revision(
+    tmp_path, tiny_encoder_dir, data_root, hub_server, monkeypatch
+):
+    from hydrabert import HydraBertModel
+    from hydrabert.assembly import is_hydrabert_checkpoint
+
+    # A model trained on one task; the continued run below adds the other.
+    first = tmp_path / "first"
+    run_mtl.main(
+        [_config(tmp_path / "a.json", tiny_encoder_dir, data_root, first, tasks=TASKS[:1], **PUSH_SETTINGS)]
+    )
+    repo = hub_server.hub.get_repo("test-user/tiny-mtl")
+    pinned = list(repo.commits.values())[-1].oid  # the run's last commit (its card pinned)
+    trained = load_file(first / "model.safetensors")
+    # A later commit on main with other head weights: only the pin keeps the first run's.
+    later = HydraBertModel.from_pretrained(first)
+    with torch.no_grad():
+        later.heads["sentiment"].weight.add_(1.0)
+    later.push_to_hub("test-user/tiny-mtl")
+    later_oid = list(repo.commits.values())[-1].oid
+    assert later_oid != pinned
+
+    assert is_hydrabert_checkpoint("test-user/tiny-mtl", revision=pinned)
+    assert not is_hydrabert_checkpoint(tiny_encoder_dir)  # a plain encoder
+
+    started = {}
+    build_model = run_mtl.build_model
+
+    def record_the_starting_weights(*args, **kwargs):
+        model = build_model(*args, **kwargs)
+        started.update({name: tensor.detach().clone() for name, tensor in model.state_dict().items()})
+        return model
+
+    monkeypatch.setattr(run_mtl, "build_model", record_the_starting_weights)
+    requests = len(hub_server.hub.requests)
+    second = tmp_path / "second"
+    config = _config(
+        tmp_path / "b.json",
+        "test-user/tiny-mtl",
+        data_root,
+        second,
+        model_revision=pinned,
+        num_train_epochs=1,
+        save_strategy="no",
+    )
+    results = run_mtl.main([config])
+
+    # It started from the pinned revision's weights, heads included: the trained model, not a fresh one.
+    assert set(trained) <= set(started)
+    for name, tensor in trained.items():
+        assert torch.equal(started[name], tensor), name
+    assert "heads.question.weight" in started and not any(
+        name.startswith("heads.question") for name in trained
+    )
+    # Config, weights and tokenizer all came from the pinned commit; nothing from the later one.
+    fetched = [path for method, path in hub_server.hub.requests[requests:] if method == "GET"]
+    assert "/test-user/tiny-mtl/resolve/" + pinned + "/config.json" in fetched
+    assert "/test-user/tiny-mtl/resolve/" + pinned + "/tokenizer.json" in fetched
+    assert not any(later_oid in path for path in fetched)
+    saved = json.loads((second / "config.json").read_text())["tasks"]
+    first_tasks = json.loads((first / "config.json").read_text())["tasks"]
+    assert saved["sentiment"] == first_tasks["sentiment"]  # the checkpoint's head and labels kept
+    assert list(first_tasks) == ["sentiment"] and saved["question"]["labels"] == ["DESC", "HUM", "LOC"]
+    assert 0.0 <= results["eval_question_accuracy"] <= 1.0  # the new task trained and evaluated beside it
+    assert not torch.equal(
+        load_file(second / "model.safetensors")["heads.sentiment.weight"], trained["heads.sentiment.weight"]
+    )
 
 
 @pytest.mark.parametrize("config", sorted(os.listdir(os.path.join(REPO, "configs"))))

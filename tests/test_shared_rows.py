@@ -210,6 +210,8 @@ def test_a_source_with_two_label_columns_is_read_once_into_one_unit_and_per_task
         "problem_type": "single_label_classification",
         "weight": 1.0,
         "class_weights": None,
+        "head": "linear",
+        "loss": None,
     }
 
 

@@ -9,6 +9,8 @@ from conftest import seeded_model, tiny_config, tiny_training_args
 from sklearn.metrics import f1_score
 from transformers import EvalPrediction, TrainerCallback
 
+from hydrabert.callbacks import FreezingCallback, FrozenEncoder, ModelCardCallback, PlotsCallback
+from hydrabert.model_card import HydraBertCardData
 from hydrabert.optim import layerwise_parameter_groups
 from hydrabert.trainer import MultiTaskTrainer, MultiTaskTrainingArguments, default_task_metrics
 
@@ -292,8 +294,8 @@ def test_non_finite_loss_stops_with_task_and_step(tmp_path, task_data, tiny_toke
 
     real_task_loss = modeling._task_loss
 
-    def diverging_topic(name, spec, logits, labels):
-        loss = real_task_loss(name, spec, logits, labels)
+    def diverging_topic(name, spec, logits, labels, **kwargs):
+        loss = real_task_loss(name, spec, logits, labels, **kwargs)
         return loss * float("inf") if name == "topic" else loss
 
     monkeypatch.setattr(modeling, "_task_loss", diverging_topic)
@@ -375,12 +377,73 @@ def test_training_keeps_task_losses_on_the_device_between_logs(
     ]
     monkeypatch.undo()
     assert syncs == []
-    ((total, count),) = trainer._task_loss_sums.values()
+    ((total, count),) = trainer.task_losses.sums.values()
     assert isinstance(total, torch.Tensor) and count == 3
     (task,) = task_losses[0]
     mean = sum(losses[task].item() for losses in task_losses) / 3
     assert trainer._task_training_losses() == {f"loss/{task}": round(mean, 4)}
-    assert trainer._task_loss_sums == {}  # reset after each log
+    assert trainer.task_losses.sums == {}  # reset after each log
+
+
+# ------------------------------------------------------------------------------ policy callbacks
+def test_a_user_adds_callbacks_replaces_ours_and_removes_one(tmp_path, task_data, tiny_tokenizer):
+    """hydrabert's policies are TrainerCallbacks after the user's; a user's callback of the same class replaces
+    ours, and the Trainer's own remove_callback drops one (the rest keep working)."""
+    recorder = _RecordEvaluate()
+    card = ModelCardCallback(HydraBertCardData(model_id="me/my-hydrabert"))
+    args = tiny_training_args(tmp_path, max_steps=4, eval_strategy="steps", eval_steps=2)
+    trainer = MultiTaskTrainer(
+        model=seeded_model(),
+        args=args,
+        train_dataset=task_data[0],
+        eval_dataset=task_data[1],
+        processing_class=tiny_tokenizer,
+        callbacks=[recorder, card],
+    )
+    callbacks = trainer.callback_handler.callbacks
+    ours = [type(c) for c in callbacks if type(c).__module__.startswith("hydrabert.")]
+    assert ours == [ModelCardCallback, PlotsCallback, FreezingCallback]
+    assert callbacks.index(recorder) < callbacks.index(card) < callbacks.index(trainer.freezing)
+    assert trainer.card_callback is card
+
+    trainer.remove_callback(PlotsCallback)
+    trainer.train()
+    assert trainer.plots_callback is None and trainer.plot_files == []
+    assert not list(tmp_path.glob("*.png"))
+    # Each evaluation reached the user's callback and the card once, with every task's metrics.
+    assert len(recorder.calls) == 2 and all("eval_average_loss" in call for call in recorder.calls)
+    assert set(card.card_data.results["validation"]) == {"sentiment", "topic"}
+    trainer.create_model_card()
+    assert "me/my-hydrabert" in (tmp_path / "README.md").read_text()
+
+    # Without a ModelCardCallback the card is drawn from the model alone.
+    trainer.remove_callback(ModelCardCallback)
+    assert trainer.card_callback is None
+    trainer.create_model_card(model_id="me/another")
+    assert "me/another" in (tmp_path / "README.md").read_text()
+
+
+def test_without_the_feature_cache_callback_a_frozen_encoder_trains_the_same(
+    tmp_path, task_data, tiny_tokenizer
+):
+    """Removing FrozenEncoder turns the cache off; the frozen encoder still runs without dropout, so training
+    moves the same parameters to the same values (up to the last bits of a recomputed batch)."""
+    models = []
+    for cached in (True, False):
+        model = seeded_model()
+        trainer = MultiTaskTrainer(
+            model=model,
+            args=tiny_training_args(tmp_path / str(cached), freeze_policy="encoder", num_train_epochs=2),
+            train_dataset=task_data[0],
+            processing_class=tiny_tokenizer,
+        )
+        if not cached:
+            trainer.remove_callback(FrozenEncoder)
+        trainer.train()
+        assert (trainer.frozen_encoder.hits > 0) == cached
+        models.append(dict(model.named_parameters()))
+    for name, param in models[0].items():
+        torch.testing.assert_close(param, models[1][name], rtol=1e-5, atol=1e-6)
 
 
 def test_f1_is_sklearns_macro_f1_and_the_declared_label_variant_keeps_its_own_name():

@@ -100,6 +100,10 @@ class TaskDataConfig:
     # Raw label value (as written, e.g. "3") -> label name, or None: the row has no label for this task
     # (derived labels: SST-5's 0..4 as negative/positive with 2 unlabelled). Single-label tasks.
     label_map: dict[str, str | None] | None = None
+    # The head's architecture and a loss other than the problem type's own, by name: keys of
+    # HydraBertModel.HEADS / .LOSSES (checked when the model is built; docs/extending.md).
+    head: str = "linear"
+    loss: str | None = None
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -311,6 +315,8 @@ class LoadedTask:
             "problem_type": self.problem_type,
             "weight": float(self.config.weight),
             "class_weights": None if self.class_weights is None else list(self.class_weights),
+            "head": self.config.head,
+            "loss": self.config.loss,
         }
 
 

@@ -17,13 +17,15 @@ import torch
 from torch import nn
 
 from ._common import check_hydrabert_model, require
+from .onnx_layout import (
+    EMBEDDING_OUTPUT,
+    MAX_SEQ_LENGTH_METADATA_KEY,
+    ONNX_FILE,
+    QUANTIZED_ONNX_FILE,
+    TASKS_METADATA_KEY,
+    logits_output_name,
+)
 
-ONNX_FILE = "model.onnx"
-# The names optimum and transformers.js use for a dynamically quantized copy.
-QUANTIZED_ONNX_FILE = "model_quantized.onnx"
-EMBEDDING_OUTPUT = "sentence_embedding"
-# Stored in the graph's metadata_props: what OnnxPredictor needs besides the tokenizer.
-TASKS_METADATA_KEY = "hydrabert_tasks"
 # ONNX Runtime and PyTorch may differ by at most this on real sentences (float32).
 ONNX_TOLERANCE = 1e-4
 # Real sentences of different lengths: the validation batch pads, so the attention mask matters.
@@ -33,10 +35,6 @@ VALIDATION_SENTENCES = [
     "the plot is thin and the jokes fall flat, but the cast carries it to the end with charm",
     "Who wrote Hamlet?",
 ]
-
-
-def logits_output_name(task: str) -> str:
-    return f"logits_{task}"
 
 
 @dataclass
@@ -110,6 +108,8 @@ def export_onnx(
     finally:
         model.train(was_training)
     program.model.metadata_props[TASKS_METADATA_KEY] = json.dumps(model.config.tasks, sort_keys=True)
+    if getattr(model.config, "max_seq_length", None) is not None:  # the length OnnxPredictor truncates at
+        program.model.metadata_props[MAX_SEQ_LENGTH_METADATA_KEY] = str(model.config.max_seq_length)
     path = os.path.join(save_directory, ONNX_FILE)
     program.save(path)
     if tokenizer is not None:

@@ -7,11 +7,16 @@ import json
 import os
 
 import numpy as np
-import torch
 
-from ..modeling_hydrabert import _readable_predictions
+from ..configuration_hydrabert import length_sorted_batches, readable_predictions
 from ._common import require
-from .onnx_graph import EMBEDDING_OUTPUT, ONNX_FILE, TASKS_METADATA_KEY, logits_output_name
+from .onnx_layout import (
+    EMBEDDING_OUTPUT,
+    MAX_SEQ_LENGTH_METADATA_KEY,
+    ONNX_FILE,
+    TASKS_METADATA_KEY,
+    logits_output_name,
+)
 
 # What OnnxPredictor downloads from a Hub repo: the graphs and the tokenizer, not the torch weights.
 _HUB_PATTERNS = [
@@ -69,6 +74,10 @@ class OnnxPredictor:
                 f"{self.path} is not a hydrabert export: its metadata lacks {TASKS_METADATA_KEY!r}"
             )
         self.tasks: dict[str, dict] = json.loads(metadata[TASKS_METADATA_KEY])
+        # The length the model was trained at (graphs exported before it was recorded: the tokenizer's limit).
+        self.max_seq_length = (
+            int(metadata[MAX_SEQ_LENGTH_METADATA_KEY]) if MAX_SEQ_LENGTH_METADATA_KEY in metadata else None
+        )
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.tokenizer = tokenizer if tokenizer is not None else _load_tokenizer(graph_dir, path_or_repo_id)
 
@@ -81,8 +90,11 @@ class OnnxPredictor:
         sentences: list[str] | str,
         tasks: list[str] | str | None = None,
         batch_size: int = 32,
-        max_length=None,
+        max_length: int | None = None,
+        show_progress_bar: bool | None = None,
     ):
+        """As `HydraBertModel.predict`: per sentence, `{task: {"label", "score"}}`; inputs truncated at the
+        length the model was trained at unless `max_length` is given."""
         single = isinstance(sentences, str)
         sentences = [sentences] if single else list(sentences)
         tasks = [tasks] if isinstance(tasks, str) else (self.task_names if tasks is None else list(tasks))
@@ -91,9 +103,9 @@ class OnnxPredictor:
                 raise ValueError(f"Unknown task {name!r}; known tasks: {self.task_names}")
         wanted = [logits_output_name(name) for name in tasks]
         results: list[dict | None] = [None] * len(sentences)
-        for indices, outputs in self._batches(sentences, wanted, batch_size, max_length):
+        for indices, outputs in self._batches(sentences, wanted, batch_size, max_length, show_progress_bar):
             per_task = {
-                name: _readable_predictions(self.tasks[name], torch.from_numpy(logits))
+                name: readable_predictions(self.tasks[name], logits)
                 for name, logits in zip(tasks, outputs, strict=True)
             }
             for row, index in enumerate(indices):
@@ -101,13 +113,19 @@ class OnnxPredictor:
         return results[0] if single else results
 
     def encode(
-        self, sentences: list[str] | str, batch_size: int = 32, normalize: bool = False, max_length=None
+        self,
+        sentences: list[str] | str,
+        batch_size: int = 32,
+        normalize: bool = False,
+        max_length: int | None = None,
+        show_progress_bar: bool | None = None,
     ):
         """Sentence embeddings `(n, embedding_dim)` as a numpy array, in input order."""
         single = isinstance(sentences, str)
         sentences = [sentences] if single else list(sentences)
         output = None
-        for indices, (embeddings,) in self._batches(sentences, [EMBEDDING_OUTPUT], batch_size, max_length):
+        batches = self._batches(sentences, [EMBEDDING_OUTPUT], batch_size, max_length, show_progress_bar)
+        for indices, (embeddings,) in batches:
             if normalize:
                 embeddings = embeddings / np.maximum(
                     np.linalg.norm(embeddings, axis=-1, keepdims=True), 1e-12
@@ -117,23 +135,12 @@ class OnnxPredictor:
             output[indices] = embeddings
         return output[0] if single else output
 
-    def _batches(self, sentences, output_names, batch_size, max_length):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        # Longest first, as HydraBertModel.predict batches: little padding per batch.
-        lengths = [
-            len(ids) for ids in self.tokenizer(sentences, truncation=True, max_length=max_length)["input_ids"]
-        ]
-        order = sorted(range(len(sentences)), key=lambda i: -lengths[i])
-        for start in range(0, len(order), batch_size):
-            indices = order[start : start + batch_size]
-            encoded = self.tokenizer(
-                [sentences[i] for i in indices],
-                padding=True,
-                truncation=True,
-                max_length=max_length,
-                return_tensors="np",
-            )
+    def _batches(self, sentences, output_names, batch_size, max_length, show_progress_bar=None):
+        if max_length is None:  # the length the model was trained at (None: the tokenizer's own limit)
+            max_length = self.max_seq_length
+        for indices, encoded in length_sorted_batches(
+            sentences, self.tokenizer, batch_size, max_length, "np", show_progress_bar
+        ):
             feed = {name: encoded[name].astype(np.int64) for name in self.input_names}
             yield indices, self.session.run(output_names, feed)
 

@@ -100,6 +100,11 @@ def check_exactly_expressible(config) -> None:
 def _copy_weights(model, task: str, classifier) -> None:
     prefix = classifier.base_model_prefix
     base = getattr(classifier, prefix)
+    if model.config.tasks[task].get("head", "linear") != "linear":
+        raise ExportError(
+            f"Task {task!r} has a {model.config.tasks[task]['head']!r} head; a standard *ForSequenceClassification "
+            "has one Linear classifier. export_onnx exports every task of this model exactly."
+        )
     head = model.heads[task]
     state = {f"{prefix}.{key}": value for key, value in model.encoder.state_dict().items()}
     pooler_dense = getattr(getattr(base, "pooler", None), "dense", None)
