@@ -655,6 +655,7 @@ def test_a_hub_repo_id_of_a_trained_model_continues_with_its_heads_at_the_pinned
     later_oid = list(repo.commits.values())[-1].oid
     assert later_oid != pinned
 
+    requests = len(hub_server.hub.requests)
     assert is_hydrabert_checkpoint("test-user/tiny-mtl", revision=pinned)
     assert not is_hydrabert_checkpoint(tiny_encoder_dir)  # a plain encoder
 
@@ -667,7 +668,6 @@ def test_a_hub_repo_id_of_a_trained_model_continues_with_its_heads_at_the_pinned
         return model
 
     monkeypatch.setattr(run_mtl, "build_model", record_the_starting_weights)
-    requests = len(hub_server.hub.requests)
     second = tmp_path / "second"
     config = _config(
         tmp_path / "b.json",
