@@ -60,7 +60,8 @@ KEYS = {
     ],
     "export": [
         *["benchmark", "what", "model", "test_accuracy", "label_disagreements_with_pytorch"],
-        *["int8_accuracy_change", "onnx_max_abs_logit_diff_256_sst2", "onnx_max_abs_score_diff"],
+        *["int8_accuracy_change", "onnx_fused_nodes", "onnx_max_abs_logit_diff_256_sst2"],
+        "onnx_max_abs_score_diff",
         *["samples_per_s", "ratio_onnxruntime_vs_pytorch", "ratio_onnxruntime_int8_vs_pytorch"],
         *["ratio_exported_pipeline_vs_hydrabert_predict", "seconds", "settings", *TRAILER],
     ],
@@ -284,6 +285,7 @@ def test_export_keeps_every_label(data_root, tiny_backbone, tmp_path, capfd):
     assert all(rate > 0 for rate in line["samples_per_s"].values())
     assert all(math.isfinite(v) and v > 0 for k, v in line.items() if k.startswith("ratio_"))
     assert line["settings"]["sentences"] == 40
+    assert line["onnx_fused_nodes"]["SkipLayerNormalization"] > 0  # the timed graph is the fused one
 
 
 def test_memory_child_measures_one_call_in_process():

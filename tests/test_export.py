@@ -183,6 +183,59 @@ def test_onnx_predictor_gives_predict_and_encode(model, tiny_tokenizer, tmp_path
         predictor.predict(SENTENCES, tasks="nope")
 
 
+def test_onnx_graph_is_fused_by_onnxruntime(model, tiny_tokenizer, tmp_path):
+    """The default model.onnx is ONNX Runtime's fused graph: a torch/transformers/onnxruntime upgrade that
+    breaks the pattern fails here, not silently in production. Attention does not fuse from the dynamo
+    export (docs/deploy.md); when it starts to, this test says so and the docs should be updated."""
+    import onnx
+
+    layers = model.config.encoder.num_hidden_layers
+    result = export_onnx(model, tmp_path / "fused", tokenizer=tiny_tokenizer, quantize=True)
+    expected = {"Attention": 0, "SkipLayerNormalization": 2 * layers, "BiasGelu": layers, "EmbedLayerNormalization": 0}
+    assert result.fused_nodes == expected
+    saved = onnx.load(result.path)
+    written = [node.op_type for node in saved.graph.node]
+    assert {op: written.count(op) for op in expected} == expected  # what was counted is what was saved
+    assert "hydrabert_tasks" in {prop.key for prop in saved.metadata_props}  # fusion keeps the metadata
+    assert result.max_abs_diff <= 1e-4
+    # The int8 copy is quantized from the fused graph (its fused layer norms survive).
+    quantized = [node.op_type for node in onnx.load(result.quantized_path).graph.node]
+    assert quantized.count("SkipLayerNormalization") == 2 * layers and "DynamicQuantizeLinear" in quantized
+
+    plain = export_onnx(model, tmp_path / "plain", tokenizer=tiny_tokenizer, fuse=False)
+    assert plain.fused_nodes == {}
+    assert "SkipLayerNormalization" not in [node.op_type for node in onnx.load(plain.path).graph.node]
+
+
+def test_onnx_validation_raises_on_a_different_label(model, tiny_tokenizer, tmp_path, monkeypatch):
+    from hydrabert.export import onnx_graph
+
+    monkeypatch.setattr(onnx_graph, "_compare", lambda *args: (1e-6, {"sentiment": 1, "topic": 0}))
+    with pytest.raises(RuntimeError, match=r"labels differing per task \{'sentiment': 1.*validation sentences"):
+        export_onnx(model, tmp_path, tokenizer=tiny_tokenizer)
+
+
+def test_write_exports_checks_onnx_on_real_sentences(model, tiny_tokenizer, tmp_path, monkeypatch):
+    """deploy's ONNX export is validated on sentences through the model's tokenizer, not random ids, and the
+    tokenizer stays one folder up (the model's), not copied into onnx/."""
+    from hydrabert.export import deploy, onnx_graph
+
+    seen = []
+    compare = onnx_graph._compare
+
+    def recording(model, path, batch):
+        seen.append(batch["input_ids"])
+        return compare(model, path, batch)
+
+    monkeypatch.setattr(onnx_graph, "_compare", recording)
+    deploy.write_exports(model, tiny_tokenizer, str(tmp_path / "model"), ["onnx"])
+    expected = tiny_tokenizer(
+        onnx_graph.VALIDATION_SENTENCES, padding=True, truncation=True, padding_side="right", return_tensors="pt"
+    )["input_ids"]
+    assert len(seen) == 1 and torch.equal(seen[0], expected)
+    assert not os.path.exists(tmp_path / "model" / "onnx" / "tokenizer_config.json")
+
+
 @pytest.mark.parametrize(
     "overrides",
     [{"pooling": "mean"}, {"adapter_size": 8}, {"embedding_dim": 16, "embedding_activation": "identity"}],
