@@ -59,11 +59,14 @@ class ModelArguments:
         default="sentence-transformers/all-MiniLM-L6-v2",
         metadata={
             "help": "Encoder checkpoint (any BERT-family model: Hub name or local folder), or a trained hydrabert "
-            "model to continue from (tasks it lacks get new heads)."
+            "model (local folder or Hub repo id) to continue from with its heads (tasks it lacks get new heads)."
         },
     )
     tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer, if not the model's."})
-    model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of the checkpoint."})
+    model_revision: str = field(
+        default="main",
+        metadata={"help": "Branch, tag or commit of the checkpoint, for its config, weights and tokenizer."},
+    )
     cache_dir: str | None = field(default=None, metadata={"help": "Where to store downloads."})
     embedding_dim: int | None = field(
         default=None, metadata={"help": "Sentence embedding size (default hidden)."}

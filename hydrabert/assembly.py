@@ -44,12 +44,22 @@ def is_hydrabert_checkpoint(
 ) -> bool:
     """True when `name_or_path`, a local folder or a Hub repo id (at `revision`), holds a hydrabert model's
     config.json (not a plain encoder's). The config is read the way `from_pretrained` reads it (the Hub cache,
-    offline mode, tokens), so a repo id of a trained model continues with its heads; a repo that cannot be
-    reached raises transformers' error, which names it."""
+    offline mode, tokens), as plain JSON: no remote code runs to tell the two apart, so a repo id of a trained
+    model continues with its heads. A config that cannot be read is an error naming the checkpoint and the
+    revision (transformers' own message for an offline miss names only the endpoint)."""
     name_or_path = os.fspath(name_or_path)
-    if os.path.isdir(name_or_path) and not os.path.isfile(os.path.join(name_or_path, "config.json")):
-        return False
-    config_dict, _ = HydraBertConfig.get_config_dict(name_or_path, revision=revision, cache_dir=cache_dir)
+    if os.path.isdir(name_or_path):
+        if not os.path.isfile(os.path.join(name_or_path, "config.json")):
+            return False  # not a model folder at all: the encoder path says what is missing
+        where = name_or_path
+    else:
+        where = f"{name_or_path} at revision {revision or 'main'!r}"
+    try:
+        config_dict, _ = HydraBertConfig.get_config_dict(name_or_path, revision=revision, cache_dir=cache_dir)
+    except OSError as error:
+        raise OSError(
+            f"Cannot read the config.json of {where} (to tell a trained hydrabert model from an encoder): {error}"
+        ) from error
     return config_dict.get("model_type") == HydraBertConfig.model_type
 
 

@@ -639,8 +639,11 @@ def test_a_hub_repo_id_of_a_trained_model_continues_with_its_heads_at_the_pinned
     from hydrabert import HydraBertModel
     from hydrabert.assembly import is_hydrabert_checkpoint
 
+    # A model trained on one task; the continued run below adds the other.
     first = tmp_path / "first"
-    run_mtl.main([_config(tmp_path / "a.json", tiny_encoder_dir, data_root, first, **PUSH_SETTINGS)])
+    run_mtl.main(
+        [_config(tmp_path / "a.json", tiny_encoder_dir, data_root, first, tasks=TASKS[:1], **PUSH_SETTINGS)]
+    )
     repo = hub_server.hub.get_repo("test-user/tiny-mtl")
     pinned = list(repo.commits.values())[-1].oid  # the run's last commit (its card pinned)
     trained = load_file(first / "model.safetensors")
@@ -649,8 +652,10 @@ def test_a_hub_repo_id_of_a_trained_model_continues_with_its_heads_at_the_pinned
     with torch.no_grad():
         later.heads["sentiment"].weight.add_(1.0)
     later.push_to_hub("test-user/tiny-mtl")
-    assert list(repo.commits.values())[-1].oid != pinned
+    later_oid = list(repo.commits.values())[-1].oid
+    assert later_oid != pinned
 
+    requests = len(hub_server.hub.requests)
     assert is_hydrabert_checkpoint("test-user/tiny-mtl", revision=pinned)
     assert not is_hydrabert_checkpoint(tiny_encoder_dir)  # a plain encoder
 
@@ -673,14 +678,25 @@ def test_a_hub_repo_id_of_a_trained_model_continues_with_its_heads_at_the_pinned
         num_train_epochs=1,
         save_strategy="no",
     )
-    run_mtl.main([config])
+    results = run_mtl.main([config])
 
     # It started from the pinned revision's weights, heads included: the trained model, not a fresh one.
     assert set(trained) <= set(started)
     for name, tensor in trained.items():
         assert torch.equal(started[name], tensor), name
-    saved = json.loads((second / "config.json").read_text())
-    assert saved["tasks"] == json.loads((first / "config.json").read_text())["tasks"]  # heads and labels kept
+    assert "heads.question.weight" in started and not any(
+        name.startswith("heads.question") for name in trained
+    )
+    # Config, weights and tokenizer all came from the pinned commit; nothing from the later one.
+    fetched = [path for method, path in hub_server.hub.requests[requests:] if method == "GET"]
+    assert "/test-user/tiny-mtl/resolve/" + pinned + "/config.json" in fetched
+    assert "/test-user/tiny-mtl/resolve/" + pinned + "/tokenizer.json" in fetched
+    assert not any(later_oid in path for path in fetched)
+    saved = json.loads((second / "config.json").read_text())["tasks"]
+    first_tasks = json.loads((first / "config.json").read_text())["tasks"]
+    assert saved["sentiment"] == first_tasks["sentiment"]  # the checkpoint's head and labels kept
+    assert list(first_tasks) == ["sentiment"] and saved["question"]["labels"] == ["DESC", "HUM", "LOC"]
+    assert 0.0 <= results["eval_question_accuracy"] <= 1.0  # the new task trained and evaluated beside it
     assert not torch.equal(
         load_file(second / "model.safetensors")["heads.sentiment.weight"], trained["heads.sentiment.weight"]
     )
