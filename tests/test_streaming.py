@@ -232,3 +232,121 @@ def test_two_processes_stream_disjoint_rows_for_max_steps(tmp_path, tiny_tokeniz
     first = [{(task, row) for e, task, row in r["seen"] if e == 0} for r in ranks]
     assert first[0] | first[1] == {(0, i) for i in range(40)} | {(1, i) for i in range(30)}
     assert ranks[0]["weights"] == pytest.approx(ranks[1]["weights"], rel=1e-6)  # DDP kept them in step
+
+
+# ------------------------------------------------------------------------------------------------ run_mtl
+def _streamed_tasks(root):
+    """A labeled-lines task and a csv task, both streamed; the csv's rows are counted in the config."""
+    (root / "sent").mkdir()
+    lines = [f"{'pos' if i % 3 else 'neg'} good film number {i}" for i in range(60)]
+    (root / "sent" / "train.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (root / "sent" / "dev.txt").write_text("pos a good film\nneg a bad film\n", encoding="utf-8")
+    (root / "quest").mkdir()
+    rows = ["question,kind"] + [
+        f"{w} is it {i},{k}" for i in range(30) for w, k in [("what", "DESC"), ("who", "HUM")]
+    ]
+    (root / "quest" / "train.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return [
+        {
+            "name": "sentiment",
+            "data_dir": str(root / "sent"),
+            "train_file": "train.txt",
+            "validation_file": "dev.txt",
+            "file_format": "labeled_lines",
+            "labels": ["neg", "pos"],
+            "streaming": True,
+            "num_rows": 60,
+        },
+        {
+            "name": "question",
+            "data_dir": str(root / "quest"),
+            "train_file": "train.csv",
+            "text_column": "question",
+            "label_column": "kind",
+            "labels": ["DESC", "HUM"],
+            "streaming": True,
+            "num_rows": 60,
+        },
+    ]
+
+
+def test_a_streamed_task_reads_its_train_file_as_a_stream(tmp_path):
+    from hydrabert.data import TaskDataConfig, load_tasks
+
+    configs = [TaskDataConfig.from_dict(spec) for spec in _streamed_tasks(tmp_path)]
+    loaded = load_tasks(configs)
+    sentiment, question = loaded["sentiment"], loaded["question"]
+    assert isinstance(sentiment.stream, datasets.IterableDataset) and "train" not in sentiment.splits
+    assert len(sentiment.splits["validation"]) == 2  # validation stays map-style
+    rows = list(sentiment.stream)
+    assert len(rows) == 60 and rows[1] == {"text": "good film number 1", "label": 1}
+    assert list(question.stream)[1] == {"text": "who is it 0", "label": 1}
+    assert stream_row_counts({"q": question.stream}) == {"q": 60}
+
+
+def test_a_bad_row_in_a_stream_is_an_error_naming_task_file_and_line(tmp_path):
+    from hydrabert.data import HydraBertDataError, TaskDataConfig, load_tasks
+
+    spec = _streamed_tasks(tmp_path)[0]
+    with open(tmp_path / "sent" / "train.txt", "a", encoding="utf-8") as handle:
+        handle.write("maybe an unknown label\n")
+    stream = load_tasks([TaskDataConfig.from_dict(spec)])["sentiment"].stream  # nothing read yet
+    with pytest.raises(
+        HydraBertDataError, match=r"'sentiment', train split \(file .*train\.txt.*line 61: label 'maybe'"
+    ):
+        list(stream)
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"labels": None}, "give the label names"),
+        ({"class_weights": "balanced"}, "counts the train split"),
+        ({"validation_split_percentage": 10}, "give validation_file"),
+        ({"num_rows": 0}, "num_rows must be a positive integer"),
+    ],
+)
+def test_what_a_stream_cannot_do_is_refused_when_the_task_is_configured(tmp_path, option, message):
+    from hydrabert.data import HydraBertDataError, TaskDataConfig
+
+    spec = {**_streamed_tasks(tmp_path)[0], **option}
+    with pytest.raises(HydraBertDataError, match=message):
+        TaskDataConfig.from_dict(spec)
+
+
+def test_run_mtl_trains_streamed_tasks_for_max_steps(tmp_path, tiny_encoder_dir):
+    import run_mtl
+
+    out = tmp_path / "out"
+    config = {
+        "model_name_or_path": tiny_encoder_dir,
+        "tasks": _streamed_tasks(tmp_path),
+        "output_dir": str(out),
+        "do_train": True,
+        "do_eval": True,
+        "max_steps": 6,
+        "per_device_train_batch_size": 8,
+        "learning_rate": 5e-3,
+        "eval_strategy": "no",
+        "save_strategy": "no",
+        "report_to": "none",
+        "use_cpu": True,
+        "disable_tqdm": True,
+        "task_sampling": "temperature",
+    }
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(config))
+    results = run_mtl.main([str(path)])
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 6
+    assert "eval_sentiment_accuracy" in results and "train_samples" not in results
+    assert json.loads((out / "config.json").read_text())["tasks"]["question"]["labels"] == ["DESC", "HUM"]
+
+    # No max_steps: refused before the output folder is made or a row is read.
+    config.update(max_steps=-1, output_dir=str(tmp_path / "never"))
+    path.write_text(json.dumps(config))
+    with pytest.raises(
+        ValueError, match=r"\['sentiment', 'question'\] stream their train split.*--max_steps"
+    ):
+        run_mtl.main([str(path)])
+    assert not (tmp_path / "never").exists()

@@ -379,10 +379,15 @@ def _carve_validation(cfg: TaskDataConfig, splits: datasets.DatasetDict, seed: i
 
 def load_tasks(configs: Sequence[TaskDataConfig], seed: int = 42) -> dict[str, LoadedTask]:
     """Load several tasks, keyed by name (names must be unique), in the order given. The tasks of a shared
-    source (a task and those naming it as their `source`) are read together, once (`load_shared_source`)."""
+    source (a task and those naming it as their `source`) are read together, once (`load_shared_source`); a
+    task with `streaming: true` gets its train split as a stream (`streaming.load_streamed_task`)."""
+    from .streaming import load_streamed_task  # streaming.py builds on this module's readers
+
     loaded: dict[str, LoadedTask] = {}
     for group in source_groups(configs).values():
-        if len(group) == 1:
+        if len(group) == 1 and group[0].streaming:
+            loaded[group[0].name] = load_streamed_task(group[0], seed=seed)
+        elif len(group) == 1:
             loaded[group[0].name] = load_task_splits(group[0], seed=seed)
         else:
             loaded.update(load_shared_source(group, seed=seed))

@@ -18,6 +18,10 @@ A streamed run has no length, so it needs `max_steps` (checked before any data i
 
 from __future__ import annotations
 
+import codecs
+import csv
+import dataclasses
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import datasets
@@ -26,8 +30,12 @@ from datasets.distributed import split_dataset_by_node
 from torch.utils.data import DataLoader
 from torch.utils.data import IterableDataset as TorchIterableDataset
 
+from ..configuration_hydrabert import SCORE_PROBLEM_TYPES
+from .loading import _SPLIT_ALIASES, Source, _infer_format, _split_label, _uses_local_files, load_task_splits
+from .rows import LOCATION, _normalize_batch, class_names
 from .sampling import SAMPLING_STRATEGIES, ProportionalStrategy, TemperatureStrategy, seeded_generator
 from .shared import label_tasks
+from .tasks import QUOTING, LoadedTask, TaskDataConfig
 from .tokenizing import _tokenize_batch, tokenizer_keys
 
 # Rows read before a buffer is cut into batches: enough for batches of similar length, small enough to stay
@@ -256,12 +264,160 @@ class StreamingDataLoader(DataLoader):
         self.dataset.set_epoch(epoch)
 
 
+# ------------------------------------------------------------------------------ reading a task as a stream
+def load_streamed_task(cfg: TaskDataConfig, seed: int = 42) -> LoadedTask:
+    """A task with `streaming: true`: its train split as a stream (`LoadedTask.stream`: `text`, [`text_pair`],
+    `label` as a class id, multi-hot floats or a score, checked row by row as training reads it; a bad row then
+    stops the run with an error naming task, file and row), its validation and test splits map-style. Local
+    files go through datasets' builders with `streaming=True`; a Hub dataset's splits are all streamed, and its
+    validation and test rows gathered into map-style sets."""
+    if _uses_local_files(cfg):
+        source, stream = _local_stream(cfg)
+        evaluation = dataclasses.replace(cfg, train_file=None, streaming=False)
+        has_evaluation = cfg.validation_file or cfg.test_file
+        splits = load_task_splits(evaluation, seed).splits if has_evaluation else datasets.DatasetDict()
+    else:
+        streams = _hub_streams(cfg)
+        if "train" not in streams:
+            raise cfg.error(f"the Hub dataset {cfg.dataset_name!r} has no train split to stream")
+        (source, stream) = streams.pop("train")
+        splits = datasets.DatasetDict(
+            {
+                split: datasets.Dataset.from_list(list(_rows_of(cfg, s, raw)))
+                for split, (s, raw) in streams.items()
+            }
+        )
+        splits = datasets.DatasetDict(
+            {split: rows.remove_columns(LOCATION) for split, rows in splits.items()}
+        )
+    rows = _rows_of(cfg, source, stream).remove_columns(LOCATION)
+    if cfg.num_rows is not None:
+        rows = with_row_count(rows, cfg.num_rows)
+    elif (counted := stream_row_counts({cfg.name: stream})[cfg.name]) is not None:
+        rows = with_row_count(rows, counted)
+    return LoadedTask(config=cfg, splits=splits, labels=cfg.labels, stream=rows)
+
+
+def _local_stream(cfg: TaskDataConfig) -> tuple[Source, datasets.IterableDataset]:
+    if not cfg.train_file:
+        raise cfg.error("streaming needs a train_file (the split that is streamed)")
+    name = cfg.train_file
+    path = name if os.path.isabs(name) or cfg.data_dir is None else os.path.join(cfg.data_dir, name)
+    source = Source(cfg.name, "train", f"file {path} (streamed)")
+    if not os.path.isfile(path):
+        raise source.error("file not found" if not os.path.exists(path) else "is not a file")
+    file_format = cfg.file_format or _infer_format(source, path)
+    codec = "utf-8-sig" if codecs.lookup(cfg.encoding).name == "utf-8" else cfg.encoding
+    options: dict = {}
+    if file_format == "labeled_lines":
+        lines = _builder_stream("text", path, encoding=codec)
+        features = {cfg.label_column: "string", cfg.text_column: "string", LOCATION: "string"}
+        stream = lines.map(
+            _split_label,
+            batched=True,
+            with_indices=True,
+            remove_columns=["text"],
+            features=datasets.Features({key: datasets.Value(kind) for key, kind in features.items()}),
+            fn_kwargs={"cfg": cfg, "source": source},
+        )
+        return source, stream
+    if file_format in ("csv", "tsv"):
+        delimiter = "," if file_format == "csv" else "\t"
+        header = (
+            list(cfg.column_names)
+            if cfg.column_names is not None
+            else _csv_header(source, path, codec, cfg, delimiter)
+        )
+        if cfg.column_names is not None:
+            options["column_names"] = header
+        options.update(
+            delimiter=delimiter,
+            quoting=QUOTING[cfg.quoting],
+            encoding=codec,
+            keep_default_na=False,
+            features=datasets.Features({column: datasets.Value("string") for column in header}),
+        )
+        return source, _builder_stream("csv", path, **options)
+    if file_format == "jsonl":
+        options["encoding"] = codec
+    return source, _builder_stream(file_format if file_format != "jsonl" else "json", path, **options)
+
+
+def _builder_stream(builder: str, path: str, **options) -> datasets.IterableDataset:
+    return datasets.load_dataset(builder, data_files=path, split="train", streaming=True, **options)
+
+
+def _csv_header(source: Source, path: str, codec: str, cfg: TaskDataConfig, delimiter: str) -> list[str]:
+    """The header row only (the builder reads the rest as training needs it)."""
+    with open(path, encoding=codec, newline="") as handle:
+        records = csv.reader(handle, delimiter=delimiter, quoting=QUOTING[cfg.quoting])
+        header = next((row for row in records if row), None)
+    if header is None:
+        raise source.error("the split is empty")
+    return header
+
+
+def _hub_streams(cfg: TaskDataConfig) -> dict[str, tuple[Source, datasets.IterableDataset]]:
+    try:
+        hub = datasets.load_dataset(cfg.dataset_name, cfg.dataset_config_name, streaming=True)
+    except (ConnectionError, FileNotFoundError) as err:
+        raise cfg.error(
+            f"the Hub dataset {cfg.dataset_name!r} cannot be streamed ({type(err).__name__}: {err})"
+        ) from None
+    streams = {}
+    for hub_split, stream in hub.items():
+        split = _SPLIT_ALIASES.get(hub_split)
+        if split is not None:
+            streams[split] = (
+                Source(cfg.name, split, f"Hub dataset {cfg.dataset_name!r}, split {hub_split!r} (streamed)"),
+                stream,
+            )
+    return streams
+
+
+def _rows_of(cfg: TaskDataConfig, source: Source, raw: datasets.IterableDataset) -> datasets.IterableDataset:
+    """`normalized_rows` and `encode_labels`, row by row: text, [text_pair], label (encoded), LOCATION."""
+    names = class_names(raw.features).get(cfg.label_column) if raw.features is not None else None
+    rows = raw.map(
+        _normalize_batch,
+        batched=True,
+        with_indices=True,
+        remove_columns=raw.column_names,
+        fn_kwargs={"cfg": cfg, "source": source, "names": names, "missing_ok": False},
+    )
+    columns = (
+        ["text", "text_pair", "label", LOCATION] if cfg.text_pair_column else ["text", "label", LOCATION]
+    )
+    rows = rows.filter(lambda row: row["label"] is not None).select_columns(columns)  # label_map's nulls
+    if cfg.problem_type in SCORE_PROBLEM_TYPES:
+        return rows
+    index = {name: i for i, name in enumerate(cfg.labels)}
+    multi = cfg.problem_type == "multi_label_classification"
+
+    def encoded(row):
+        names_ = row["label"] if multi else [row["label"]]
+        unknown = [name for name in names_ if name not in index]
+        if unknown:
+            raise source.error(
+                f"{row[LOCATION]}: label {unknown[0]!r} is not one of the task's labels {cfg.labels}"
+            )
+        if not multi:
+            return {"label": index[row["label"]]}
+        hot = [0.0] * len(index)
+        for name in names_:
+            hot[index[name]] = 1.0
+        return {"label": hot}
+
+    return rows.map(encoded)
+
+
 __all__ = [
     "DEFAULT_BUFFER_SIZE",
     "StreamingBatches",
     "StreamingDataLoader",
     "check_streaming_run",
     "is_stream",
+    "load_streamed_task",
     "streaming_batches",
     "stream_probabilities",
     "stream_row_counts",
