@@ -44,6 +44,7 @@ from .data.streaming import (
     streaming_batches,
 )
 from .embedding_preservation import EmbeddingTeacher
+from .engines import check_deepspeed
 from .feature_cache import FrozenEncoder
 from .freezing import FREEZE_POLICIES, check_something_trains
 from .hardware import cpu_bf16_support, resolve_bf16
@@ -180,6 +181,8 @@ class MultiTaskTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self):
+        # Before TrainingArguments sets the engine up: what cannot work with the DeepSpeed config given.
+        check_deepspeed(self)
         # Before TrainingArguments checks them: what early stopping and checkpoint selection need.
         set_up_checkpoint_selection(self)
         self._resolve_cpu_bf16()
