@@ -136,7 +136,8 @@ class StreamingBatches(TorchIterableDataset):
     """Training batches of streamed tasks (module docs), collated, for one process of `world_size`.
 
     `streams`: `{task: tokenised datasets.IterableDataset}`; `task_names`: the model's task order (the ids the
-    collator writes); `probabilities`: each task's chance per row (`stream_probabilities`). The rows and batches
+    collator writes); `probabilities`: each task's chance per row (`stream_probabilities`); `group_by_length`
+    False: a buffer's rows are batched in the order read. The rows and batches
     depend only on (seed, epoch, rank): call `set_epoch` each epoch.
     """
 
@@ -152,6 +153,7 @@ class StreamingBatches(TorchIterableDataset):
         world_size: int = 1,
         buffer_size: int = DEFAULT_BUFFER_SIZE,
         shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
+        group_by_length: bool = True,
     ):
         unknown = [name for name in streams if name not in task_names]
         if unknown:
@@ -162,6 +164,7 @@ class StreamingBatches(TorchIterableDataset):
         self.collate, self.batch_size, self.buffer_size = collate, batch_size, buffer_size
         self.probabilities = {name: float(probabilities[name]) for name in streams}
         self.seed, self.rank, self.epoch = seed, rank, 0
+        self.group_by_length = group_by_length
         # Split, then shuffled: a process's share stays the same whatever pass or epoch each process is on (a
         # shuffle before the split would reassign shards whenever the epochs differ).
         self.streams = {
@@ -217,7 +220,8 @@ class StreamingBatches(TorchIterableDataset):
         buffer, unless `final`), in shuffled order."""
         batches = []
         for task_id, rows in pending.items():
-            rows.sort(key=lambda row: row["length"])
+            if self.group_by_length:
+                rows.sort(key=lambda row: row["length"])
             cut = len(rows) if final else len(rows) - len(rows) % self.batch_size
             batches += [rows[k : k + self.batch_size] for k in range(0, cut, self.batch_size)]
             pending[task_id] = rows[cut:]
@@ -250,6 +254,7 @@ def streaming_batches(
         rank=args.process_index,
         world_size=args.world_size,
         buffer_size=max(args.stream_buffer_size, args.per_device_train_batch_size),
+        group_by_length=args.group_by_length,
     )
 
 
