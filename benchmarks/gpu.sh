@@ -21,6 +21,13 @@ PY
 python benchmarks/bench_gpu.py "$@" | tee benchmarks/results/speed_gpu.json
 # Compiled: padded to multiples of 16 on both sides, so torch.compile sees a few shapes, not one per length.
 python benchmarks/bench_gpu.py --compile --pad-to-multiple-of 16 "$@" | tee benchmarks/results/speed_gpu_compile.json
+# FlashAttention-2, where the package is installed (padded batches: hydrabert pools each sentence from its own
+# tokens, so padding-free packed batches, DataCollatorWithFlattening, do not apply to it).
+if python -c "import flash_attn" 2>/dev/null; then
+  python benchmarks/bench_gpu.py --attention flash_attention_2 "$@" | tee benchmarks/results/speed_gpu_flash.json
+else
+  echo '{"benchmark": "gpu", "attention": "flash_attention_2", "status": "skipped: flash-attn is not installed"}'
+fi
 
 # The engines for models that outgrow one GPU (docs/scaling.md), each a short run_mtl.py run of the demo config:
 # DDP, FSDP (configs/accelerate_fsdp.yaml) and DeepSpeed ZeRO-2 (configs/deepspeed_zero2.json). One process per
