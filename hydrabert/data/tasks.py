@@ -237,7 +237,7 @@ class TaskDataConfig:
     def check_spec(self, labels: list[str] | None = None) -> None:
         """What the model's config holds of this task (problem_type, labels, weight, a list of class_weights,
         head, loss), checked by the config's own validator: before the data are read, and again once they
-        gave the labels (`LoadedTask`). "balanced" weights are the data's business, checked above."""
+        gave the labels (`resolved_class_weights`). "balanced" weights are the data's own, checked above."""
         labels = self.labels if labels is None else labels
         weights = self.class_weights if isinstance(self.class_weights, list) else None
         spec = {"problem_type": self.problem_type, "labels": labels, "weight": self.weight}
