@@ -117,7 +117,7 @@ def _read_file(cfg: TaskDataConfig, source: Source, path: str) -> datasets.Datas
         if file_format == "labeled_lines":
             return _labeled_lines(cfg, source, text)
         if file_format in ("csv", "tsv"):
-            return _delimited(cfg, source, text, "," if file_format == "csv" else "\t")
+            return _delimited(cfg, text, "," if file_format == "csv" else "\t")
         key = cfg.json_field.get(source.split) if isinstance(cfg.json_field, dict) else cfg.json_field
         what = "json file" if key is None else f"json file with the key json_field={key!r}"
         return _json_rows(cfg, text, key)
@@ -188,7 +188,7 @@ def _labeled_lines(cfg: TaskDataConfig, source: Source, text: str) -> datasets.D
     return datasets.Dataset.from_dict(columns, features=features)
 
 
-def _delimited(cfg: TaskDataConfig, source: Source, text: str, delimiter: str) -> datasets.Dataset:
+def _delimited(cfg: TaskDataConfig, text: str, delimiter: str) -> datasets.Dataset:
     """Every cell read as a string, so nothing is type-guessed ("1.0", "NA" and "007" stay as written): the
     options the csv builder gives pandas for string features."""
     frame = pandas.read_csv(
