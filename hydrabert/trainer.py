@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from transformers import EvalPrediction, Trainer, TrainingArguments
@@ -38,12 +37,12 @@ from .data import (
     token_lengths,
 )
 from .embedding_preservation import EmbeddingTeacher
-from .feature_cache import FrozenEncoder, length_sorted_batches
+from .feature_cache import FrozenEncoder
 from .freezing import FREEZE_POLICIES, check_something_trains
 from .hardware import cpu_bf16_support, resolve_bf16
-from .metrics import default_task_metrics, similarity_correlations, task_averages
+from .metrics import default_task_metrics, evaluation_metrics, similarity_correlations, task_averages
 from .metrics.task_losses import TaskLossMeans
-from .model_card import RUN_CARD_FIELDS, generate_model_card
+from .model_card import write_run_card
 from .optim import group_learning_rates, layerwise_parameter_groups
 from .selection import (
     describe_checkpoint_selection,
@@ -299,12 +298,9 @@ class MultiTaskTrainer(Trainer):
             callbacks=callbacks,
             **kwargs,
         )
-        # A frozen encoder runs without dropout, and computes each example once (feature_cache.py): in one
-        # process all of them up front, length-sorted; under DDP lazily, as each rank meets them. Built here, as
+        # A frozen encoder runs without dropout, and computes each example once (feature_cache.py). Built here, as
         # it needs the accelerator; `compute_loss` routes the forward through it.
-        self.frozen_encoder = FrozenEncoder.from_trainer(
-            self, prefill=self._frozen_encoder_batches if self.args.world_size == 1 else None
-        )
+        self.frozen_encoder = FrozenEncoder.from_trainer(self)
         if self.frozen_encoder is not None:
             self.add_callback(self.frozen_encoder)
 
@@ -389,16 +385,6 @@ class MultiTaskTrainer(Trainer):
         # Under DDP accelerate shards the batch sampler: rank r takes batches r, r + N, ...
         return self.accelerator.prepare(dataloader)
 
-    def _frozen_encoder_batches(self):
-        """Every example training will encode (train rows, and validation rows when training evaluates)."""
-        sources = [self.train_dataset]
-        if self.eval_datasets and self.args.eval_strategy != "no":
-            sources += [
-                build_multitask_dataset({task: dataset}, task_names=self.model.task_names)[0]
-                for task, dataset in self.eval_datasets.items()
-            ]
-        return length_sorted_batches(sources, self.data_collator, self.args.eval_batch_size)
-
     # ---------------------------------------------------------------------------------- training
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         if self.train_dataset is None:
@@ -414,17 +400,13 @@ class MultiTaskTrainer(Trainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
-        if self._distributed:
+        if self.accelerator.num_processes > 1:
             # Gradual unfreezing under DDP: the layers whose turn has not come keep requires_grad (DDP registered
             # them when it wrapped the model) and their gradients were all-reduced like the rest; dropped here,
             # they neither move, gain optimizer state nor count in the clipped norm. Not in FreezingCallback: no
             # event comes between the backward and the clipping (on_pre_optimizer_step comes after it).
             self.freezing.drop_waiting_gradients(model)
         return loss
-
-    @property
-    def _distributed(self) -> bool:
-        return self.accelerator.num_processes > 1
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # The feature cache's forward (FrozenEncoder): no callback event sees the batch before the forward.
@@ -452,19 +434,7 @@ class MultiTaskTrainer(Trainer):
     def create_model_card(self, **fields):
         """Writes README.md in the output directory from the card data the `ModelCardCallback` gathered during
         training (`Trainer.push_to_hub` calls this before it uploads the folder); `fields` of RUN_CARD_FIELDS."""
-        if not self.is_world_process_zero():
-            return None
-        fields = {k: v for k, v in fields.items() if k in RUN_CARD_FIELDS and v is not None}
-        if "model_id" not in fields and self.args.hub_model_id:
-            fields["model_id"] = self.args.hub_model_id
-        card = self.card_callback
-        return generate_model_card(
-            self.accelerator.unwrap_model(self.model),
-            self.args.output_dir,
-            card_data=card.card_data if card is not None else None,
-            tokenizer=self.processing_class,
-            **fields,
-        )
+        return write_run_card(self, **fields) if self.is_world_process_zero() else None
 
     # -------------------------------------------------------------------------------- logging
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -481,7 +451,11 @@ class MultiTaskTrainer(Trainer):
         tasks = self.accelerator.unwrap_model(self.model).task_names
         if self.embedding_teacher is not None:  # the same list on every process: the reduce pairs them
             tasks = [*tasks, "embedding_preservation"]
-        reduce = functools.partial(self.accelerator.reduce, reduction="sum") if self._distributed else None
+        reduce = (
+            functools.partial(self.accelerator.reduce, reduction="sum")
+            if self.accelerator.num_processes > 1
+            else None
+        )
         return self.task_losses.pop_means(tasks, self.args.device, reduce)
 
     # ----------------------------------------------------------------------------- evaluation
@@ -531,7 +505,9 @@ class MultiTaskTrainer(Trainer):
     def _evaluate_task(self, task: str, dataset: Dataset, ignore_keys, prefix: str) -> dict[str, float]:
         """What `Trainer.evaluate` runs on one data set, `evaluation_loop`, on one task's rows: its batches and
         metrics are that task's. No log() and no on_evaluate here: `evaluate` reports all the tasks at once."""
-        self._eval_task, self.compute_metrics = task, functools.partial(self._task_metrics, task)
+        problem_type = self.accelerator.unwrap_model(self.model).config.tasks[task]["problem_type"]
+        compute = functools.partial(evaluation_metrics, task, problem_type, self.task_compute_metrics)
+        self._eval_task, self.compute_metrics = task, compute
         try:
             output = self.evaluation_loop(
                 self.get_eval_dataloader(dataset),
@@ -586,23 +562,6 @@ class MultiTaskTrainer(Trainer):
             half = len(labels) // 2
             logits, row_losses, labels = logits[:half], row_losses[:half], labels[:half]
         return None, (logits, row_losses), labels
-
-    def _task_metrics(self, task: str, prediction: EvalPrediction) -> dict[str, float]:
-        """`loss` (the mean of the rows' losses) and what `compute_metrics` gives for `task`."""
-        predictions = prediction.predictions
-        if not isinstance(predictions, tuple):  # no labels: metrics need them
-            return {}
-        logits, row_losses = predictions
-        counted = row_losses[~np.isnan(row_losses)]
-        metrics = {"loss": float(counted.mean()) if counted.size else float("nan")}
-        if self.model.config.tasks[task]["problem_type"] in HEADLESS_PROBLEM_TYPES:
-            metrics = {}  # no loss of one row to average (CoSENT ranks a batch's pairs against each other)
-        metrics.update(
-            self.task_compute_metrics(
-                task, EvalPrediction(predictions=logits, label_ids=prediction.label_ids)
-            )
-        )
-        return metrics
 
 
 class _SingleTaskCollator:
