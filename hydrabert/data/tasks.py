@@ -117,7 +117,6 @@ class TaskDataConfig:
             if self.problem_type in SCORE_PROBLEM_TYPES:  # the data hold scores, one per row
                 raise self.error(f"labels are for classification tasks; a {self.problem_type} task has none")
             self.labels = [label_str(label) for label in self.labels]
-        self.check_spec()
         self._check_choice("file_format", self.file_format, FILE_FORMATS, optional=True)
         self._check_choice("quoting", self.quoting, QUOTING)
         if self.problem_type == "sentence_similarity" and self.source is not None:
@@ -160,6 +159,7 @@ class TaskDataConfig:
             self.dataset_name or self.data_dir or self.train_file or self.validation_file or self.test_file
         ):
             raise self.error("give a dataset_name (Hub), a data_dir, or data files")
+        self.check_spec()
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TaskDataConfig:
