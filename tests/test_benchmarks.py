@@ -26,6 +26,7 @@ import bench_freeze_step  # noqa: E402
 import bench_frozen  # noqa: E402
 import bench_gpu  # noqa: E402
 import bench_memory  # noqa: E402
+import bench_onnx_encode  # noqa: E402
 import bench_predict  # noqa: E402
 import bench_shared_rows  # noqa: E402
 import bench_streaming  # noqa: E402
@@ -73,6 +74,10 @@ KEYS = {
     "streaming": [
         *["benchmark", "what", "model", "settings", "runs", "peak_rss_growth_mb_small_to_large", "tolerance_mb"],
         *["ok", "failures", "machine"],
+    ],
+    "onnx_encode": [
+        *["benchmark", "what", "sentences", "hydrabert_sentences_per_s", "peer_sentences_per_s", "ratio"],
+        *["hydrabert", "peer", "settings", "ok", "failures", "machine"],
     ],
     "shared_rows": [
         *["benchmark", "what", "shared_samples_per_s", "duplicated_samples_per_s", "ratio", "expected_ratio"],
@@ -291,6 +296,14 @@ def test_export_keeps_every_label(data_root, tiny_backbone, tmp_path, capfd):
     assert all(math.isfinite(v) and v > 0 for k, v in line.items() if k.startswith("ratio_"))
     assert line["settings"]["sentences"] == 40
     assert line["onnx_fused_nodes"]["SkipLayerNormalization"] > 0  # the timed graph is the fused one
+
+
+def test_onnx_encode_matches_pytorch_and_says_why_a_peer_is_missing(data_root, capfd, monkeypatch):
+    """Without an environment for sentence-transformers' ONNX backend, ours is measured and the peer skipped."""
+    monkeypatch.delenv("HYDRABERT_ST_ONNX_PYTHON", raising=False)
+    line = run(bench_onnx_encode, ["--data-root", data_root, "--limit", "16", "--rounds", "1"], capfd)
+    assert line["hydrabert"]["max_abs_diff_vs_pytorch"] <= 1e-4 and line["hydrabert_sentences_per_s"] > 0
+    assert line["ratio"] is None and "optimum-onnx" in line["peer"]["skipped"]
 
 
 def test_memory_child_measures_one_call_in_process():

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data import IterableDataset as TorchIterableDataset
 
 from ..configuration_hydrabert import SCORE_PROBLEM_TYPES
-from .loading import _SPLIT_ALIASES, Source, _infer_format, _split_label, _uses_local_files, load_task_splits
+from .loading import _SPLIT_ALIASES, Source, file_format_of, load_task_splits, reads_local_files
 from .rows import LOCATION, _normalize_batch, class_names
 from .sampling import SAMPLING_STRATEGIES, ProportionalStrategy, TemperatureStrategy, seeded_generator
 from .shared import label_tasks
@@ -276,7 +276,7 @@ def load_streamed_task(cfg: TaskDataConfig, seed: int = 42) -> LoadedTask:
     stops the run with an error naming task, file and row), its validation and test splits map-style. Local
     files go through datasets' builders with `streaming=True`; a Hub dataset's splits are all streamed, and its
     validation and test rows gathered into map-style sets."""
-    if _uses_local_files(cfg):
+    if reads_local_files(cfg):
         source, stream = _local_stream(cfg)
         evaluation = dataclasses.replace(cfg, train_file=None, streaming=False)
         has_evaluation = cfg.validation_file or cfg.test_file
@@ -311,14 +311,14 @@ def _local_stream(cfg: TaskDataConfig) -> tuple[Source, datasets.IterableDataset
     source = Source(cfg.name, "train", f"file {path} (streamed)")
     if not os.path.isfile(path):
         raise source.error("file not found" if not os.path.exists(path) else "is not a file")
-    file_format = cfg.file_format or _infer_format(source, path)
+    file_format = file_format_of(cfg, source, path)
     codec = "utf-8-sig" if codecs.lookup(cfg.encoding).name == "utf-8" else cfg.encoding
     options: dict = {}
     if file_format == "labeled_lines":
         lines = _builder_stream("text", path, encoding=codec)
         features = {cfg.label_column: "string", cfg.text_column: "string", LOCATION: "string"}
         stream = lines.map(
-            _split_label,
+            _split_labeled_lines,
             batched=True,
             with_indices=True,
             remove_columns=["text"],
@@ -346,6 +346,21 @@ def _local_stream(cfg: TaskDataConfig) -> tuple[Source, datasets.IterableDataset
     if file_format == "jsonl":
         options["encoding"] = codec
     return source, _builder_stream(file_format if file_format != "jsonl" else "json", path, **options)
+
+
+def _split_labeled_lines(batch, indices, cfg: TaskDataConfig, source: Source):
+    """`label<sep>text` lines of the text builder's stream into two columns; blank lines skipped."""
+    out = {cfg.label_column: [], cfg.text_column: [], LOCATION: []}
+    for index, line in zip(indices, batch["text"], strict=True):
+        if not line.strip():
+            continue
+        label, separator, sentence = line.partition(cfg.label_separator)
+        if not separator or not sentence.strip() or not label.strip():
+            raise source.error(f"line {index + 1} is not `label{cfg.label_separator}text`: {line.rstrip()!r}")
+        out[cfg.label_column].append(label.strip())
+        out[cfg.text_column].append(sentence.strip())
+        out[LOCATION].append(f"line {index + 1}")
+    return out
 
 
 def _builder_stream(builder: str, path: str, **options) -> datasets.IterableDataset:

@@ -14,7 +14,7 @@ from typing import Any
 import datasets
 import numpy as np
 
-from ..configuration_hydrabert import PROBLEM_TYPES, SCORE_PROBLEM_TYPES, is_nonnegative_number
+from ..configuration_hydrabert import PROBLEM_TYPES, SCORE_PROBLEM_TYPES, normalize_task_spec
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +118,10 @@ class TaskDataConfig:
             raise self.error(
                 "name must be a valid Python identifier (letters, digits, _): it names the model's head"
             )
-        self._check_choice("problem_type", self.problem_type, PROBLEM_TYPES)
+        if self.labels is not None:
+            if self.problem_type in SCORE_PROBLEM_TYPES:  # the data hold scores, one per row
+                raise self.error(f"labels are for classification tasks; a {self.problem_type} task has none")
+            self.labels = [label_str(label) for label in self.labels]
         self._check_choice("file_format", self.file_format, FILE_FORMATS, optional=True)
         self._check_choice("quoting", self.quoting, QUOTING)
         if self.problem_type == "sentence_similarity" and self.source is not None:
@@ -139,13 +142,19 @@ class TaskDataConfig:
             raise self.error(f"encoding {self.encoding!r} is not a known codec") from None
         if not self.label_separator:
             raise self.error("label_separator must not be empty")
-        if not is_nonnegative_number(self.weight):
-            raise self.error(f"weight must be a finite number >= 0, got {self.weight!r}")
         pct = self.validation_split_percentage
         if pct is not None and not 0 < pct < 100:
             raise self.error(f"validation_split_percentage must be in (0, 100), got {pct!r}")
-        self.labels = self._checked_labels()
-        self._check_class_weights()
+        if self.class_weights is not None and not isinstance(self.class_weights, list):
+            if self.class_weights != CLASS_WEIGHTING:
+                raise self.error(
+                    f"class_weights must be {CLASS_WEIGHTING!r} or a list of numbers, one per label; "
+                    f"got {self.class_weights!r}"
+                )
+            if self.problem_type != "single_label_classification":
+                raise self.error(
+                    f"class_weights is for single_label_classification tasks, not {self.problem_type}"
+                )
         if self.label_ids and self.labels is None:
             raise self.error("label_ids=True needs the label names in labels")
         self.label_map = self._checked_label_map()
@@ -156,6 +165,7 @@ class TaskDataConfig:
             self.dataset_name or self.data_dir or self.train_file or self.validation_file or self.test_file
         ):
             raise self.error("give a dataset_name (Hub), a data_dir, or data files")
+        self.check_spec()
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TaskDataConfig:
@@ -230,30 +240,6 @@ class TaskDataConfig:
             return None
         return list(dict.fromkeys(name for name in self.label_map.values() if name is not None))
 
-    def _check_class_weights(self) -> None:
-        """What can be checked before the data are read: the kind of task, the values, and the count when
-        the labels are given (inferred labels are counted in `LoadedTask`)."""
-        weights = self.class_weights
-        if weights is None:
-            return
-        if self.problem_type != "single_label_classification":
-            raise self.error(
-                f"class_weights is for single_label_classification tasks, not {self.problem_type}"
-            )
-        if weights == CLASS_WEIGHTING:
-            return
-        if not isinstance(weights, list):
-            raise self.error(
-                f"class_weights must be {CLASS_WEIGHTING!r} or a list of numbers, one per label; got {weights!r}"
-            )
-        for value in weights:
-            if not is_nonnegative_number(value):
-                raise self.error(f"class_weights must hold finite numbers >= 0, got {value!r} in {weights}")
-        if not any(weights):
-            raise self.error("class_weights are all 0: no row would count in the loss")
-        if self.labels is not None:
-            self.check_class_weight_count(self.labels)
-
     def _check_streaming(self) -> None:
         """What a streamed train split cannot do, refused before anything is read: it is never read whole, so
         nothing can be counted, inferred or carved from it up front."""
@@ -284,22 +270,18 @@ class TaskDataConfig:
                 "streaming: a JSON document is read whole; give JSON lines (file_format='jsonl')"
             )
 
-    def check_class_weight_count(self, labels: list[str]) -> None:
-        if isinstance(self.class_weights, list) and len(self.class_weights) != len(labels):
-            raise self.error(
-                f"class_weights has {len(self.class_weights)} weights but the task has {len(labels)} labels "
-                f"{labels}: give one weight per label, in that order"
-            )
-
-    def _checked_labels(self) -> list[str] | None:
-        if self.labels is None:
-            return None
-        if self.problem_type in SCORE_PROBLEM_TYPES:
-            raise self.error(f"labels are for classification tasks; a {self.problem_type} task has none")
-        names = [label_str(label) for label in self.labels]
-        if not names or len(set(names)) != len(names):
-            raise self.error(f"labels must be a non-empty list of distinct names, got {self.labels!r}")
-        return names
+    def check_spec(self, labels: list[str] | None = None) -> None:
+        """What the model's config holds of this task (problem_type, labels, weight, a list of class_weights,
+        head, loss), checked by the config's own validator: before the data are read, and again once they
+        gave the labels (`resolved_class_weights`). "balanced" weights are the data's own, checked above."""
+        labels = self.labels if labels is None else labels
+        weights = self.class_weights if isinstance(self.class_weights, list) else None
+        spec = {"problem_type": self.problem_type, "labels": labels, "weight": self.weight}
+        spec.update(class_weights=weights, head=self.head, loss=self.loss)
+        try:
+            normalize_task_spec(spec, labels_unknown=labels is None)
+        except ValueError as err:
+            raise self.error(str(err)) from None
 
 
 @dataclass
@@ -365,7 +347,7 @@ def resolved_class_weights(
     train split's label counts as scikit-learn's `compute_class_weight("balanced")` does."""
     if cfg.class_weights is None:
         return None
-    cfg.check_class_weight_count(labels)
+    cfg.check_spec(labels)  # a list's count, now that the data gave the labels
     if cfg.class_weights != CLASS_WEIGHTING:
         return [float(value) for value in cfg.class_weights]
     if "train" not in splits:
