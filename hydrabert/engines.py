@@ -1,4 +1,13 @@
-"""What hydrabert's training policies need of a distributed engine, checked when the arguments are made.
+"""What hydrabert's training policies need of a distributed engine: FSDP's wrapping, and the combinations that
+cannot work, checked when the arguments are made.
+
+FSDP (accelerate's FSDP2, `accelerate launch --config_file configs/accelerate_fsdp.yaml run_mtl.py ...`): the
+units are the encoder's transformer blocks (`fsdp_block_classes`). Not the model's whole `_no_split_modules`:
+transformers gathers the encoder's there, `BertEmbeddings` included, and accelerate, which wraps each of those,
+then also carves the input embedding (`word_embeddings`, inside `BertEmbeddings`) into a unit of its own and
+fails ("Invariant encountered: value was None"). `MultiTaskTrainer` names the blocks to accelerate's plugin
+unless the config names them. The frozen-encoder feature cache is refused under FSDP: it runs the encoder
+outside the sharded model's forward.
 
 DeepSpeed (the Trainer's `deepspeed=` config) is not yet verified on a GPU (docs/scaling.md): these checks
 refuse, before any work, the combinations that cannot work by construction, and say what to use instead:
@@ -15,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 
 def deepspeed_config(value) -> dict | None:
@@ -71,4 +81,52 @@ def check_deepspeed(args) -> None:
             )
 
 
-__all__ = ["check_deepspeed", "deepspeed_config", "zero_stage"]
+# A transformer block's module name: BERT/RoBERTa/ELECTRA "encoder.layer.3", DistilBERT "transformer.layer.3", others
+# "layers.3" (the pattern of modeling_hydrabert's layer depths).
+_BLOCK_NAME = re.compile(r".*\.layers?\.\d+")
+
+
+def fsdp_block_classes(model) -> list[str]:
+    """The class names of the encoder's transformer blocks: FSDP's units (one all-gather per block)."""
+    encoder = getattr(model, "encoder", model)
+    return sorted(
+        {type(module).__name__ for name, module in encoder.named_modules() if _BLOCK_NAME.fullmatch(name)}
+    )
+
+
+def configure_fsdp_plugin(plugin, model) -> None:
+    """With transformer-based wrapping and no classes named in the config, wrap the encoder's blocks."""
+    if plugin is None or getattr(plugin, "transformer_cls_names_to_wrap", None):
+        return
+    policy = getattr(plugin, "auto_wrap_policy", None)
+    if policy is None or "transformer" in str(policy).lower():
+        plugin.transformer_cls_names_to_wrap = fsdp_block_classes(model)
+
+
+def fsdp_requested(args) -> bool:
+    """FSDP through the Trainer's `fsdp` argument or `accelerate launch` with an FSDP config."""
+    return bool(getattr(args, "fsdp", None)) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in (
+        "1",
+        "true",
+    )
+
+
+def check_fsdp(args) -> None:
+    if not fsdp_requested(args):
+        return
+    if args.freeze_policy in ("all", "encoder") and getattr(args, "cache_frozen_encoder", True):
+        raise ValueError(
+            "the frozen-encoder feature cache runs the encoder outside FSDP's sharded forward: set "
+            "cache_frozen_encoder=False (the encoder stays frozen; each batch runs it), or train with DDP"
+        )
+
+
+__all__ = [
+    "check_deepspeed",
+    "check_fsdp",
+    "configure_fsdp_plugin",
+    "deepspeed_config",
+    "fsdp_block_classes",
+    "fsdp_requested",
+    "zero_stage",
+]

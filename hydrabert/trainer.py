@@ -44,7 +44,7 @@ from .data.streaming import (
     streaming_batches,
 )
 from .embedding_preservation import EmbeddingTeacher
-from .engines import check_deepspeed
+from .engines import check_deepspeed, check_fsdp, configure_fsdp_plugin
 from .feature_cache import FrozenEncoder
 from .freezing import FREEZE_POLICIES, check_something_trains
 from .hardware import cpu_bf16_support, resolve_bf16
@@ -181,8 +181,9 @@ class MultiTaskTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self):
-        # Before TrainingArguments sets the engine up: what cannot work with the DeepSpeed config given.
+        # Before TrainingArguments sets the engine up: what cannot work with DeepSpeed or FSDP.
         check_deepspeed(self)
+        check_fsdp(self)
         # Before TrainingArguments checks them: what early stopping and checkpoint selection need.
         set_up_checkpoint_selection(self)
         self._resolve_cpu_bf16()
@@ -318,6 +319,8 @@ class MultiTaskTrainer(Trainer):
             callbacks=callbacks,
             **kwargs,
         )
+        # FSDP's units: the encoder's blocks, unless the accelerate config names them (hydrabert/engines.py).
+        configure_fsdp_plugin(getattr(self.accelerator.state, "fsdp_plugin", None), model)
         # A frozen encoder runs without dropout, and computes each example once (feature_cache.py). Built here, as
         # it needs the accelerator; `compute_loss` routes the forward through it.
         self.frozen_encoder = FrozenEncoder.from_trainer(self)
