@@ -229,6 +229,11 @@ def test_two_processes_stream_disjoint_rows_for_max_steps(tmp_path, tiny_tokeniz
     for epoch in epochs:
         seen = [{(task, row) for e, task, row in r["seen"] if e == epoch} for r in ranks]
         assert not seen[0] & seen[1], f"two processes read the same row in epoch {epoch}"
+    # The mix, counted over both processes' rows: proportional sampling, 40 and 30 rows.
+    drawn = [task for r in ranks for _, task, _ in r["seen"]]
+    expected = 40 / 70
+    spread = 4 * (expected * (1 - expected) / len(drawn)) ** 0.5
+    assert drawn.count(0) / len(drawn) == pytest.approx(expected, abs=spread)
     first = [{(task, row) for e, task, row in r["seen"] if e == 0} for r in ranks]
     assert first[0] | first[1] == {(0, i) for i in range(40)} | {(1, i) for i in range(30)}
     assert ranks[0]["weights"] == pytest.approx(ranks[1]["weights"], rel=1e-6)  # DDP kept them in step
