@@ -30,7 +30,7 @@ else
 fi
 
 # The engines for models that outgrow one GPU (docs/scaling.md), each a short run_mtl.py run of the demo config:
-# DDP, FSDP (configs/accelerate_fsdp.yaml) and DeepSpeed ZeRO-2 (configs/deepspeed_zero2.json). One process per
+# DDP, FSDP (configs/engines/accelerate_fsdp.yaml) and DeepSpeed ZeRO-2 (configs/engines/deepspeed_zero2.json). One process per
 # GPU (NCCL refuses two processes on one device). Each prints one JSON line: samples/s, and whether the saved
 # folder loads with AutoModel.from_pretrained(..., trust_remote_code=True) where hydrabert is not importable.
 GPUS=$(nvidia-smi -L 2>/dev/null | wc -l); GPUS=$(( GPUS > 0 ? GPUS : 1 ))
@@ -65,9 +65,9 @@ PY
 }
 mkdir -p outputs/gpu_engines
 if (( GPUS > 1 )); then engine_run ddp --multi_gpu --; else engine_run ddp --; fi
-engine_run fsdp --config_file configs/accelerate_fsdp.yaml --
+engine_run fsdp --config_file configs/engines/accelerate_fsdp.yaml --
 if python -c "import deepspeed" 2>/dev/null; then
-  engine_run deepspeed_zero2 -- --deepspeed configs/deepspeed_zero2.json  # the Trainer sets DeepSpeed up
+  engine_run deepspeed_zero2 -- --deepspeed configs/engines/deepspeed_zero2.json  # the Trainer sets DeepSpeed up
 else
   echo '{"benchmark": "engine", "engine": "deepspeed_zero2", "status": "skipped: deepspeed is not installed"}' \
     | tee benchmarks/results/engine_deepspeed_zero2.json

@@ -1,7 +1,7 @@
 """What hydrabert's training policies need of a distributed engine: FSDP's wrapping, and the combinations that
 cannot work, checked when the arguments are made.
 
-FSDP (accelerate's FSDP2, `accelerate launch --config_file configs/accelerate_fsdp.yaml run_mtl.py ...`): the
+FSDP (accelerate's FSDP2, `accelerate launch --config_file configs/engines/accelerate_fsdp.yaml run_mtl.py ...`): the
 units are the encoder's transformer blocks (`fsdp_block_classes`). Not the model's whole `_no_split_modules`:
 transformers gathers the encoder's there, `BertEmbeddings` included, and accelerate, which wraps each of those,
 then also carves the input embedding (`word_embeddings`, inside `BertEmbeddings`) into a unit of its own and

@@ -37,7 +37,7 @@ def test_combinations_that_cannot_work_are_refused_before_deepspeed_starts(
 
 @pytest.mark.parametrize("name", ["deepspeed_zero2.json", "deepspeed_zero3.json"])
 def test_the_shipped_configs_pass_with_the_default_recipe(name):
-    path = os.path.join(REPO, "configs", name)
+    path = os.path.join(REPO, "configs", "engines", name)
     with open(path, encoding="utf-8") as handle:
         config = json.load(handle)
     assert zero_stage(config) == int(name[-6])

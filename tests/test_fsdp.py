@@ -155,7 +155,7 @@ def test_fsdp_units_are_the_encoder_blocks_unless_the_config_names_them():
 def test_the_shipped_accelerate_config_is_fsdp2_saving_a_full_state_dict():
     from accelerate.commands.config.config_args import load_config_from_file
 
-    config = load_config_from_file(os.path.join(REPO, "configs", "accelerate_fsdp.yaml"))
+    config = load_config_from_file(os.path.join(REPO, "configs", "engines", "accelerate_fsdp.yaml"))
     assert config.distributed_type == "FSDP"
     assert config.fsdp_config["fsdp_version"] == 2
     assert config.fsdp_config["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
