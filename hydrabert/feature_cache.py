@@ -183,6 +183,8 @@ class FrozenEncoder(TrainerCallback):
         if freezing.unfreezing is not None or not encoder_is_frozen(model, freezing.never_trained):
             return None
 
+        streamed = getattr(trainer.train_dataset, "streams", None)
+
         def training_examples() -> Iterator[dict]:
             sources = [trainer.train_dataset]
             if trainer.eval_datasets and trainer.args.eval_strategy != "no":
@@ -196,7 +198,8 @@ class FrozenEncoder(TrainerCallback):
             unwrap=trainer.accelerator.unwrap_model,
             autocast=trainer.accelerator.autocast,
             cache=getattr(trainer.args, "cache_frozen_encoder", True),
-            prefill=training_examples if trainer.args.world_size == 1 else None,
+            # Streamed tasks are not read up front either: their rows are encoded as training meets them.
+            prefill=training_examples if trainer.args.world_size == 1 and streamed is None else None,
         )
 
     # ------------------------------------------------------------------------------- callback

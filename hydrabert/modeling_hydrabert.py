@@ -379,10 +379,22 @@ class HydraBertModel(HydraBertInferenceMixin, HydraBertPreTrainedModel):
         """`PreTrainedModel.save_pretrained`, with the pipeline registered: `config.json` names
         `pipeline_hydrabert.HydraBertPipeline` under `custom_pipelines` (the file is copied with this
         one, as its relative import), so `pipeline(model=folder, trust_remote_code=True)` finds its task
-        without the Hub. Save the tokenizer into the same folder for the pipeline to load it."""
+        without the Hub. Save the tokenizer into the same folder for the pipeline to load it.
+
+        A model sharded by FSDP2 saves as the plain model: `fully_shard` gives it a class of its own made in torch
+        (`FSDPHydraBertModel`), whose module file would otherwise travel as the model's code and whose name would
+        become the config's architecture. Pass the gathered `state_dict`, as the Trainer does."""
         pipelines = dict(getattr(self.config, "custom_pipelines", None) or {})
         self.config.custom_pipelines = {**pipelines, **custom_pipelines_entry()}
-        return super().save_pretrained(save_directory, *args, **kwargs)
+        sharded = type(self)
+        plain = next(c for c in sharded.__mro__ if not c.__module__.startswith("torch."))
+        if plain is sharded:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        self.__class__ = plain
+        try:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            self.__class__ = sharded
 
     def get_input_embeddings(self):
         return self.encoder.get_input_embeddings()

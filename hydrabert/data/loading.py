@@ -61,9 +61,9 @@ class Source:
         return HydraBertDataError(f"Task {self.task!r}, {self.split} split ({self.origin}): {problem}")
 
 
-def _raw_splits(cfg: TaskDataConfig) -> dict[str, tuple[Source, datasets.Dataset]]:
-    """Each split as read, with its `Source`. Precedence: an existing data_dir, else the Hub name, else
-    files by path."""
+def reads_local_files(cfg: TaskDataConfig) -> bool:
+    """The precedence rule (here and for streamed tasks): an existing data_dir, else the Hub name, else files
+    by path."""
     local = cfg.data_dir is not None and os.path.isdir(cfg.data_dir)
     if not local and cfg.dataset_name:
         if cfg.data_dir is not None:
@@ -73,9 +73,22 @@ def _raw_splits(cfg: TaskDataConfig) -> dict[str, tuple[Source, datasets.Dataset
                 cfg.data_dir,
                 cfg.dataset_name,
             )
-        raw = _hub_splits(cfg)
-    elif cfg.data_dir is not None and not local:
+        return False
+    if cfg.data_dir is not None and not local:
         raise cfg.error(f"data_dir {cfg.data_dir!r} does not exist and no dataset_name is given")
+    return True
+
+
+def file_format_of(cfg: TaskDataConfig, source: Source, path: str) -> str:
+    """The task's file_format, or the one its extension names."""
+    extension = os.path.splitext(path)[1].lower()
+    return cfg.file_format or _EXTENSION_FORMATS.get(extension) or _unknown_format(source, path)
+
+
+def _raw_splits(cfg: TaskDataConfig) -> dict[str, tuple[Source, datasets.Dataset]]:
+    """Each split as read, with its `Source`."""
+    if not reads_local_files(cfg):
+        raw = _hub_splits(cfg)
     else:
         files = {split: getattr(cfg, f"{split}_file") for split in SPLITS if getattr(cfg, f"{split}_file")}
         if not files:
@@ -102,8 +115,7 @@ def _read_file(cfg: TaskDataConfig, source: Source, path: str) -> datasets.Datas
     decode, the csv row or JSON line at fault), without reading the file again."""
     if not os.path.isfile(path):
         raise source.error("file not found" if not os.path.exists(path) else "is not a file")
-    extension = os.path.splitext(path)[1].lower()
-    file_format = cfg.file_format or _EXTENSION_FORMATS.get(extension) or _unknown_format(source, path)
+    file_format = file_format_of(cfg, source, path)
     what = {"tsv": "tsv file", "jsonl": "json file"}.get(file_format, f"{file_format} file")
     text = None
     try:
@@ -365,10 +377,15 @@ def _carve_validation(cfg: TaskDataConfig, splits: datasets.DatasetDict, seed: i
 
 def load_tasks(configs: Sequence[TaskDataConfig], seed: int = 42) -> dict[str, LoadedTask]:
     """Load several tasks, keyed by name (names must be unique), in the order given. The tasks of a shared
-    source (a task and those naming it as their `source`) are read together, once (`load_shared_source`)."""
+    source (a task and those naming it as their `source`) are read together, once (`load_shared_source`); a
+    task with `streaming: true` gets its train split as a stream (`streaming.load_streamed_task`)."""
+    from .streaming import load_streamed_task  # streaming.py builds on this module's readers
+
     loaded: dict[str, LoadedTask] = {}
     for group in source_groups(configs).values():
-        if len(group) == 1:
+        if len(group) == 1 and group[0].streaming:
+            loaded[group[0].name] = load_streamed_task(group[0], seed=seed)
+        elif len(group) == 1:
             loaded[group[0].name] = load_task_splits(group[0], seed=seed)
         else:
             loaded.update(load_shared_source(group, seed=seed))

@@ -104,6 +104,11 @@ class TaskDataConfig:
     # HydraBertModel.HEADS / .LOSSES (checked when the model is built; docs/extending.md).
     head: str = "linear"
     loss: str | None = None
+    # Read the train split as a stream (datasets' streaming=True): rows are read as training needs them, never
+    # all at once; validation and test stay map-style. Needs declared labels and, for proportional or
+    # temperature sampling, `num_rows` (or a Hub dataset whose card gives the train split's size).
+    streaming: bool = False
+    num_rows: int | None = None
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -153,6 +158,7 @@ class TaskDataConfig:
         if self.label_ids and self.labels is None:
             raise self.error("label_ids=True needs the label names in labels")
         self.label_map = self._checked_label_map()
+        self._check_streaming()
         if self.source is not None:
             self._check_source()
         elif not (
@@ -234,6 +240,36 @@ class TaskDataConfig:
             return None
         return list(dict.fromkeys(name for name in self.label_map.values() if name is not None))
 
+    def _check_streaming(self) -> None:
+        """What a streamed train split cannot do, refused before anything is read: it is never read whole, so
+        nothing can be counted, inferred or carved from it up front."""
+        if self.num_rows is not None and (
+            isinstance(self.num_rows, bool) or not isinstance(self.num_rows, int) or self.num_rows < 1
+        ):
+            raise self.error(f"num_rows must be a positive integer, got {self.num_rows!r}")
+        if not self.streaming:
+            return
+        refused = {
+            "source": "a shared source's rows train as one unit, which is not streamed",
+            "validation_split_percentage": "no validation split can be carved from a stream: give validation_file",
+        }
+        for option, why in refused.items():
+            if getattr(self, option) is not None:
+                raise self.error(f"streaming: {option} is not available ({why})")
+        if self.class_weights == CLASS_WEIGHTING:
+            raise self.error(
+                'streaming: class_weights="balanced" counts the train split\'s labels, which a stream does not '
+                "read up front; give the weights as a list"
+            )
+        if self.problem_type not in SCORE_PROBLEM_TYPES and self.labels is None:
+            raise self.error(
+                "streaming: give the label names in labels (a stream is not read up front to find them)"
+            )
+        if self.file_format == "json" or self.json_field is not None:
+            raise self.error(
+                "streaming: a JSON document is read whole; give JSON lines (file_format='jsonl')"
+            )
+
     def check_spec(self, labels: list[str] | None = None) -> None:
         """What the model's config holds of this task (problem_type, labels, weight, a list of class_weights,
         head, loss), checked by the config's own validator: before the data are read, and again once they
@@ -272,6 +308,8 @@ class LoadedTask:
     splits: datasets.DatasetDict
     labels: list[str] | None  # None for score tasks (regression, sentence_similarity)
     shared: SharedSource | None = None
+    # A streamed task's train split (`streaming: true`): a datasets.IterableDataset, not in `splits`.
+    stream: datasets.IterableDataset | None = None
     class_weights: list[float] | None = field(init=False, default=None)
 
     def __post_init__(self):
