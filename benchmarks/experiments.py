@@ -177,13 +177,21 @@ GROUPS: dict[str, dict[str, tuple[str, list[str]]]] = {
         "sts_task_temperature3_4_epochs_best_seed42": (
             "configs/demo_sts.json",
             [*["--task_sampling", "temperature", "--sampling_temperature", "3", "--num_train_epochs", "4"]]
-            + ["--load_best_model_at_end", "true"],
+            + [
+                "--load_best_model_at_end",
+                "true",
+                "--save_strategy",
+                "epoch",
+            ],  # the best needs its checkpoint
         ),
-        "sts_task_mlp_heads_temperature3_seed42": (
-            "configs/demo_sts.json",
-            ["--tasks", tasks_with_head("configs/demo_sts.json", "mlp")]
-            + ["--task_sampling", "temperature", "--sampling_temperature", "3"],
-        ),
+        **{
+            f"sts_task_mlp_heads_temperature3_seed{seed}": (
+                "configs/demo_sts.json",
+                ["--tasks", tasks_with_head("configs/demo_sts.json", "mlp"), "--seed", str(seed)]
+                + ["--task_sampling", "temperature", "--sampling_temperature", "3"],
+            )
+            for seed in (42, 43, 44)
+        },
     },
     # The main job in fp32 and in bf16 (autocast on the CPU), three seeds each: what bf16 costs in accuracy.
     "bf16": {
