@@ -42,6 +42,10 @@ from hydrabert.data import (
     source_groups,
     tokenize_task,
 )
+from hydrabert.data.streaming import (
+    is_stream,
+    tokenize_stream,
+)
 from hydrabert.export.deploy import plan_exports, push_exports, write_exports
 from hydrabert.freezing import check_something_trains, frozen_by_arguments
 from hydrabert.modeling_hydrabert import CONFIG_SETTINGS, HydraBertModel
@@ -233,6 +237,8 @@ def max_sequence_length(requested: int, tokenizer, model: HydraBertModel) -> int
 
 
 def limit(dataset, count: int | None, seed: int | None = None):
+    if is_stream(dataset) and count is not None:  # the stream's first rows (it shuffles them as it trains)
+        return dataset.take(count)
     if dataset is None or count is None or count >= len(dataset):
         return dataset
     if seed is not None:  # a random subset of train (the files can be sorted by label)
@@ -299,18 +305,18 @@ def load_data_and_model(model_args, data_args, training_args, configs):
             parts = task.splits
             if task.shared is not None:  # its train rows train through the shared source
                 parts = datasets.DatasetDict({s: d for s, d in task.splits.items() if s != "train"})
+            pairs = task.problem_type == "sentence_similarity"
             tokenized = tokenize_task(
-                parts,
-                tokenizer,
-                max_length,
-                cache_dir=data_args.tokenized_cache_dir,
-                separate_pairs=task.problem_type == "sentence_similarity",
+                parts, tokenizer, max_length, cache_dir=data_args.tokenized_cache_dir, separate_pairs=pairs
             )
             splits[name] = {
                 "train": limit(tokenized.get("train"), data_args.max_train_samples, training_args.seed),
                 "validation": limit(tokenized.get("validation"), data_args.max_eval_samples),
                 "test": limit(tokenized.get("test"), data_args.max_test_samples),
             }
+            if task.stream is not None:  # tokenised as training reads it
+                stream = tokenize_stream(task.stream, tokenizer, max_length, separate_pairs=pairs)
+                splits[name]["train"] = limit(stream, data_args.max_train_samples)
             if splits[name]["train"] is not None:
                 train_units[name] = splits[name]["train"]
             elif (
@@ -338,8 +344,8 @@ def load_data_and_model(model_args, data_args, training_args, configs):
 
 def dataset_sizes(splits: dict, train_units: dict) -> dict[str, dict[str, int]]:
     """`{task: {split: rows}}`; a shared source's task counts the training rows that carry its label."""
-    sizes = {
-        name: {split: len(ds) for split, ds in parts.items() if ds is not None}
+    sizes = {  # a streamed train split has no length: it is not read up front
+        name: {split: len(ds) for split, ds in parts.items() if ds is not None and not is_stream(ds)}
         for name, parts in splits.items()
     }
     for unit in train_units.values():
@@ -370,7 +376,8 @@ def check_run(training_args, model: HydraBertModel, train_sets, eval_sets) -> No
 def train(trainer: MultiTaskTrainer, checkpoint: str | None, train_sets: dict) -> dict:
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
     metrics = dict(train_result.metrics)
-    metrics["train_samples"] = sum(len(ds) for ds in train_sets.values())
+    if not any(is_stream(ds) for ds in train_sets.values()):
+        metrics["train_samples"] = sum(len(ds) for ds in train_sets.values())
     if not trainer.args.push_to_hub:
         # weights, config, the *_hydrabert.py code files and the tokenizer; with push_to_hub the
         # final push saves them (a save here would push a commit of its own)
@@ -430,6 +437,12 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Run
 
     # Everything that can be wrong with the input is checked before any training work starts.
     configs = task_configs(data_args)
+    streamed = [cfg.name for cfg in configs if cfg.streaming]
+    if streamed and training_args.do_train and training_args.max_steps <= 0:
+        raise ValueError(
+            f"task(s) {streamed} stream their train split, which has no length: give --max_steps (the number of "
+            "optimizer steps to train), not --num_train_epochs"
+        )
     plan = prepare_output_dir(training_args)
     if plan.finished:
         return {}

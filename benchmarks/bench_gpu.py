@@ -202,6 +202,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="both collators pad to a multiple of this (bounds the shapes torch.compile specialises on)",
     )
+    parser.add_argument(
+        "--attention",
+        default="sdpa",
+        help="attn_implementation on both sides: sdpa, eager, flash_attention_2 (needs flash-attn), ...",
+    )
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 peak")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--smoke", action="store_true", help="tiny model and data on CPU, fp32: does it run?")
@@ -253,7 +258,7 @@ def train_hydrabert(args, sizes: dict, tokenizer, train_sets: dict, settings: di
     set_seed(args.seed)
     encoder = dict(model_type="bert", max_position_embeddings=512, **sizes)
     specs = {name: {"num_labels": k} for name, k in TASKS.items()}
-    model = HydraBertModel(HydraBertConfig(encoder=encoder, tasks=specs, attn_implementation="sdpa"))
+    model = HydraBertModel(HydraBertConfig(encoder=encoder, tasks=specs, attn_implementation=args.attention))
     collator = CountingCollator(MultiTaskCollator(tokenizer, pad_to_multiple_of=args.pad_to_multiple_of))
     clock = window_clock(args.warmup_steps)
     trainer = MultiTaskTrainer(
@@ -289,7 +294,7 @@ def train_peers(args, sizes: dict, tokenizer, train_sets: dict, rows_per_task: d
             continue
         set_seed(args.seed)
         config = BertConfig(
-            num_labels=num_labels, max_position_embeddings=512, attn_implementation="sdpa", **sizes
+            num_labels=num_labels, max_position_embeddings=512, attn_implementation=args.attention, **sizes
         )
         model = BertForSequenceClassification(config)
         out["parameters"], out["attention"] = matmul_parameters(model), model.config._attn_implementation

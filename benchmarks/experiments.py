@@ -46,6 +46,18 @@ def tasks_of(config: str, names: list[str], test_only: tuple[str, ...] = ()) -> 
     return json.dumps(chosen)
 
 
+def tasks_with_head(config: str, head: str) -> str:
+    """The `--tasks` JSON of a config with `head` on every task that has a head (not sentence similarity)."""
+    with open(os.path.join(REPO, config)) as handle:
+        tasks = json.load(handle)["tasks"]
+    return json.dumps(
+        [
+            task if task.get("problem_type") == "sentence_similarity" else {**task, "head": head}
+            for task in tasks
+        ]
+    )
+
+
 # Reduced budget for the sweeps on 2 CPU cores: 2000 training sentences per task, 1 epoch.
 SWEEP = ["--max_train_samples", "2000", "--num_train_epochs", "1"]
 SWEEP_DATA = {
@@ -151,6 +163,35 @@ GROUPS: dict[str, dict[str, tuple[str, list[str]]]] = {
             ["--task_sampling", "temperature", "--sampling_temperature", "3"],
         ),
         "sts_task_4_epochs_seed42": ("configs/demo_sts.json", ["--num_train_epochs", "4"]),
+        # Does the preservation term cost less with a lighter weight, or with heads that have a hidden layer (the
+        # embedding kept, the classes separated after a nonlinearity)? And the STS-B pairs, the checkpoint chosen by
+        # validation, or with those heads.
+        "preserve0.3_seed42": (DEMO, ["--embedding_preservation_weight", "0.3", "--seed", "42"]),
+        **{
+            f"mlp_heads_preserve1_seed{seed}": (
+                DEMO,
+                ["--tasks", tasks_with_head(DEMO, "mlp"), "--seed", str(seed)],
+            )
+            for seed in (42, 43, 44)
+        },
+        "sts_task_temperature3_4_epochs_best_seed42": (
+            "configs/demo_sts.json",
+            [*["--task_sampling", "temperature", "--sampling_temperature", "3", "--num_train_epochs", "4"]]
+            + [
+                "--load_best_model_at_end",
+                "true",
+                "--save_strategy",
+                "epoch",
+            ],  # the best needs its checkpoint
+        ),
+        **{
+            f"sts_task_mlp_heads_temperature3_seed{seed}": (
+                "configs/demo_sts.json",
+                ["--tasks", tasks_with_head("configs/demo_sts.json", "mlp"), "--seed", str(seed)]
+                + ["--task_sampling", "temperature", "--sampling_temperature", "3"],
+            )
+            for seed in (42, 43, 44)
+        },
     },
     # The main job in fp32 and in bf16 (autocast on the CPU), three seeds each: what bf16 costs in accuracy.
     "bf16": {

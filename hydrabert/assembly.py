@@ -12,7 +12,7 @@ import logging
 import os
 
 from .configuration_hydrabert import DEFAULT_HEAD, HydraBertConfig, _normalize_task
-from .modeling_hydrabert import CONFIG_SETTINGS, HydraBertModel
+from .modeling_hydrabert import CONFIG_SETTINGS, HydraBertModel, check_heads_and_losses
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def reconcile_heads(model: HydraBertModel, tasks: dict[str, dict], checkpoint: s
                 {key: known.get(key) for key in training},
             )
             updated = _normalize_task(name, {**known, **training})
-            model._check_heads_and_losses({name: updated})
+            check_heads_and_losses(type(model), {name: updated})
             model.config.tasks = {**model.config.tasks, name: updated}
 
 

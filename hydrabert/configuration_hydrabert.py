@@ -156,53 +156,70 @@ def _normalize_task(name, spec) -> dict:
     unknown = set(spec) - {"num_labels", "labels", "problem_type", "weight", "class_weights", "head", "loss"}
     if unknown:
         raise ValueError(f"tasks[{name!r}] has unknown keys {sorted(unknown)}")
+    return normalize_task_spec(spec, where=f"tasks[{name!r}]")
+
+
+def normalize_task_spec(spec: dict, where: str = "", labels_unknown: bool = False) -> dict:
+    """The checks of one task's entry (`where` prefixes the messages: "tasks['x']"). The one copy: a data
+    config (hydrabert.data.TaskDataConfig) runs it before its data are read, with `labels_unknown` while the
+    labels are still to be inferred from the data (then neither the label count nor the class weights' count
+    can be checked yet), and again once they are known."""
+
+    def field(key: str) -> str:  # "tasks['x'].weight", or "weight"
+        return f"{where}.{key}" if where else key
+
+    task = f"{where}: " if where else ""
+
     problem_type = spec.get("problem_type") or "single_label_classification"
     if problem_type not in PROBLEM_TYPES:
-        raise ValueError(f"tasks[{name!r}].problem_type must be one of {PROBLEM_TYPES}, got {problem_type!r}")
+        raise ValueError(f"{field('problem_type')} must be one of {PROBLEM_TYPES}, got {problem_type!r}")
     labels = spec.get("labels")
     num_labels = spec.get("num_labels")
     if labels is not None:
         labels = [str(label) for label in labels]
-        if len(set(labels)) != len(labels):
-            raise ValueError(f"tasks[{name!r}].labels has duplicates: {labels}")
+        if not labels or len(set(labels)) != len(labels):
+            duplicates = sorted({label for label in labels if labels.count(label) > 1})
+            raise ValueError(
+                f"{field('labels')} must be a non-empty list of distinct names, got {labels}"
+                + (f" (duplicates: {duplicates})" if duplicates else "")
+            )
         if num_labels is not None and num_labels != len(labels):
-            raise ValueError(f"tasks[{name!r}]: num_labels={num_labels} but {len(labels)} labels were given")
+            raise ValueError(f"{task}num_labels={num_labels} but {len(labels)} labels were given")
         num_labels = len(labels)
     if problem_type in HEADLESS_PROBLEM_TYPES:
         # One score per pair, named as saved configs name it.
         if labels not in (None, [SIMILARITY_LABEL]) or num_labels not in (None, 1):
-            raise ValueError(
-                f"tasks[{name!r}]: a {problem_type} task scores sentence pairs and has no labels"
-            )
+            raise ValueError(f"{task}a {problem_type} task scores sentence pairs and has no labels")
         labels, num_labels = [SIMILARITY_LABEL], 1
     if num_labels is None:
         num_labels = 1 if problem_type in SCORE_PROBLEM_TYPES else None
-    if not isinstance(num_labels, int) or isinstance(num_labels, bool) or num_labels < 1:
-        raise ValueError(
-            f"tasks[{name!r}].num_labels must be a positive integer (or give labels), got {num_labels!r}"
-        )
-    if problem_type == "single_label_classification" and num_labels < 2:
-        raise ValueError(
-            f"tasks[{name!r}]: single-label classification needs at least 2 labels, got {num_labels}"
-        )
-    if labels is None:
-        labels = [f"LABEL_{i}" for i in range(num_labels)]
+    if num_labels is not None or not labels_unknown:
+        if not isinstance(num_labels, int) or isinstance(num_labels, bool) or num_labels < 1:
+            raise ValueError(
+                f"{field('num_labels')} must be a positive integer (or give labels), got {num_labels!r}"
+            )
+        if problem_type == "single_label_classification" and num_labels < 2:
+            raise ValueError(f"{task}single-label classification needs at least 2 labels, got {num_labels}")
+        if labels is None:
+            labels = [f"LABEL_{i}" for i in range(num_labels)]
     weight = spec.get("weight", 1.0)
     if not is_nonnegative_number(weight):
-        raise ValueError(f"tasks[{name!r}].weight must be a finite number >= 0, got {weight!r}")
+        raise ValueError(f"{field('weight')} must be a finite number >= 0, got {weight!r}")
     # The head's and the loss's names; the model checks them against its mappings (HydraBertModel.HEADS,
     # .LOSSES), which a subclass extends: this file cannot know a user's additions.
     head, loss = spec.get("head") or DEFAULT_HEAD, spec.get("loss")
     if not isinstance(head, str):
-        raise ValueError(f"tasks[{name!r}].head must be a head's name (e.g. 'mlp'), got {head!r}")
+        raise ValueError(f"{field('head')} must be a head's name (e.g. 'mlp'), got {head!r}")
     if problem_type in HEADLESS_PROBLEM_TYPES and head != DEFAULT_HEAD:
-        raise ValueError(f"tasks[{name!r}]: a {problem_type} task has no head, so no head={head!r}")
+        raise ValueError(f"{task}a {problem_type} task has no head, so no head={head!r}")
     if loss is not None and not isinstance(loss, str):
-        raise ValueError(f"tasks[{name!r}].loss must be a loss's name (e.g. 'focal') or None, got {loss!r}")
-    class_weights = _checked_class_weights(name, spec.get("class_weights"), problem_type, num_labels)
+        raise ValueError(f"{field('loss')} must be a loss's name (e.g. 'focal') or None, got {loss!r}")
+    class_weights = _checked_class_weights(
+        field("class_weights"), spec.get("class_weights"), problem_type, labels
+    )
     if loss is not None and class_weights is not None:
         raise ValueError(
-            f"tasks[{name!r}]: class_weights scale the default cross-entropy; with loss={loss!r} drop them "
+            f"{task}class_weights scale the default cross-entropy; with loss={loss!r} drop them "
             "(or weight rows inside your loss)"
         )
     return {
@@ -226,11 +243,11 @@ def is_nonnegative_number(value) -> bool:
     )
 
 
-def _checked_class_weights(name, class_weights, problem_type: str, num_labels: int) -> list[float] | None:
-    """One finite weight >= 0 per label, not all 0; the loss reads them by label id."""
+def _checked_class_weights(field: str, class_weights, problem_type: str, labels) -> list[float] | None:
+    """One finite weight >= 0 per label (the count once the labels are known), not all 0; the loss reads them
+    by label id."""
     if class_weights is None:
         return None
-    field = f"tasks[{name!r}].class_weights"
     if problem_type != "single_label_classification":
         raise ValueError(f"{field} is for single-label classification tasks, not {problem_type}")
     if not isinstance(class_weights, (list, tuple)):
@@ -240,12 +257,14 @@ def _checked_class_weights(name, class_weights, problem_type: str, num_labels: i
             if class_weights == "balanced"
             else ""
         )
+        count = f"{len(labels)} " if labels else ""
         raise ValueError(
-            f"{field} must be a list of {num_labels} numbers (one per label), got {class_weights!r}{hint}"
+            f"{field} must be a list of {count}numbers (one per label), got {class_weights!r}{hint}"
         )
-    if len(class_weights) != num_labels:
+    if labels is not None and len(class_weights) != len(labels):
         raise ValueError(
-            f"{field} has {len(class_weights)} weights but the task has {num_labels} labels: give one per label"
+            f"{field} has {len(class_weights)} weights but the task has {len(labels)} labels {labels}: give one "
+            "weight per label, in that order"
         )
     for value in class_weights:
         if not is_nonnegative_number(value):
@@ -338,4 +357,4 @@ def readable_predictions(spec: dict, logits, top_k: int | None = None) -> list:
     ]
 
 
-__all__ = ["HydraBertConfig", "length_sorted_batches", "readable_predictions"]
+__all__ = ["HydraBertConfig", "length_sorted_batches", "normalize_task_spec", "readable_predictions"]

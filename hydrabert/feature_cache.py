@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
 from .data.collation import MODEL_INPUTS
+from .data.multitask_dataset import build_multitask_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -173,21 +174,32 @@ class FrozenEncoder(TrainerCallback):
         self.misses = 0  # rows the encoder ran on (filling or lazily)
 
     @classmethod
-    def from_trainer(
-        cls, trainer, prefill: Callable[[], Iterable[dict]] | None = None
-    ) -> FrozenEncoder | None:
-        """One for `trainer` when its model's encoder is frozen for the whole run, else None."""
+    def from_trainer(cls, trainer) -> FrozenEncoder | None:
+        """One for `trainer` (a `MultiTaskTrainer`) when its model's encoder is frozen for the whole run, else None.
+        In one process it computes every example training will encode up front (train rows, and validation rows
+        when training evaluates), length-sorted; under DDP lazily, as each rank meets them."""
         model = trainer.accelerator.unwrap_model(trainer.model)
-        freezing = (
-            trainer.freezing
-        )  # the trainer's FreezingCallback: what never trains, and any unfreezing schedule
+        freezing = trainer.freezing  # what never trains, and any unfreezing schedule
         if freezing.unfreezing is not None or not encoder_is_frozen(model, freezing.never_trained):
             return None
+
+        streamed = getattr(trainer.train_dataset, "streams", None)
+
+        def training_examples() -> Iterator[dict]:
+            sources = [trainer.train_dataset]
+            if trainer.eval_datasets and trainer.args.eval_strategy != "no":
+                sources += [
+                    build_multitask_dataset({task: dataset}, task_names=model.task_names)[0]
+                    for task, dataset in trainer.eval_datasets.items()
+                ]
+            return length_sorted_batches(sources, trainer.data_collator, trainer.args.eval_batch_size)
+
         return cls(
             unwrap=trainer.accelerator.unwrap_model,
             autocast=trainer.accelerator.autocast,
             cache=getattr(trainer.args, "cache_frozen_encoder", True),
-            prefill=prefill,
+            # Streamed tasks are not read up front either: their rows are encoded as training meets them.
+            prefill=training_examples if trainer.args.world_size == 1 and streamed is None else None,
         )
 
     # ------------------------------------------------------------------------------- callback

@@ -399,6 +399,23 @@ def generate_model_card(
     return card
 
 
+def write_run_card(trainer, **fields):
+    """The card of a `MultiTaskTrainer`'s run, written into its output directory: the card data its
+    `ModelCardCallback` gathered (if it has one), the run's tokenizer, and `fields` of RUN_CARD_FIELDS (others and
+    None are dropped; `model_id` defaults to the run's `hub_model_id`)."""
+    fields = {k: v for k, v in fields.items() if k in RUN_CARD_FIELDS and v is not None}
+    if "model_id" not in fields and trainer.args.hub_model_id:
+        fields["model_id"] = trainer.args.hub_model_id
+    card = next((c for c in trainer.callback_handler.callbacks if isinstance(c, ModelCardCallback)), None)
+    return generate_model_card(
+        trainer.accelerator.unwrap_model(trainer.model),
+        trainer.args.output_dir,
+        card_data=card.card_data if card is not None else None,
+        tokenizer=trainer.processing_class,
+        **fields,
+    )
+
+
 def find_plots(output_dir: str | os.PathLike) -> list[str]:
     """Image files in `output_dir` and its `plots/` folder, as sorted relative POSIX paths."""
     output_dir = Path(output_dir)
@@ -524,4 +541,5 @@ __all__ = [
     "generate_model_card",
     "non_default_arguments",
     "render_model_card",
+    "write_run_card",
 ]

@@ -7,7 +7,6 @@ through a flat relative import, its configuration file.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import json
 import os
@@ -27,10 +26,8 @@ from .configuration_hydrabert import (
     HEADLESS_PROBLEM_TYPES,
     HydraBertConfig,
     _normalize_task,
-    length_sorted_batches,
-    readable_predictions,
 )
-from .pipeline_hydrabert import custom_pipelines_entry
+from .pipeline_hydrabert import HydraBertInferenceMixin, custom_pipelines_entry
 
 logger = hf_logging.get_logger(__name__)
 
@@ -58,8 +55,6 @@ _CONFIG_LOADING_KWARGS = (
     "trust_remote_code",
 )
 
-# encode()/predict() show a progress bar by default once there are more batches than this.
-_TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # CoSENT's scale on cosine similarities (sentence-transformers' CoSENTLoss default, from the CoSENT paper).
 COSENT_SCALE = 20.0
 
@@ -203,6 +198,29 @@ LOSSES = {
 }
 
 
+def check_heads_and_losses(model_class, tasks: dict[str, dict]) -> None:
+    """Every task names a head and a loss `model_class` knows (its HEADS, LOSSES), a loss for its problem type."""
+    for name, spec in tasks.items():
+        head, loss = spec.get("head", DEFAULT_HEAD), spec.get("loss")
+        if spec["problem_type"] not in HEADLESS_PROBLEM_TYPES and head not in model_class.HEADS:
+            raise ValueError(
+                f"Task {name!r}: unknown head {head!r}; known heads: {sorted(model_class.HEADS)} (add yours to "
+                f"{model_class.__name__}.HEADS: docs/extending.md)"
+            )
+        if loss is None:
+            continue
+        if loss not in model_class.LOSSES:
+            raise ValueError(
+                f"Task {name!r}: unknown loss {loss!r}; known losses: {sorted(model_class.LOSSES)} (add yours to "
+                f"{model_class.__name__}.LOSSES: docs/extending.md)"
+            )
+        if spec["problem_type"] not in model_class.LOSSES[loss].problem_types:
+            raise ValueError(
+                f"Task {name!r}: loss {loss!r} serves {list(model_class.LOSSES[loss].problem_types)}, not "
+                f"{spec['problem_type']}"
+            )
+
+
 class HydraBertPreTrainedModel(PreTrainedModel):
     config_class = HydraBertConfig
     # A plain BERT checkpoint's weights load into `encoder`.
@@ -282,7 +300,7 @@ class HydraBertPreTrainedModel(PreTrainedModel):
             init.zeros_(module.bias)
 
 
-class HydraBertModel(HydraBertPreTrainedModel):
+class HydraBertModel(HydraBertInferenceMixin, HydraBertPreTrainedModel):
     r"""
     A BERT-family encoder shared by several tasks: `encoder -> pooler (tanh(Linear(h_[CLS]))) ->
     adapter (optional) -> dropout -> heads[task]`.
@@ -309,7 +327,7 @@ class HydraBertModel(HydraBertPreTrainedModel):
 
     def __init__(self, config: HydraBertConfig):
         super().__init__(config)
-        self._check_heads_and_losses(config.tasks)
+        check_heads_and_losses(type(self), config.tasks)
         self.encoder = _encoder_from_config(config.encoder)
         self.pooler = HydraBertPooler(config)
         self.adapter = HydraBertAdapter(config) if config.adapter_size else None
@@ -348,47 +366,12 @@ class HydraBertModel(HydraBertPreTrainedModel):
         if checkpoint_pooling is not None and config_kwargs.get("pooling") is None:
             config_kwargs["pooling"] = checkpoint_pooling
         encoder_config = AutoConfig.from_pretrained(encoder_name_or_path, **kwargs)
-        config = HydraBertConfig(encoder=encoder_config, tasks=tasks or {}, **config_kwargs)
-        model = cls(config)
-
+        model = cls(HydraBertConfig(encoder=encoder_config, tasks=tasks or {}, **config_kwargs))
         pretrained, pretrained_info = AutoModel.from_pretrained(
             encoder_name_or_path, config=encoder_config, output_loading_info=True, **kwargs
         )
-        pretrained_pooler = getattr(pretrained, "pooler", None)
-        # A checkpoint saved without a pooler gets a random one from AutoModel: not worth copying.
-        checkpoint_has_pooler = not any(k.startswith("pooler.") for k in pretrained_info["missing_keys"])
-        if pretrained_pooler is not None:
-            pretrained.pooler = None
-        # strict=True: every encoder weight must be matched, or this raises and names the missing ones.
-        state = {k: v for k, v in pretrained.state_dict().items() if not k.startswith("pooler.")}
-        model.encoder.load_state_dict(state, strict=True)
-        loaded = {f"encoder.{k}" for k in state}
-        unused = set()
-        dense = getattr(pretrained_pooler, "dense", None)
-        projection = model.pooler.dense
-        if checkpoint_pooling is not None and projection.in_features == projection.out_features:
-            # The checkpoint's embedding is its pooled token states, with no dense layer: the identity keeps it.
-            with torch.no_grad():
-                projection.weight.copy_(torch.eye(projection.in_features))
-                projection.bias.zero_()
-            loaded |= {"pooler.dense.weight", "pooler.dense.bias"}
-            if pretrained_pooler is not None and checkpoint_has_pooler:
-                unused = {f"pooler.{k}" for k in pretrained_pooler.state_dict()}
-        elif isinstance(dense, nn.Linear) and checkpoint_has_pooler:
-            if config.pooling == "cls" and dense.weight.shape == projection.weight.shape:
-                with torch.no_grad():
-                    model.pooler.dense.weight.copy_(dense.weight)
-                    model.pooler.dense.bias.copy_(dense.bias)
-                loaded |= {"pooler.dense.weight", "pooler.dense.bias"}
-            else:
-                unused = {f"pooler.{k}" for k in pretrained_pooler.state_dict()}
+        loading_info = _load_encoder_weights(model, pretrained, pretrained_info, checkpoint_pooling)
         model.config.encoder._name_or_path = str(encoder_name_or_path)
-        loading_info = {
-            "missing_keys": set(model.state_dict()) - loaded,
-            "unexpected_keys": unused,
-            "mismatched_keys": set(),
-            "error_msgs": [],
-        }
         return model, loading_info
 
     # ------------------------------------------------------------------------------------ saving
@@ -396,10 +379,22 @@ class HydraBertModel(HydraBertPreTrainedModel):
         """`PreTrainedModel.save_pretrained`, with the pipeline registered: `config.json` names
         `pipeline_hydrabert.HydraBertPipeline` under `custom_pipelines` (the file is copied with this
         one, as its relative import), so `pipeline(model=folder, trust_remote_code=True)` finds its task
-        without the Hub. Save the tokenizer into the same folder for the pipeline to load it."""
+        without the Hub. Save the tokenizer into the same folder for the pipeline to load it.
+
+        A model sharded by FSDP2 saves as the plain model: `fully_shard` gives it a class of its own made in torch
+        (`FSDPHydraBertModel`), whose module file would otherwise travel as the model's code and whose name would
+        become the config's architecture. Pass the gathered `state_dict`, as the Trainer does."""
         pipelines = dict(getattr(self.config, "custom_pipelines", None) or {})
         self.config.custom_pipelines = {**pipelines, **custom_pipelines_entry()}
-        return super().save_pretrained(save_directory, *args, **kwargs)
+        sharded = type(self)
+        plain = next(c for c in sharded.__mro__ if not c.__module__.startswith("torch."))
+        if plain is sharded:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        self.__class__ = plain
+        try:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            self.__class__ = sharded
 
     def get_input_embeddings(self):
         return self.encoder.get_input_embeddings()
@@ -430,16 +425,12 @@ class HydraBertModel(HydraBertPreTrainedModel):
             raise ValueError(f"Task {name!r} already exists; known tasks: {self.task_names}")
         spec = {"num_labels": num_labels, "labels": labels, "problem_type": problem_type, "weight": weight}
         spec = _normalize_task(name, {**spec, "class_weights": class_weights, "head": head, "loss": loss})
-        self._check_heads_and_losses({name: spec})
+        check_heads_and_losses(type(self), {name: spec})
         if spec["problem_type"] in HEADLESS_PROBLEM_TYPES:
             self.config.tasks = dict(sorted({**self.config.tasks, name: spec}.items()))
             return None
         head = self._build_head(spec)
-        std = getattr(self.config.encoder, "initializer_range", 0.02)
-        for module in head.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, mean=0.0, std=std)
-                nn.init.zeros_(module.bias)
+        head.apply(self._init_weights)
         reference = self.pooler.dense.weight
         self.heads[name] = head.to(device=reference.device, dtype=reference.dtype)
         self.config.tasks = dict(sorted({**self.config.tasks, name: spec}.items()))
@@ -453,28 +444,6 @@ class HydraBertModel(HydraBertPreTrainedModel):
 
     def _build_head(self, spec: dict) -> nn.Module:
         return self.HEADS[spec.get("head", DEFAULT_HEAD)](self.config, spec)
-
-    def _check_heads_and_losses(self, tasks: dict[str, dict]) -> None:
-        """Every task names a head and a loss this class knows (HEADS, LOSSES), a loss for its problem type."""
-        for name, spec in tasks.items():
-            head, loss = spec.get("head", DEFAULT_HEAD), spec.get("loss")
-            if spec["problem_type"] not in HEADLESS_PROBLEM_TYPES and head not in self.HEADS:
-                raise ValueError(
-                    f"Task {name!r}: unknown head {head!r}; known heads: {sorted(self.HEADS)} (add yours to "
-                    f"{type(self).__name__}.HEADS: docs/extending.md)"
-                )
-            if loss is None:
-                continue
-            if loss not in self.LOSSES:
-                raise ValueError(
-                    f"Task {name!r}: unknown loss {loss!r}; known losses: {sorted(self.LOSSES)} (add yours to "
-                    f"{type(self).__name__}.LOSSES: docs/extending.md)"
-                )
-            if spec["problem_type"] not in self.LOSSES[loss].problem_types:
-                raise ValueError(
-                    f"Task {name!r}: loss {loss!r} serves {list(self.LOSSES[loss].problem_types)}, not "
-                    f"{spec['problem_type']}"
-                )
 
     def _check_task(self, name: str) -> None:
         if name not in self.config.tasks:
@@ -551,11 +520,13 @@ class HydraBertModel(HydraBertPreTrainedModel):
         # Every head on every batch: heads are tiny, and this keeps all parameters in the graph (DDP
         # without find_unused_parameters) while one encoder pass serves all tasks.
         all_logits = {name: head(features) for name, head in self.heads.items()}
-        all_logits.update(self._pair_similarities(embedding, task, task_ids))
+        all_logits.update(pair_similarities(self.config.tasks, embedding, task, task_ids))
 
         loss, task_losses = None, None
         if labels is not None:
-            loss, task_losses = self._multitask_loss(all_logits, labels, task, task_ids)
+            loss, task_losses = multitask_loss(
+                self.config.tasks, all_logits, labels, task, task_ids, self.LOSSES
+            )
 
         return HydraBertOutput(
             loss=loss,
@@ -565,37 +536,6 @@ class HydraBertModel(HydraBertPreTrainedModel):
             hidden_states=hidden_states,
             attentions=attentions,
         )
-
-    def _pair_similarities(self, embedding, task, task_ids) -> dict[str, torch.Tensor]:
-        """Sentence-similarity tasks in the batch: each row's cosine similarity with its partner, `(batch,)` (NaN
-        on other tasks' rows). A task's rows hold its pairs' first sentences, then their second sentences in
-        the same order (what `MultiTaskCollator` builds): row i of n pairs with row n + i."""
-        similarity_tasks = [n for n in self.task_names if n not in self.heads]
-        if task is not None:
-            present = {task: None} if task in similarity_tasks else {}
-        elif task_ids is not None:
-            rows_of = {
-                n: (task_ids == self.task_names.index(n)).nonzero().squeeze(-1) for n in similarity_tasks
-            }
-            present = {name: rows for name, rows in rows_of.items() if len(rows)}
-        else:  # sentences without pairs: no similarity to compute
-            present = {}
-        similarities = {}
-        for name, rows in present.items():
-            pairs = embedding if rows is None else embedding[rows]
-            if len(pairs) % 2:
-                raise ValueError(
-                    f"Task {name!r} ({self.config.tasks[name]['problem_type']}): its {len(pairs)} rows must be "
-                    "pairs: first sentences, then their second sentences in the same order"
-                )
-            half = len(pairs) // 2
-            cosine = F.cosine_similarity(pairs[:half].float(), pairs[half:].float(), dim=-1).repeat(2)
-            if rows is None:
-                similarities[name] = cosine
-            else:
-                full = torch.full(embedding.shape[:1], float("nan"), device=embedding.device)
-                similarities[name] = full.index_put((rows,), cosine)
-        return similarities
 
     def _batch_task(self, task, task_ids, labels) -> str | None:
         """The one task of the batch (None: all heads, or one task per row from `task_ids`)."""
@@ -653,224 +593,44 @@ class HydraBertModel(HydraBertPreTrainedModel):
         outputs = self.encoder(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
         return self.pooler.pool(outputs.last_hidden_state, attention_mask)
 
-    def _multitask_loss(self, all_logits, labels, task, task_ids):
-        """(loss, task_losses): each task's loss over its rows, then their weighted mean over the tasks that
-        have rows in the batch. The rows of a task: the whole batch (`task`), the rows whose `task_ids` name it,
-        or (`labels` a dict by task) the rows whose label for it is not missing."""
-        if isinstance(labels, dict):
-            batch_size = len(next(iter(all_logits.values())))
-            rows_per_task, labels_per_task = self._labelled_rows(labels, batch_size), labels
-        elif task is not None:
-            rows_per_task, labels_per_task = {task: None}, {task: labels}  # the whole batch
+
+def _load_encoder_weights(model, pretrained, pretrained_info: dict, checkpoint_pooling: str | None) -> dict:
+    """Copies an encoder checkpoint (`pretrained`, loaded by `AutoModel`) into a new model so that its embedding
+    is the checkpoint's own (see `from_encoder_pretrained`); returns `from_pretrained`-style loading info."""
+    pretrained_pooler = getattr(pretrained, "pooler", None)
+    # A checkpoint saved without a pooler gets a random one from AutoModel: not worth copying.
+    checkpoint_has_pooler = not any(k.startswith("pooler.") for k in pretrained_info["missing_keys"])
+    if pretrained_pooler is not None:
+        pretrained.pooler = None
+    # strict=True: every encoder weight must be matched, or this raises and names the missing ones.
+    state = {k: v for k, v in pretrained.state_dict().items() if not k.startswith("pooler.")}
+    model.encoder.load_state_dict(state, strict=True)
+    loaded = {f"encoder.{k}" for k in state}
+    unused = set()
+    dense = getattr(pretrained_pooler, "dense", None)
+    projection = model.pooler.dense
+    if checkpoint_pooling is not None and projection.in_features == projection.out_features:
+        # The checkpoint's embedding is its pooled token states, with no dense layer: the identity keeps it.
+        with torch.no_grad():
+            projection.weight.copy_(torch.eye(projection.in_features))
+            projection.bias.zero_()
+        loaded |= {"pooler.dense.weight", "pooler.dense.bias"}
+        if pretrained_pooler is not None and checkpoint_has_pooler:
+            unused = {f"pooler.{k}" for k in pretrained_pooler.state_dict()}
+    elif isinstance(dense, nn.Linear) and checkpoint_has_pooler:
+        if model.config.pooling == "cls" and dense.weight.shape == projection.weight.shape:
+            with torch.no_grad():
+                projection.weight.copy_(dense.weight)
+                projection.bias.copy_(dense.bias)
+            loaded |= {"pooler.dense.weight", "pooler.dense.bias"}
         else:
-            if task_ids.shape[0] != labels.shape[0]:
-                raise ValueError(f"task_ids has {task_ids.shape[0]} rows but labels has {labels.shape[0]}")
-            bad = (task_ids < 0) | (task_ids >= len(self.task_names))
-            if bad.any():
-                raise ValueError(
-                    f"task_ids must be in [0, {len(self.task_names)}) (tasks {self.task_names}), "
-                    f"got {task_ids[bad].unique().tolist()}"
-                )
-            present = task_ids.unique().tolist()
-            rows_per_task = {self.task_names[i]: task_ids == i for i in present}
-            labels_per_task = dict.fromkeys(rows_per_task, labels)
-
-        task_losses = {}
-        for name, rows in rows_per_task.items():
-            logits = all_logits[name] if rows is None else all_logits[name][rows]
-            task_labels = labels_per_task[name] if rows is None else labels_per_task[name][rows]
-            task_losses[name] = _task_loss(
-                name, self.config.tasks[name], logits, task_labels, losses=self.LOSSES
-            )
-        if task is not None:
-            loss = task_losses[task]  # one task asked for by name: its plain loss
-        elif task_losses:
-            weighted = [self.config.tasks[name]["weight"] * value for name, value in task_losses.items()]
-            loss = torch.stack(weighted).sum() / len(weighted)
-        else:  # a dict of labels in which no row is labelled: nothing to learn from this batch
-            loss = None
-        # Heads whose task is absent from this batch join the graph with a zero term, so that
-        # DDP sees a gradient (zero) for every parameter on every step. nan_to_num: a diverged
-        # head must not poison the other tasks' loss (it is reported when its own task comes up).
-        unused = [
-            torch.nan_to_num(logits).sum() for name, logits in all_logits.items() if name not in task_losses
-        ]
-        if loss is None:
-            loss = 0.0 * torch.stack(unused).sum()
-        elif unused and torch.is_grad_enabled():
-            loss = loss + 0.0 * torch.stack(unused).sum()
-        return loss, task_losses
-
-    def _labelled_rows(self, labels: dict[str, torch.Tensor], batch_size: int):
-        """For `labels` given as `{task: tensor}`: each task's labelled rows (a boolean mask), for the tasks that
-        have at least one. Missing: -100 in integer tensors and in a single-label task's class ids, NaN in float
-        tensors; a multi-label or multi-output row with a missing value anywhere is missing."""
-        unknown = [name for name in labels if name not in self.config.tasks]
-        if unknown:
-            raise ValueError(f"labels name unknown task(s) {unknown}; known tasks: {self.task_names}")
-        rows_per_task = {}
-        for name, values in labels.items():
-            if values.shape[:1] != (batch_size,):
-                raise ValueError(
-                    f"labels[{name!r}] has shape {tuple(values.shape)}: it needs one row per example ({batch_size})"
-                )
-            missing = (
-                torch.isnan(values)
-                if values.is_floating_point()
-                else torch.zeros_like(values, dtype=torch.bool)
-            )
-            if (
-                not values.is_floating_point()
-                or self.config.tasks[name]["problem_type"] == "single_label_classification"
-            ):
-                missing = missing | (values == -100)
-            rows = ~missing.reshape(len(values), -1).any(-1)
-            if rows.any():
-                rows_per_task[name] = rows
-        return rows_per_task
-
-    # --------------------------------------------------------------------------------- inference
-    @torch.inference_mode()
-    def encode(
-        self,
-        sentences: list[str] | str,
-        tokenizer,
-        batch_size: int = 32,
-        normalize: bool = False,
-        max_length: int | None = None,
-        show_progress_bar: bool | None = None,
-        convert_to_numpy: bool = False,
-        dtype: torch.dtype | None = None,
-    ):
-        """Sentence embeddings `(n, embedding_dim)` in input order. Batches are sorted by length so
-        little compute goes to padding; gradients are off; a progress bar shows on long inputs.
-
-        `dtype=torch.bfloat16` computes under autocast (fp32 weights kept; on a CPU with AMX or AVX512-BF16 about
-        twice as fast, see docs/results.md); the embeddings come back as float32 either way."""
-        single = isinstance(sentences, str)
-        sentences = [sentences] if single else list(sentences)
-        output = None
-        for indices, outputs in self._batched_forward(
-            sentences, tokenizer, batch_size, max_length, show_progress_bar, dtype
-        ):
-            embeddings = outputs.sentence_embedding.float()
-            if normalize:
-                # Row by row, so batch by batch: normalising the whole result would hold a second copy of it.
-                embeddings = F.normalize(embeddings.float(), p=2, dim=-1)
-            if output is None:
-                output = torch.empty(len(sentences), embeddings.shape[-1])
-            output[indices] = embeddings.to("cpu")
-        if output is None:
-            output = torch.empty(0, self.config.embedding_dim)
-        if single:
-            output = output[0]
-        return output.numpy() if convert_to_numpy else output
-
-    @torch.inference_mode()
-    def predict(
-        self,
-        sentences: list[str] | str,
-        tokenizer,
-        tasks: list[str] | str | None = None,
-        batch_size: int = 32,
-        max_length: int | None = None,
-        show_progress_bar: bool | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> list[dict[str, dict]]:
-        """Per sentence, `{task: {"label": name, "score": probability}}` for every task with a head (or the given
-        ones; a sentence-similarity task has none).
-
-        Multi-label tasks give the labels whose probability exceeds 0.5 (`"label"` is a list, `"score"`
-        their probabilities); regression tasks give `"score"` only. `dtype=torch.bfloat16`: as in `encode`
-        (scores are computed from the logits in float32).
-        """
-        single = isinstance(sentences, str)
-        sentences = [sentences] if single else list(sentences)
-        heads = self.config.head_task_names
-        tasks = [tasks] if isinstance(tasks, str) else (heads if tasks is None else list(tasks))
-        for name in tasks:
-            self._check_task(name)
-            if name not in heads:
-                raise ValueError(
-                    f"Task {name!r} is a {self.config.tasks[name]['problem_type']} task: it has no head to predict "
-                    "with; compare sentences by their embeddings (encode())"
-                )
-        results: list[dict | None] = [None] * len(sentences)
-        for indices, outputs in self._batched_forward(
-            sentences, tokenizer, batch_size, max_length, show_progress_bar, dtype
-        ):
-            per_task = {
-                name: readable_predictions(
-                    self.config.tasks[name], outputs.logits[name].float().cpu().numpy()
-                )
-                for name in tasks
-            }
-            for row, index in enumerate(indices.tolist()):
-                results[index] = {name: per_task[name][row] for name in tasks}
-        return results[0] if single else results
-
-    def _batched_forward(self, sentences, tokenizer, batch_size, max_length, show_progress_bar, dtype=None):
-        """Yields (original indices, outputs) for length-sorted batches, in eval mode (under autocast to
-        `dtype` when it is not the weights' own)."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-            raise ValueError(
-                f"dtype must be a floating-point torch.dtype (e.g. torch.bfloat16), got {dtype!r}"
-            )
-        autocast = (
-            torch.autocast(self.device.type, dtype=dtype)
-            if dtype is not None and dtype != self.dtype
-            else contextlib.nullcontext()
-        )
-        if max_length is None:  # the length the model was trained at (None: the tokenizer's own limit)
-            max_length = self.config.max_seq_length
-        was_training = self.training
-        self.eval()
-        try:
-            device = self.device
-            for indices, batch in length_sorted_batches(
-                sentences, tokenizer, batch_size, max_length, "pt", show_progress_bar
-            ):
-                batch = {k: v.to(device) for k, v in batch.items() if k in _TOKEN_INPUTS}
-                with autocast:
-                    outputs = self(**batch)
-                yield torch.tensor(indices), outputs
-        finally:
-            self.train(was_training)
-
-    # ------------------------------------------------------------------------------------ export
-    # Deployable copies that need no remote code. The work is done by hydrabert.export (pip install
-    # 'hydrabert[export]'); this file imports nothing beyond torch and transformers, so the code comes to
-    # the class instead: `import hydrabert` sets this hook, which loads hydrabert.export on first use.
-    _load_exporter = None
-
-    def export_task(self, task: str, save_directory, tokenizer=None, **kwargs):
-        """`task` as the encoder family's own `*ForSequenceClassification` (same logits), loadable by
-        `AutoModelForSequenceClassification` and `pipeline("text-classification")` without remote code."""
-        return self._exporter().export_task(self, task, save_directory, tokenizer=tokenizer, **kwargs)
-
-    def export_sentence_transformer(self, save_directory, tokenizer=None, normalize: bool = False, **kwargs):
-        """The sentence encoder as a sentence-transformers model (same embeddings as `encode`)."""
-        return self._exporter().export_sentence_transformer(
-            self, save_directory, tokenizer=tokenizer, normalize=normalize, **kwargs
-        )
-
-    def export_onnx(self, save_directory, tokenizer=None, quantize: bool = False, **kwargs):
-        """The whole model as one ONNX graph (every task's logits and the embedding), validated with ONNX
-        Runtime; `hydrabert.export.OnnxPredictor(save_directory).predict(...)` runs it."""
-        return self._exporter().export_onnx(
-            self, save_directory, tokenizer=tokenizer, quantize=quantize, **kwargs
-        )
-
-    def _exporter(self):
-        if self._load_exporter is None:
-            raise ImportError(
-                "Exporting needs the hydrabert package with its export extra: pip install 'hydrabert[export]'. "
-                "For a model loaded with trust_remote_code, call hydrabert.export.export_task(model, ...) "
-                "(export_sentence_transformer, export_onnx) on it."
-            )
-        return self._load_exporter()
+            unused = {f"pooler.{k}" for k in pretrained_pooler.state_dict()}
+    return {
+        "missing_keys": set(model.state_dict()) - loaded,
+        "unexpected_keys": unused,
+        "mismatched_keys": set(),
+        "error_msgs": [],
+    }
 
 
 def _sentence_transformers_pooling(name_or_path, loading_kwargs: dict) -> str | None:
@@ -931,6 +691,115 @@ def _encoder_from_config(encoder_config):
     if "add_pooling_layer" in inspect.signature(model_class.__init__).parameters:
         return AutoModel.from_config(encoder_config, add_pooling_layer=False)
     return AutoModel.from_config(encoder_config)
+
+
+# ------------------------------------------------------------------------------------------- losses
+# The model's loss, as functions of the task specs: `HydraBertModel.forward` calls them.
+
+
+def pair_similarities(tasks: dict[str, dict], embedding, task, task_ids) -> dict[str, torch.Tensor]:
+    """Sentence-similarity tasks in the batch: each row's cosine similarity with its partner, `(batch,)` (NaN
+    on other tasks' rows). A task's rows hold its pairs' first sentences, then their second sentences in
+    the same order (what `MultiTaskCollator` builds): row i of n pairs with row n + i."""
+    task_names = list(tasks)
+    similarity_tasks = [
+        name for name, spec in tasks.items() if spec["problem_type"] in HEADLESS_PROBLEM_TYPES
+    ]
+    if task is not None:
+        present = {task: None} if task in similarity_tasks else {}
+    elif task_ids is not None:
+        rows_of = {n: (task_ids == task_names.index(n)).nonzero().squeeze(-1) for n in similarity_tasks}
+        present = {name: rows for name, rows in rows_of.items() if len(rows)}
+    else:  # sentences without pairs: no similarity to compute
+        present = {}
+    similarities = {}
+    for name, rows in present.items():
+        pairs = embedding if rows is None else embedding[rows]
+        if len(pairs) % 2:
+            raise ValueError(
+                f"Task {name!r} ({tasks[name]['problem_type']}): its {len(pairs)} rows must be "
+                "pairs: first sentences, then their second sentences in the same order"
+            )
+        half = len(pairs) // 2
+        cosine = F.cosine_similarity(pairs[:half].float(), pairs[half:].float(), dim=-1).repeat(2)
+        if rows is None:
+            similarities[name] = cosine
+        else:
+            full = torch.full(embedding.shape[:1], float("nan"), device=embedding.device)
+            similarities[name] = full.index_put((rows,), cosine)
+    return similarities
+
+
+def multitask_loss(tasks: dict[str, dict], all_logits, labels, task, task_ids, losses: dict):
+    """(loss, task_losses): each task's loss over its rows, then their weighted mean over the tasks that
+    have rows in the batch. The rows of a task: the whole batch (`task`), the rows whose `task_ids` name it,
+    or (`labels` a dict by task) the rows whose label for it is not missing."""
+    if isinstance(labels, dict):
+        batch_size = len(next(iter(all_logits.values())))
+        rows_per_task, labels_per_task = _labelled_rows(tasks, labels, batch_size), labels
+    elif task is not None:
+        rows_per_task, labels_per_task = {task: None}, {task: labels}  # the whole batch
+    else:
+        task_names = list(tasks)
+        if task_ids.shape[0] != labels.shape[0]:
+            raise ValueError(f"task_ids has {task_ids.shape[0]} rows but labels has {labels.shape[0]}")
+        bad = (task_ids < 0) | (task_ids >= len(task_names))
+        if bad.any():
+            raise ValueError(
+                f"task_ids must be in [0, {len(task_names)}) (tasks {task_names}), "
+                f"got {task_ids[bad].unique().tolist()}"
+            )
+        present = task_ids.unique().tolist()
+        rows_per_task = {task_names[i]: task_ids == i for i in present}
+        labels_per_task = dict.fromkeys(rows_per_task, labels)
+
+    task_losses = {}
+    for name, rows in rows_per_task.items():
+        logits = all_logits[name] if rows is None else all_logits[name][rows]
+        task_labels = labels_per_task[name] if rows is None else labels_per_task[name][rows]
+        task_losses[name] = _task_loss(name, tasks[name], logits, task_labels, losses=losses)
+    if task is not None:
+        loss = task_losses[task]  # one task asked for by name: its plain loss
+    elif task_losses:
+        weighted = [tasks[name]["weight"] * value for name, value in task_losses.items()]
+        loss = torch.stack(weighted).sum() / len(weighted)
+    else:  # a dict of labels in which no row is labelled: nothing to learn from this batch
+        loss = None
+    # Heads whose task is absent from this batch join the graph with a zero term, so that
+    # DDP sees a gradient (zero) for every parameter on every step. nan_to_num: a diverged
+    # head must not poison the other tasks' loss (it is reported when its own task comes up).
+    unused = [
+        torch.nan_to_num(logits).sum() for name, logits in all_logits.items() if name not in task_losses
+    ]
+    if loss is None:
+        loss = 0.0 * torch.stack(unused).sum()
+    elif unused and torch.is_grad_enabled():
+        loss = loss + 0.0 * torch.stack(unused).sum()
+    return loss, task_losses
+
+
+def _labelled_rows(tasks: dict[str, dict], labels: dict[str, torch.Tensor], batch_size: int):
+    """For `labels` given as `{task: tensor}`: each task's labelled rows (a boolean mask), for the tasks that
+    have at least one. Missing: -100 in integer tensors and in a single-label task's class ids, NaN in float
+    tensors; a multi-label or multi-output row with a missing value anywhere is missing."""
+    unknown = [name for name in labels if name not in tasks]
+    if unknown:
+        raise ValueError(f"labels name unknown task(s) {unknown}; known tasks: {list(tasks)}")
+    rows_per_task = {}
+    for name, values in labels.items():
+        if values.shape[:1] != (batch_size,):
+            raise ValueError(
+                f"labels[{name!r}] has shape {tuple(values.shape)}: it needs one row per example ({batch_size})"
+            )
+        missing = (
+            torch.isnan(values) if values.is_floating_point() else torch.zeros_like(values, dtype=torch.bool)
+        )
+        if not values.is_floating_point() or tasks[name]["problem_type"] == "single_label_classification":
+            missing = missing | (values == -100)
+        rows = ~missing.reshape(len(values), -1).any(-1)
+        if rows.any():
+            rows_per_task[name] = rows
+    return rows_per_task
 
 
 def _task_loss(

@@ -1,18 +1,24 @@
-"""HydraBERT inference pipeline: every task's label and score for each sentence, from one encoder pass.
+"""HydraBERT serving in the travelling code: the model's inference API (`encode`, `predict`, the `export_*`
+entry points) and the `transformers.pipeline` that gives every task's label and score from one encoder pass.
 
-This file travels to the Hub next to the weights (`config.json` names it under `custom_pipelines`), so
-`transformers.pipeline(model=repo_or_dir, trust_remote_code=True)` builds it on a machine that never
-installed hydrabert. It imports only torch, transformers, the standard library and the configuration file
-that travels with it (whose `readable_predictions` turns logits into labels and scores exactly as
-`HydraBertModel.predict` and `OnnxPredictor` do), and relies on nothing but the model's config (`config.tasks`,
+This file travels to the Hub next to the weights (`config.json` names it under `custom_pipelines`, and the model
+file imports it), so `transformers.pipeline(model=repo_or_dir, trust_remote_code=True)` builds the pipeline and
+`model.encode(...)` runs on a machine that never installed hydrabert. It imports only torch, transformers, the
+standard library and the configuration file that travels with it, which owns the serving contract: batching
+(`length_sorted_batches`) and post-processing (`readable_predictions`, turning logits into labels and scores
+exactly as `OnnxPredictor` does). The pipeline relies on nothing but the model's config (`config.tasks`,
 `config.max_seq_length`) and its forward returning a dict of per-task logits.
 """
 
 from __future__ import annotations
 
+import contextlib
+
+import torch
+from torch.nn import functional as F
 from transformers import Pipeline
 
-from .configuration_hydrabert import readable_predictions
+from .configuration_hydrabert import length_sorted_batches, readable_predictions
 
 # Model outputs travel through the pipeline's batching machinery as a flat dict of tensors (a nested
 # dict would not be split back into rows); the prefix keeps task names clear of the keys the machinery
@@ -20,6 +26,156 @@ from .configuration_hydrabert import readable_predictions
 _LOGITS_PREFIX = "logits."
 
 PIPELINE_TASK = "hydrabert-multitask"
+# What the model's forward takes from a tokenizer's output.
+_TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class HydraBertInferenceMixin:
+    """`HydraBertModel`'s inference and export API, kept beside the pipeline so that the model class holds the
+    network and its loss only. It needs of the model: `config` (`tasks`, `head_task_names`, `max_seq_length`,
+    `embedding_dim`), `device`, `dtype`, `_check_task`, and a forward returning `sentence_embedding` and a dict of `logits`."""
+
+    @torch.inference_mode()
+    def encode(
+        self,
+        sentences: list[str] | str,
+        tokenizer,
+        batch_size: int = 32,
+        normalize: bool = False,
+        max_length: int | None = None,
+        show_progress_bar: bool | None = None,
+        convert_to_numpy: bool = False,
+        dtype: torch.dtype | None = None,
+    ):
+        """Sentence embeddings `(n, embedding_dim)` in input order. Batches are sorted by length so
+        little compute goes to padding; gradients are off; a progress bar shows on long inputs.
+
+        `dtype=torch.bfloat16` computes under autocast (fp32 weights kept; on a CPU with AMX or AVX512-BF16 about
+        twice as fast, see docs/results.md); the embeddings come back as float32 either way."""
+        single = isinstance(sentences, str)
+        sentences = [sentences] if single else list(sentences)
+        output = None
+        for indices, outputs in self._batched_forward(
+            sentences, tokenizer, batch_size, max_length, show_progress_bar, dtype
+        ):
+            embeddings = outputs.sentence_embedding.float()
+            if normalize:
+                # Row by row, so batch by batch: normalising the whole result would hold a second copy of it.
+                embeddings = F.normalize(embeddings.float(), p=2, dim=-1)
+            if output is None:
+                output = torch.empty(len(sentences), embeddings.shape[-1])
+            output[indices] = embeddings.to("cpu")
+        if output is None:
+            output = torch.empty(0, self.config.embedding_dim)
+        if single:
+            output = output[0]
+        return output.numpy() if convert_to_numpy else output
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        sentences: list[str] | str,
+        tokenizer,
+        tasks: list[str] | str | None = None,
+        batch_size: int = 32,
+        max_length: int | None = None,
+        show_progress_bar: bool | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> list[dict[str, dict]]:
+        """Per sentence, `{task: {"label": name, "score": probability}}` for every task with a head (or the given
+        ones; a sentence-similarity task has none).
+
+        Multi-label tasks give the labels whose probability exceeds 0.5 (`"label"` is a list, `"score"`
+        their probabilities); regression tasks give `"score"` only. `dtype=torch.bfloat16`: as in `encode`
+        (scores are computed from the logits in float32).
+        """
+        single = isinstance(sentences, str)
+        sentences = [sentences] if single else list(sentences)
+        heads = self.config.head_task_names
+        tasks = [tasks] if isinstance(tasks, str) else (heads if tasks is None else list(tasks))
+        for name in tasks:
+            self._check_task(name)
+            if name not in heads:
+                raise ValueError(
+                    f"Task {name!r} is a {self.config.tasks[name]['problem_type']} task: it has no head to predict "
+                    "with; compare sentences by their embeddings (encode())"
+                )
+        results: list[dict | None] = [None] * len(sentences)
+        for indices, outputs in self._batched_forward(
+            sentences, tokenizer, batch_size, max_length, show_progress_bar, dtype
+        ):
+            per_task = {
+                name: readable_predictions(
+                    self.config.tasks[name], outputs.logits[name].float().cpu().numpy()
+                )
+                for name in tasks
+            }
+            for row, index in enumerate(indices.tolist()):
+                results[index] = {name: per_task[name][row] for name in tasks}
+        return results[0] if single else results
+
+    def _batched_forward(self, sentences, tokenizer, batch_size, max_length, show_progress_bar, dtype=None):
+        """Yields (original indices, outputs) for length-sorted batches, in eval mode (under autocast to
+        `dtype` when it is not the weights' own)."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise ValueError(
+                f"dtype must be a floating-point torch.dtype (e.g. torch.bfloat16), got {dtype!r}"
+            )
+        autocast = (
+            torch.autocast(self.device.type, dtype=dtype)
+            if dtype is not None and dtype != self.dtype
+            else contextlib.nullcontext()
+        )
+        if max_length is None:  # the length the model was trained at (None: the tokenizer's own limit)
+            max_length = self.config.max_seq_length
+        was_training = self.training
+        self.eval()
+        try:
+            device = self.device
+            for indices, batch in length_sorted_batches(
+                sentences, tokenizer, batch_size, max_length, "pt", show_progress_bar
+            ):
+                batch = {k: v.to(device) for k, v in batch.items() if k in _TOKEN_INPUTS}
+                with autocast:
+                    outputs = self(**batch)
+                yield torch.tensor(indices), outputs
+        finally:
+            self.train(was_training)
+
+    # ------------------------------------------------------------------------------------ export
+    # Deployable copies that need no remote code. The work is done by hydrabert.export (pip install
+    # 'hydrabert[export]'); this file imports nothing beyond torch and transformers, so the code comes to
+    # the class instead: `import hydrabert` sets this hook, which loads hydrabert.export on first use.
+    _load_exporter = None
+
+    def export_task(self, task: str, save_directory, tokenizer=None, **kwargs):
+        """`task` as the encoder family's own `*ForSequenceClassification` (same logits), loadable by
+        `AutoModelForSequenceClassification` and `pipeline("text-classification")` without remote code."""
+        return self._exporter().export_task(self, task, save_directory, tokenizer=tokenizer, **kwargs)
+
+    def export_sentence_transformer(self, save_directory, tokenizer=None, normalize: bool = False, **kwargs):
+        """The sentence encoder as a sentence-transformers model (same embeddings as `encode`)."""
+        return self._exporter().export_sentence_transformer(
+            self, save_directory, tokenizer=tokenizer, normalize=normalize, **kwargs
+        )
+
+    def export_onnx(self, save_directory, tokenizer=None, quantize: bool = False, **kwargs):
+        """The whole model as one ONNX graph (every task's logits and the embedding), validated with ONNX
+        Runtime; `hydrabert.export.OnnxPredictor(save_directory).predict(...)` runs it."""
+        return self._exporter().export_onnx(
+            self, save_directory, tokenizer=tokenizer, quantize=quantize, **kwargs
+        )
+
+    def _exporter(self):
+        if self._load_exporter is None:
+            raise ImportError(
+                "Exporting needs the hydrabert package with its export extra: pip install 'hydrabert[export]'. "
+                "For a model loaded with trust_remote_code, call hydrabert.export.export_task(model, ...) "
+                "(export_sentence_transformer, export_onnx) on it."
+            )
+        return self._load_exporter()
 
 
 class HydraBertPipeline(Pipeline):
@@ -138,4 +294,4 @@ def _names_for_custom_pipelines(config) -> None:
             info["pt"] = [c if isinstance(c, str) else c.__name__ for c in classes]
 
 
-__all__ = ["PIPELINE_TASK", "HydraBertPipeline", "custom_pipelines_entry"]
+__all__ = ["PIPELINE_TASK", "HydraBertInferenceMixin", "HydraBertPipeline", "custom_pipelines_entry"]

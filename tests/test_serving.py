@@ -94,6 +94,26 @@ def test_predict_pipeline_and_onnx_agree_and_truncate_at_the_training_length(
     _close(predictor.predict([first_8]), [predicted[2]])
 
 
+def test_onnx_sessions_take_their_thread_count_from_an_argument(tiny_model, tiny_tokenizer, tmp_path):
+    import onnxruntime
+
+    from hydrabert.export.onnx_predictor import physical_cores
+
+    tiny_model.export_onnx(tmp_path, tokenizer=tiny_tokenizer)
+
+    def threads(predictor):
+        return predictor.session.get_session_options().intra_op_num_threads
+
+    assert threads(OnnxPredictor(tmp_path)) == physical_cores() >= 1  # the default: the physical cores
+    assert threads(OnnxPredictor(tmp_path, threads=1)) == 1
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 2
+    assert threads(OnnxPredictor(tmp_path, session_options=options)) == 2  # the caller's options stand
+    assert threads(OnnxPredictor(tmp_path, session_options=options, threads=1)) == 1  # unless threads is given
+    with pytest.raises(ValueError, match="threads must be a positive integer"):
+        OnnxPredictor(tmp_path, threads=0)
+
+
 def test_models_saved_before_max_seq_length_load_and_use_the_tokenizers_limit(tiny_tokenizer, tmp_path):
     model = seeded_model()
     model.save_pretrained(tmp_path)

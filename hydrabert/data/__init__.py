@@ -9,8 +9,8 @@ The pipeline, one task at a time, then all tasks together:
     sampler = MultiTaskBatchSampler(train.task_lengths(), batch_size=32, strategy="temperature")
     loader = DataLoader(train, batch_sampler=sampler, collate_fn=MultiTaskCollator(tokenizer))
 
-Modules: `tasks` (TaskDataConfig, LoadedTask), `loading` (datasets' builders, Hub datasets, the
-error wrapper), `rows` (text and label checks, label encoding), `tokenizing`, `multitask_dataset`,
+Modules: `tasks` (TaskDataConfig, LoadedTask), `loading` (each file opened once and parsed in memory,
+Hub datasets, the error wrapper), `rows` (text and label checks, label encoding), `tokenizing`, `multitask_dataset`,
 `sampling` (per-task batch samplers and the strategies that interleave them), `collation`, `shared`
 (sources whose rows are labelled for several tasks: one unit in training, per-task rows in evaluation).
 

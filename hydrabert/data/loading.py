@@ -1,5 +1,5 @@
-"""Loading one task's splits: local files through `datasets`' own builders (csv, json, parquet,
-text), or a Hub dataset through `load_dataset(name)`; then checked and normalised by `rows.py`.
+"""Loading one task's splits: a local file opened once (parsed here in memory, or by datasets' parquet
+builder), or a Hub dataset through `load_dataset(name)`; then checked and normalised by `rows.py`.
 
 Every problem becomes a `HydraBertDataError` that names the task, the split, the file (or Hub
 dataset) and, where one is at fault, the row or line.
@@ -11,16 +11,18 @@ import codecs
 import csv
 import dataclasses
 import io
-import itertools
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import datasets
+import pandas
 import pyarrow as pa
+import pyarrow.json as paj
 from datasets.exceptions import DatasetGenerationError
+from datasets.table import InMemoryTable
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HTTPError
 
@@ -43,8 +45,8 @@ _EXTENSION_FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "
 # Hub datasets name their splits freely; these are the names we map onto ours.
 _SPLIT_ALIASES = {"train": "train", "validation": "validation", "valid": "validation", "val": "validation"}
 _SPLIT_ALIASES.update(dev="validation", test="test")
-# What the builders raise on a file they cannot parse (DatasetGenerationError wraps the parser's own).
-_READ_ERRORS = (DatasetGenerationError, ValueError, KeyError, OSError, pa.ArrowException, StopIteration)
+# What the parsers raise on a file they cannot parse (DatasetGenerationError wraps the parquet builder's).
+_READ_ERRORS = (DatasetGenerationError, ValueError, KeyError, TypeError, OSError, pa.ArrowException)
 
 
 @dataclass(frozen=True)
@@ -58,32 +60,12 @@ class Source:
     def error(self, problem: str) -> HydraBertDataError:
         return HydraBertDataError(f"Task {self.task!r}, {self.split} split ({self.origin}): {problem}")
 
-    def read(self, what: str, load: Callable[..., datasets.Dataset], *args, diagnose=None, **kwargs):
-        """The one wrapper around the builders: a parser's failure becomes an error that names the
-        task, the split and the file, and the row or line: the parser's message names it, or
-        `diagnose()` (which returns the problem, or None) finds it when that message does not."""
-        try:
-            return load(*args, **kwargs)
-        except HydraBertDataError:
-            raise
-        except _READ_ERRORS as err:
-            cause = err.__cause__ if isinstance(err, DatasetGenerationError) and err.__cause__ else err
-            problem = diagnose() if diagnose is not None else None
-            raise self.error(
-                problem or f"is not a readable {what} ({type(cause).__name__}: {cause})"
-            ) from None
 
-
-def _builder(name: str, path: str, **options) -> datasets.Dataset:
-    return datasets.load_dataset(name, data_files=path, split="train", **options)
-
-
-# ------------------------------------------------------------------------------- local files
-def _uses_local_files(cfg: TaskDataConfig) -> bool:
-    """The precedence rule: an existing data_dir, else the Hub name, else files by path."""
-    if cfg.data_dir is not None and os.path.isdir(cfg.data_dir):
-        return True
-    if cfg.dataset_name:
+def reads_local_files(cfg: TaskDataConfig) -> bool:
+    """The precedence rule (here and for streamed tasks): an existing data_dir, else the Hub name, else files
+    by path."""
+    local = cfg.data_dir is not None and os.path.isdir(cfg.data_dir)
+    if not local and cfg.dataset_name:
         if cfg.data_dir is not None:
             logger.warning(
                 "Task %r: data_dir %s not found; trying Hub dataset %r",
@@ -92,55 +74,80 @@ def _uses_local_files(cfg: TaskDataConfig) -> bool:
                 cfg.dataset_name,
             )
         return False
-    if cfg.data_dir is not None:
+    if cfg.data_dir is not None and not local:
         raise cfg.error(f"data_dir {cfg.data_dir!r} does not exist and no dataset_name is given")
     return True
 
 
-def _local_splits(cfg: TaskDataConfig) -> dict[str, tuple[Source, datasets.Dataset]]:
-    files = {split: getattr(cfg, f"{split}_file") for split in SPLITS if getattr(cfg, f"{split}_file")}
-    if not files:
-        raise cfg.error(f"no train_file, validation_file or test_file given for data_dir {cfg.data_dir!r}")
-    splits = {}
-    for split, name in files.items():
-        path = name if os.path.isabs(name) or cfg.data_dir is None else os.path.join(cfg.data_dir, name)
-        source = Source(cfg.name, split, f"file {path}")
-        splits[split] = (source, _read_file(cfg, source, path, split))
-    return splits
+def file_format_of(cfg: TaskDataConfig, source: Source, path: str) -> str:
+    """The task's file_format, or the one its extension names."""
+    extension = os.path.splitext(path)[1].lower()
+    return cfg.file_format or _EXTENSION_FORMATS.get(extension) or _unknown_format(source, path)
 
 
-def _read_file(cfg: TaskDataConfig, source: Source, path: str, split: str) -> datasets.Dataset:
+def _raw_splits(cfg: TaskDataConfig) -> dict[str, tuple[Source, datasets.Dataset]]:
+    """Each split as read, with its `Source`."""
+    if not reads_local_files(cfg):
+        raw = _hub_splits(cfg)
+    else:
+        files = {split: getattr(cfg, f"{split}_file") for split in SPLITS if getattr(cfg, f"{split}_file")}
+        if not files:
+            raise cfg.error(
+                f"no train_file, validation_file or test_file given for data_dir {cfg.data_dir!r}"
+            )
+        raw = {}
+        for split, name in files.items():
+            path = name if os.path.isabs(name) or cfg.data_dir is None else os.path.join(cfg.data_dir, name)
+            source = Source(cfg.name, split, f"file {path}")
+            raw[split] = (source, _read_file(cfg, source, path))
+    if not raw:
+        raise cfg.error("the data have no train, validation or test split")
+    return raw
+
+
+# ------------------------------------------------------------------------------- local files
+def _read_file(cfg: TaskDataConfig, source: Source, path: str) -> datasets.Dataset:
+    """One split's file, opened once. Parquet (binary, its Features in the file) goes to datasets' parquet
+    builder. A text file is read and decoded here, then parsed in memory by the parsers datasets' builders
+    use (pandas for csv/tsv, pyarrow for JSON): `load_dataset("csv", data_files=...)` opens a local file
+    seven times (six compression probes, then the read; the json builder reads the data twice, a schema
+    pass and the rows), and the decoded text is what the errors need anyway (the byte that does not
+    decode, the csv row or JSON line at fault), without reading the file again."""
     if not os.path.isfile(path):
         raise source.error("file not found" if not os.path.exists(path) else "is not a file")
-    file_format = cfg.file_format or _infer_format(source, path)
-    if file_format == "parquet":  # datasets keeps its Features (ClassLabel names) in the file
-        return source.read("parquet file", _builder, "parquet", path)
-    text = _decoded_text(source, path, cfg.encoding)
-    if not text.strip():  # before the builders, which fail on empty files in their own ways
-        raise source.error("the split is empty")
-    # utf-8-sig reads plain UTF-8 identically and drops a byte-order mark if there is one.
-    codec = "utf-8-sig" if codecs.lookup(cfg.encoding).name == "utf-8" else cfg.encoding
-    if file_format == "labeled_lines":
-        lines = source.read("text file", _builder, "text", path, encoding=codec)
-        return _split_labeled_lines(cfg, source, lines)
-    if file_format in ("csv", "tsv"):
-        return _read_delimited(cfg, source, path, text, codec, "," if file_format == "csv" else "\t")
-    key = cfg.json_field.get(split) if isinstance(cfg.json_field, dict) else cfg.json_field
-    what = "json file" if key is None else f"json file with the key json_field={key!r}"
-    options = {"field": key} if key else {}
-    dataset = source.read(
-        what, _builder, "json", path, encoding=codec, diagnose=lambda: _json_problem(text), **options
-    )
-    if cfg.column_names and dataset.column_names == [str(i) for i in range(len(cfg.column_names))]:
-        dataset = dataset.rename_columns(dict(zip(dataset.column_names, cfg.column_names, strict=True)))
-    return dataset
+    file_format = file_format_of(cfg, source, path)
+    what = {"tsv": "tsv file", "jsonl": "json file"}.get(file_format, f"{file_format} file")
+    text = None
+    try:
+        if file_format == "parquet":
+            return datasets.load_dataset("parquet", data_files=path, split="train")
+        with open(path, "rb") as handle:  # the one open of this file
+            raw = handle.read()
+        text = _decoded_text(source, raw, cfg.encoding)
+        if not text.strip():
+            raise source.error("the split is empty")
+        if file_format == "labeled_lines":
+            return _labeled_lines(cfg, source, text)
+        if file_format in ("csv", "tsv"):
+            return _delimited(cfg, text, "," if file_format == "csv" else "\t")
+        key = cfg.json_field.get(source.split) if isinstance(cfg.json_field, dict) else cfg.json_field
+        what = "json file" if key is None else f"json file with the key json_field={key!r}"
+        return _json_rows(cfg, text, key)
+    except HydraBertDataError:
+        raise
+    except _READ_ERRORS as err:
+        cause = err.__cause__ if isinstance(err, DatasetGenerationError) and err.__cause__ else err
+        problem = None
+        if text is not None and file_format in ("json", "jsonl"):
+            problem = _json_problem(text)
+        elif text is not None and file_format in ("csv", "tsv"):
+            problem = _csv_problem(cfg, text, "," if file_format == "csv" else "\t")
+        raise source.error(problem or f"is not a readable {what} ({type(cause).__name__}: {cause})") from None
 
 
-def _infer_format(source: Source, path: str) -> str:
+def _unknown_format(source: Source, path: str):
     extension = os.path.splitext(path)[1].lower()
-    if extension in _EXTENSION_FORMATS:
-        return _EXTENSION_FORMATS[extension]
-    with open(path, "rb") as handle:
+    with open(path, "rb") as handle:  # the error path only
         looks_like_json = handle.read(64).lstrip().startswith(b"{")
     hint = " (its first line looks like JSON: file_format='jsonl'?)" if looks_like_json else ""
     raise source.error(
@@ -149,18 +156,17 @@ def _infer_format(source: Source, path: str) -> str:
     )
 
 
-def _decoded_text(source: Source, path: str, encoding: str) -> str:
-    """The file decoded, or an error that says which byte of which line failed and what to do: the
-    builders' own decoding errors name neither."""
-    with open(path, "rb") as handle:
-        raw = handle.read()
+def _decoded_text(source: Source, raw: bytes, encoding: str) -> str:
+    """The bytes decoded (a UTF-8 byte-order mark dropped), or an error that says which byte of which line
+    failed and what to do."""
     binary = source.error(
         f"contains NUL bytes: not a text file in encoding {encoding!r} (a binary file? UTF-16? "
         "set the task's `encoding` or `file_format` option)"
     )
     # UTF-16/32 text is full of NUL bytes; in other encodings they mean a binary file (checked
     # before decoding, so that the message says so rather than pointing at some undecodable byte).
-    if b"\x00" in raw and not codecs.lookup(encoding).name.startswith(("utf-16", "utf-32")):
+    codec = codecs.lookup(encoding).name
+    if b"\x00" in raw and not codec.startswith(("utf-16", "utf-32")):
         raise binary
     try:
         text = raw.decode(encoding)
@@ -172,12 +178,95 @@ def _decoded_text(source: Source, path: str, encoding: str) -> str:
         ) from None
     if "\x00" in text:
         raise binary
-    return text
+    return text[1:] if codec == "utf-8" and text.startswith("\ufeff") else text
+
+
+def _labeled_lines(cfg: TaskDataConfig, source: Source, text: str) -> datasets.Dataset:
+    """`label<sep>text` lines into two columns, stripped; blank lines skipped. Lines split as the text
+    builder splits them (universal newlines), so the line numbers in errors are the editor's."""
+    columns = {cfg.label_column: [], cfg.text_column: [], LOCATION: []}
+    for number, line in enumerate(io.StringIO(text, newline=None), start=1):
+        if not line.strip():
+            continue
+        label, separator, sentence = line.rstrip("\n").partition(cfg.label_separator)
+        if not separator or not sentence.strip():
+            raise source.error(f"line {number} has no text after the label: {line.rstrip()!r}")
+        if not label.strip():
+            raise source.error(f"line {number} has no label before the text: {line.rstrip()!r}")
+        columns[cfg.label_column].append(label.strip())
+        columns[cfg.text_column].append(sentence.strip())
+        columns[LOCATION].append(f"line {number}")
+    features = datasets.Features({name: datasets.Value("string") for name in columns})
+    return datasets.Dataset.from_dict(columns, features=features)
+
+
+def _delimited(cfg: TaskDataConfig, text: str, delimiter: str) -> datasets.Dataset:
+    """Every cell read as a string, so nothing is type-guessed ("1.0", "NA" and "007" stay as written): the
+    options the csv builder gives pandas for string features."""
+    frame = pandas.read_csv(
+        io.StringIO(text, newline=""),
+        sep=delimiter,
+        quoting=QUOTING[cfg.quoting],
+        names=cfg.column_names,
+        dtype=object,
+        keep_default_na=False,
+    )
+    features = datasets.Features({str(name): datasets.Value("string") for name in frame.columns})
+    return datasets.Dataset.from_pandas(frame, features=features, preserve_index=False)
+
+
+def _csv_problem(cfg: TaskDataConfig, text: str, delimiter: str) -> str | None:
+    """The first row (0 = the first after the header, as in every other message) whose field count
+    is wrong: pandas counts lines and rows its own way, and says nothing of open quotes."""
+    records = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=QUOTING[cfg.quoting])
+    rows = (row for row in records if row)
+    try:
+        width = len(cfg.column_names) if cfg.column_names is not None else len(next(rows))
+        for index, row in enumerate(rows):
+            if len(row) != width:
+                # A quote left open swallows the rest of the file into one field (a truncated file?).
+                hint = " (an unclosed quote?)" if "\n" in row[-1] else ""
+                return f"row {index} has {len(row)} fields but the header has {width}{hint}: {row!r}"
+    except csv.Error as err:
+        return f"is not a readable csv file ({err})"
+    return None
+
+
+def _json_rows(cfg: TaskDataConfig, text: str, key: str | None) -> datasets.Dataset:
+    """JSON lines, a JSON list of rows, or (json_field) the rows under a key, as the json builder reads
+    them: through pyarrow's JSON reader, a list of strings as a `text` column, rows that are lists as
+    columns "0", "1", ... (named by column_names), a field of mixed types as JSON values."""
+    if key is not None or text.lstrip().startswith("["):
+        rows = json.loads(text)[key] if key is not None else json.loads(text)
+        names = [str(i) for i in range(max((len(r) for r in rows if isinstance(r, list)), default=0))]
+        records = (
+            {"text": row}
+            if isinstance(row, str)
+            else dict(zip(names, row, strict=False))
+            if isinstance(row, list)
+            else row
+            for row in rows
+        )
+        text = "\n".join(json.dumps(record) for record in records)
+    data = text.encode("utf-8")
+    try:
+        dataset = datasets.Dataset(
+            InMemoryTable(paj.read_json(io.BytesIO(data), paj.ReadOptions(block_size=len(data) + 1)))
+        )
+    except pa.ArrowInvalid as err:
+        if ") changed from" not in str(err):
+            raise
+        records = [json.loads(line) for line in text.splitlines() if line.strip()]
+        columns = {name: [record.get(name) for record in records] for record in records for name in record}
+        dataset = datasets.Dataset.from_dict(columns, on_mixed_types="use_json")
+    if cfg.column_names and dataset.column_names == [str(i) for i in range(len(cfg.column_names))]:
+        dataset = dataset.rename_columns(dict(zip(dataset.column_names, cfg.column_names, strict=True)))
+    return dataset
 
 
 def _json_problem(text: str) -> str | None:
-    """Where a JSON document or JSON-lines file breaks (the json builder reports a byte position or
-    an Arrow block row); None when Python's parser accepts it."""
+    """Where a JSON document or JSON-lines file breaks (pyarrow reports a row, not a line); None when
+    Python's parser accepts it."""
     try:
         json.loads(text)
         return None
@@ -192,88 +281,28 @@ def _json_problem(text: str) -> str | None:
     return None
 
 
-def _read_delimited(
-    cfg, source: Source, path: str, text: str, codec: str, delimiter: str
-) -> datasets.Dataset:
-    """Every cell read as a string, so nothing is type-guessed ("1.0", "NA" and "007" stay as written)."""
-    options = {}
-    if cfg.column_names is not None:
-        header = options["column_names"] = list(cfg.column_names)
-    else:  # the first two records: the header, and whether any row follows it
-        records = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=QUOTING[cfg.quoting])
-        header, *first_row = itertools.islice((row for row in records if row), 2)
-        if not first_row:
-            raise source.error("the split is empty")
-    features = datasets.Features({name: datasets.Value("string") for name in header})
-    what = "csv file" if delimiter == "," else "tsv file"
-    return source.read(
-        what,
-        _builder,
-        "csv",
-        path,
-        diagnose=lambda: _csv_problem(
-            text, delimiter, len(header), skip_header=cfg.column_names is None, quoting=QUOTING[cfg.quoting]
-        ),
-        delimiter=delimiter,
-        quoting=QUOTING[cfg.quoting],
-        encoding=codec,
-        features=features,
-        keep_default_na=False,
-        **options,
-    )
-
-
-def _csv_problem(text: str, delimiter: str, width: int, skip_header: bool, quoting: int = 0) -> str | None:
-    """The first row (0 = the first after the header, as in every other message) whose field count
-    is wrong: pandas counts lines and rows its own way, and says nothing of open quotes."""
-    records = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
-    rows = (row for row in records if row)
-    try:
-        for index, row in enumerate(itertools.islice(rows, 1 if skip_header else 0, None)):
-            if len(row) != width:
-                # A quote left open swallows the rest of the file into one field (a truncated file?).
-                hint = " (an unclosed quote?)" if "\n" in row[-1] else ""
-                return f"row {index} has {len(row)} fields but the header has {width}{hint}: {row!r}"
-    except csv.Error as err:
-        return f"is not a readable csv file ({err})"
-    return None
-
-
-def _split_labeled_lines(cfg: TaskDataConfig, source: Source, lines: datasets.Dataset) -> datasets.Dataset:
-    """`label<sep>text` lines into two columns. The text builder gives one row per line, blank
-    lines included, so row i is line i + 1; blank lines are dropped here, text is stripped."""
-    features = {cfg.label_column: "string", cfg.text_column: "string", LOCATION: "string"}
-    return lines.map(
-        _split_label,
-        batched=True,
-        with_indices=True,
-        remove_columns=lines.column_names,
-        features=datasets.Features({name: datasets.Value(kind) for name, kind in features.items()}),
-        fn_kwargs={"cfg": cfg, "source": source},
-        desc="Splitting labels",
-    )
-
-
-def _split_label(batch, indices: Sequence[int], cfg: TaskDataConfig, source: Source):
-    out = {cfg.label_column: [], cfg.text_column: [], LOCATION: []}
-    for index, line in zip(indices, batch["text"], strict=True):
-        if not line.strip():
-            continue
-        label, separator, sentence = line.partition(cfg.label_separator)
-        if not separator or not sentence.strip():
-            raise source.error(f"line {index + 1} has no text after the label: {line.rstrip()!r}")
-        if not label.strip():
-            raise source.error(f"line {index + 1} has no label before the text: {line.rstrip()!r}")
-        out[cfg.label_column].append(label.strip())
-        out[cfg.text_column].append(sentence.strip())
-        out[LOCATION].append(f"line {index + 1}")
-    return out
-
-
 # ------------------------------------------------------------------------------------------ Hub
 def _hub_splits(cfg: TaskDataConfig) -> dict[str, tuple[Source, datasets.Dataset]]:
+    """`load_dataset(dataset_name)`'s splits under our names, after one request to the Hub when online: an
+    unreachable Hub then fails at once (load_dataset would retry for ~25 s, warning each time). Offline,
+    load_dataset itself answers at once, from the cache or with a ConnectionError."""
+
+    def unreachable(err: Exception) -> HydraBertDataError:
+        local = f"no local folder {cfg.data_dir} (data_dir), and " if cfg.data_dir else ""
+        return cfg.error(
+            f"{local}the Hub dataset {cfg.dataset_name!r} cannot be loaded ({type(err).__name__}: {err}). "
+            "Point data_dir at the data (run_mtl.py resolves it under --data_root), or go online."
+        )
+
+    logger.info("Task %r: loading Hub dataset %r (%s)", cfg.name, cfg.dataset_name, cfg.dataset_config_name)
+    try:
+        if not datasets.config.HF_HUB_OFFLINE:
+            HfApi().dataset_info(cfg.dataset_name, timeout=10)
+        loaded = datasets.load_dataset(cfg.dataset_name, cfg.dataset_config_name)
+    except (HTTPError, OSError, ConnectionError) as err:  # HTTPError: connection failures and 404s alike
+        raise unreachable(err) from None
     splits = {}
-    for hub_split, dataset in _load_hub_dataset(cfg).items():
+    for hub_split, dataset in loaded.items():
         split = _SPLIT_ALIASES.get(hub_split)
         if split is None:
             logger.info("Task %r: ignoring Hub split %r", cfg.name, hub_split)
@@ -285,38 +314,7 @@ def _hub_splits(cfg: TaskDataConfig) -> dict[str, tuple[Source, datasets.Dataset
     return splits
 
 
-def _load_hub_dataset(cfg: TaskDataConfig) -> datasets.DatasetDict:
-    """`load_dataset(dataset_name)`, after one request to the Hub when online: an unreachable Hub then
-    fails at once (load_dataset would retry for ~25 s, warning each time). Offline, load_dataset
-    itself answers at once, from the cache or with a ConnectionError."""
-
-    def unreachable(err: Exception) -> HydraBertDataError:
-        local = f"no local folder {cfg.data_dir} (data_dir), and " if cfg.data_dir else ""
-        return cfg.error(
-            f"{local}the Hub dataset {cfg.dataset_name!r} cannot be loaded ({type(err).__name__}: {err}). "
-            "Point data_dir at the data (run_mtl.py resolves it under --data_root), or go online."
-        )
-
-    logger.info("Task %r: loading Hub dataset %r (%s)", cfg.name, cfg.dataset_name, cfg.dataset_config_name)
-    if not datasets.config.HF_HUB_OFFLINE:
-        try:
-            HfApi().dataset_info(cfg.dataset_name, timeout=10)
-        except (HTTPError, OSError) as err:  # HTTPError: connection failures and 404s alike
-            raise unreachable(err) from None
-    try:
-        return datasets.load_dataset(cfg.dataset_name, cfg.dataset_config_name)
-    except (ConnectionError, FileNotFoundError) as err:
-        raise unreachable(err) from None
-
-
 # ---------------------------------------------------------------------------------- the pipeline
-def _raw_splits(cfg: TaskDataConfig) -> dict[str, tuple[Source, datasets.Dataset]]:
-    raw = _local_splits(cfg) if _uses_local_files(cfg) else _hub_splits(cfg)
-    if not raw:
-        raise cfg.error("the data have no train, validation or test split")
-    return raw
-
-
 def load_task_splits(cfg: TaskDataConfig, seed: int = 42) -> LoadedTask:
     """Load, validate and normalise one task's splits.
 
@@ -379,10 +377,15 @@ def _carve_validation(cfg: TaskDataConfig, splits: datasets.DatasetDict, seed: i
 
 def load_tasks(configs: Sequence[TaskDataConfig], seed: int = 42) -> dict[str, LoadedTask]:
     """Load several tasks, keyed by name (names must be unique), in the order given. The tasks of a shared
-    source (a task and those naming it as their `source`) are read together, once (`load_shared_source`)."""
+    source (a task and those naming it as their `source`) are read together, once (`load_shared_source`); a
+    task with `streaming: true` gets its train split as a stream (`streaming.load_streamed_task`)."""
+    from .streaming import load_streamed_task  # streaming.py builds on this module's readers
+
     loaded: dict[str, LoadedTask] = {}
     for group in source_groups(configs).values():
-        if len(group) == 1:
+        if len(group) == 1 and group[0].streaming:
+            loaded[group[0].name] = load_streamed_task(group[0], seed=seed)
+        elif len(group) == 1:
             loaded[group[0].name] = load_task_splits(group[0], seed=seed)
         else:
             loaded.update(load_shared_source(group, seed=seed))

@@ -27,7 +27,10 @@ def label_column(dataset) -> str | None:
 
 
 def label_tasks(dataset) -> list[str] | None:
-    """The tasks a shared source labels (the keys of its label struct); None for a one-task data set."""
+    """The tasks a shared source labels (the keys of its label struct); None for a one-task data set, and for a
+    stream (shared sources are not streamed: its rows are not read to find out)."""
+    if isinstance(dataset, datasets.IterableDataset):
+        return None
     column = label_column(dataset)
     if column is None:
         return None

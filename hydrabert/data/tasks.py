@@ -14,7 +14,7 @@ from typing import Any
 import datasets
 import numpy as np
 
-from ..configuration_hydrabert import PROBLEM_TYPES, SCORE_PROBLEM_TYPES, is_nonnegative_number
+from ..configuration_hydrabert import PROBLEM_TYPES, SCORE_PROBLEM_TYPES, normalize_task_spec
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +104,11 @@ class TaskDataConfig:
     # HydraBertModel.HEADS / .LOSSES (checked when the model is built; docs/extending.md).
     head: str = "linear"
     loss: str | None = None
+    # Read the train split as a stream (datasets' streaming=True): rows are read as training needs them, never
+    # all at once; validation and test stay map-style. Needs declared labels and, for proportional or
+    # temperature sampling, `num_rows` (or a Hub dataset whose card gives the train split's size).
+    streaming: bool = False
+    num_rows: int | None = None
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -113,7 +118,10 @@ class TaskDataConfig:
             raise self.error(
                 "name must be a valid Python identifier (letters, digits, _): it names the model's head"
             )
-        self._check_choice("problem_type", self.problem_type, PROBLEM_TYPES)
+        if self.labels is not None:
+            if self.problem_type in SCORE_PROBLEM_TYPES:  # the data hold scores, one per row
+                raise self.error(f"labels are for classification tasks; a {self.problem_type} task has none")
+            self.labels = [label_str(label) for label in self.labels]
         self._check_choice("file_format", self.file_format, FILE_FORMATS, optional=True)
         self._check_choice("quoting", self.quoting, QUOTING)
         if self.problem_type == "sentence_similarity" and self.source is not None:
@@ -134,22 +142,30 @@ class TaskDataConfig:
             raise self.error(f"encoding {self.encoding!r} is not a known codec") from None
         if not self.label_separator:
             raise self.error("label_separator must not be empty")
-        if not is_nonnegative_number(self.weight):
-            raise self.error(f"weight must be a finite number >= 0, got {self.weight!r}")
         pct = self.validation_split_percentage
         if pct is not None and not 0 < pct < 100:
             raise self.error(f"validation_split_percentage must be in (0, 100), got {pct!r}")
-        self.labels = self._checked_labels()
-        self._check_class_weights()
+        if self.class_weights is not None and not isinstance(self.class_weights, list):
+            if self.class_weights != CLASS_WEIGHTING:
+                raise self.error(
+                    f"class_weights must be {CLASS_WEIGHTING!r} or a list of numbers, one per label; "
+                    f"got {self.class_weights!r}"
+                )
+            if self.problem_type != "single_label_classification":
+                raise self.error(
+                    f"class_weights is for single_label_classification tasks, not {self.problem_type}"
+                )
         if self.label_ids and self.labels is None:
             raise self.error("label_ids=True needs the label names in labels")
         self.label_map = self._checked_label_map()
+        self._check_streaming()
         if self.source is not None:
             self._check_source()
         elif not (
             self.dataset_name or self.data_dir or self.train_file or self.validation_file or self.test_file
         ):
             raise self.error("give a dataset_name (Hub), a data_dir, or data files")
+        self.check_spec()
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TaskDataConfig:
@@ -224,46 +240,48 @@ class TaskDataConfig:
             return None
         return list(dict.fromkeys(name for name in self.label_map.values() if name is not None))
 
-    def _check_class_weights(self) -> None:
-        """What can be checked before the data are read: the kind of task, the values, and the count when
-        the labels are given (inferred labels are counted in `LoadedTask`)."""
-        weights = self.class_weights
-        if weights is None:
+    def _check_streaming(self) -> None:
+        """What a streamed train split cannot do, refused before anything is read: it is never read whole, so
+        nothing can be counted, inferred or carved from it up front."""
+        if self.num_rows is not None and (
+            isinstance(self.num_rows, bool) or not isinstance(self.num_rows, int) or self.num_rows < 1
+        ):
+            raise self.error(f"num_rows must be a positive integer, got {self.num_rows!r}")
+        if not self.streaming:
             return
-        if self.problem_type != "single_label_classification":
+        refused = {
+            "source": "a shared source's rows train as one unit, which is not streamed",
+            "validation_split_percentage": "no validation split can be carved from a stream: give validation_file",
+        }
+        for option, why in refused.items():
+            if getattr(self, option) is not None:
+                raise self.error(f"streaming: {option} is not available ({why})")
+        if self.class_weights == CLASS_WEIGHTING:
             raise self.error(
-                f"class_weights is for single_label_classification tasks, not {self.problem_type}"
+                'streaming: class_weights="balanced" counts the train split\'s labels, which a stream does not '
+                "read up front; give the weights as a list"
             )
-        if weights == CLASS_WEIGHTING:
-            return
-        if not isinstance(weights, list):
+        if self.problem_type not in SCORE_PROBLEM_TYPES and self.labels is None:
             raise self.error(
-                f"class_weights must be {CLASS_WEIGHTING!r} or a list of numbers, one per label; got {weights!r}"
+                "streaming: give the label names in labels (a stream is not read up front to find them)"
             )
-        for value in weights:
-            if not is_nonnegative_number(value):
-                raise self.error(f"class_weights must hold finite numbers >= 0, got {value!r} in {weights}")
-        if not any(weights):
-            raise self.error("class_weights are all 0: no row would count in the loss")
-        if self.labels is not None:
-            self.check_class_weight_count(self.labels)
-
-    def check_class_weight_count(self, labels: list[str]) -> None:
-        if isinstance(self.class_weights, list) and len(self.class_weights) != len(labels):
+        if self.file_format == "json" or self.json_field is not None:
             raise self.error(
-                f"class_weights has {len(self.class_weights)} weights but the task has {len(labels)} labels "
-                f"{labels}: give one weight per label, in that order"
+                "streaming: a JSON document is read whole; give JSON lines (file_format='jsonl')"
             )
 
-    def _checked_labels(self) -> list[str] | None:
-        if self.labels is None:
-            return None
-        if self.problem_type in SCORE_PROBLEM_TYPES:
-            raise self.error(f"labels are for classification tasks; a {self.problem_type} task has none")
-        names = [label_str(label) for label in self.labels]
-        if not names or len(set(names)) != len(names):
-            raise self.error(f"labels must be a non-empty list of distinct names, got {self.labels!r}")
-        return names
+    def check_spec(self, labels: list[str] | None = None) -> None:
+        """What the model's config holds of this task (problem_type, labels, weight, a list of class_weights,
+        head, loss), checked by the config's own validator: before the data are read, and again once they
+        gave the labels (`resolved_class_weights`). "balanced" weights are the data's own, checked above."""
+        labels = self.labels if labels is None else labels
+        weights = self.class_weights if isinstance(self.class_weights, list) else None
+        spec = {"problem_type": self.problem_type, "labels": labels, "weight": self.weight}
+        spec.update(class_weights=weights, head=self.head, loss=self.loss)
+        try:
+            normalize_task_spec(spec, labels_unknown=labels is None)
+        except ValueError as err:
+            raise self.error(str(err)) from None
 
 
 @dataclass
@@ -290,6 +308,8 @@ class LoadedTask:
     splits: datasets.DatasetDict
     labels: list[str] | None  # None for score tasks (regression, sentence_similarity)
     shared: SharedSource | None = None
+    # A streamed task's train split (`streaming: true`): a datasets.IterableDataset, not in `splits`.
+    stream: datasets.IterableDataset | None = None
     class_weights: list[float] | None = field(init=False, default=None)
 
     def __post_init__(self):
@@ -327,7 +347,7 @@ def resolved_class_weights(
     train split's label counts as scikit-learn's `compute_class_weight("balanced")` does."""
     if cfg.class_weights is None:
         return None
-    cfg.check_class_weight_count(labels)
+    cfg.check_spec(labels)  # a list's count, now that the data gave the labels
     if cfg.class_weights != CLASS_WEIGHTING:
         return [float(value) for value in cfg.class_weights]
     if "train" not in splits:

@@ -32,6 +32,12 @@ def _tokenize_batch(batch, tokenizer, max_length, keys, separate_pairs):
     return out
 
 
+def tokenizer_keys(tokenizer) -> list[str]:
+    """The model inputs this tokenizer makes (not every family makes token_type_ids)."""
+    probe = tokenizer("probe")
+    return [key for key in ("input_ids", "attention_mask", "token_type_ids") if key in probe]
+
+
 def tokenize_task(
     splits: datasets.DatasetDict,
     tokenizer,
@@ -52,8 +58,7 @@ def tokenize_task(
     longer of the two.
     """
     max_length = max_length or tokenizer.model_max_length
-    probe = tokenizer("probe")
-    keys = [key for key in ("input_ids", "attention_mask", "token_type_ids") if key in probe]
+    keys = tokenizer_keys(tokenizer)
     out = datasets.DatasetDict()
     for split, dataset in splits.items():
         separate = separate_pairs and "text_pair" in dataset.column_names

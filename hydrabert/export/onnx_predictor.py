@@ -30,14 +30,39 @@ _HUB_PATTERNS = [
 ]
 
 
+def physical_cores() -> int:
+    """The machine's physical cores (hyper-threads share one core's arithmetic units: more threads than cores
+    do not run faster), from /proc/cpuinfo; the logical count where that is not available."""
+    cores = set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            package = core = None
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "physical id":
+                    package = value.strip()
+                elif key == "core id":
+                    core = value.strip()
+                elif not line.strip() and core is not None:
+                    cores.add((package, core))
+                    package = core = None
+            if core is not None:
+                cores.add((package, core))
+    except OSError:
+        pass
+    return len(cores) or os.cpu_count() or 1
+
+
 class OnnxPredictor:
     """`OnnxPredictor(folder).predict(sentences)` gives what `HydraBertModel.predict(sentences, tokenizer)`
     gives: per sentence, `{task: {"label": name, "score": probability}}`.
 
     `folder` holds `model.onnx` (or an `onnx/` subfolder does, the Hub layout); the tokenizer is read from
     the folder holding the graph or from its parent. A Hub repo id is downloaded first (graphs and tokenizer
-    only). `file_name="model_quantized.onnx"` runs the int8 copy; `session_options` (an
-    `onnxruntime.SessionOptions`) sets threads and graph optimisations.
+    only). `file_name="model_quantized.onnx"` runs the int8 copy. `threads`: ONNX Runtime's intra-op threads
+    (default: the machine's physical cores; set it per process when several share a machine); `session_options`
+    (an `onnxruntime.SessionOptions`) sets the rest, and its thread count unless `threads` is given.
     """
 
     def __init__(
@@ -47,9 +72,17 @@ class OnnxPredictor:
         tokenizer=None,
         providers=None,
         session_options=None,
+        threads: int | None = None,
         **hub_kwargs,
     ):
         ort = require("onnxruntime", "Running an ONNX model")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads must be a positive integer, got {threads!r}")
+        if session_options is None:
+            session_options = ort.SessionOptions()
+            threads = threads or physical_cores()
+        if threads is not None:  # explicit: ONNX Runtime's own default varies with its build and version
+            session_options.intra_op_num_threads = threads
         folder = str(path_or_repo_id)
         if not os.path.isdir(folder):
             from huggingface_hub import snapshot_download

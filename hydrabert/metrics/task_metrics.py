@@ -8,6 +8,7 @@ from collections.abc import Callable
 import numpy as np
 from transformers import EvalPrediction
 
+from ..configuration_hydrabert import HEADLESS_PROBLEM_TYPES
 from .shipped import load_metric
 
 
@@ -49,6 +50,24 @@ def default_task_metrics(model) -> Callable[[str, EvalPrediction], dict]:
         return {"accuracy": accuracy["accuracy"], **_macro_f1(predicted, truth, None, declared)}
 
     return compute
+
+
+def evaluation_metrics(
+    task: str, problem_type: str, compute: Callable[[str, EvalPrediction], dict], prediction: EvalPrediction
+) -> dict[str, float]:
+    """What `MultiTaskTrainer` reports for one task's evaluation: `loss` (the mean of the rows' losses, which
+    `prediction_step` returns beside the logits) and what `compute(task, ...)` gives. A sentence-similarity task
+    has no loss of one row to average (CoSENT ranks a batch's pairs against each other), so no `loss`."""
+    predictions = prediction.predictions
+    if not isinstance(predictions, tuple):  # no labels: metrics need them
+        return {}
+    logits, row_losses = predictions
+    counted = row_losses[~np.isnan(row_losses)]
+    metrics = {}
+    if problem_type not in HEADLESS_PROBLEM_TYPES:
+        metrics["loss"] = float(counted.mean()) if counted.size else float("nan")
+    metrics.update(compute(task, EvalPrediction(predictions=logits, label_ids=prediction.label_ids)))
+    return metrics
 
 
 def similarity_correlations(similarities, scores) -> dict[str, float]:
@@ -94,4 +113,4 @@ def task_averages(metrics: dict[str, float], prefix: str, tasks: list[str]) -> d
     }
 
 
-__all__ = ["default_task_metrics", "similarity_correlations", "task_averages"]
+__all__ = ["default_task_metrics", "evaluation_metrics", "similarity_correlations", "task_averages"]

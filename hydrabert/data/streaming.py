@@ -1,0 +1,446 @@
+"""Streaming tasks: training rows read as training needs them, never all in memory.
+
+A task streamed (`"streaming": true` in a run config, or a `datasets.IterableDataset` given to
+`MultiTaskTrainer`) is tokenised lazily (`tokenize_stream`) and mixed with the other tasks by
+`StreamingBatches`, which
+- splits every task's stream across processes with `datasets.distributed.split_dataset_by_node` (by shard when
+  the shard count divides evenly, else every world_size-th row): each process reads rows no other reads;
+- draws each row's task with the sampling strategy's probabilities, from each task's row count (the stream's
+  own metadata, `info.splits`, as a Hub dataset's card gives it; or the run config's `num_rows`); a task that
+  runs out starts over until every task has run out once: one "epoch" of the mix (each epoch reshuffles);
+- batches by length within a buffer: `buffer_size` rows at a time, each task's rows sorted by length and cut
+  into batches of one task, the batches shuffled (the map-style sampler's megabatches, over a window).
+
+Why not `datasets.interleave_datasets`: it needs one schema for all its inputs, and tasks differ (class ids,
+float scores, a similarity task's second-sentence columns). Its mixing rule is what this implements, per row.
+A streamed run has no length, so it needs `max_steps` (checked before any data is read).
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import dataclasses
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+
+import datasets
+import torch
+from datasets.distributed import split_dataset_by_node
+from torch.utils.data import DataLoader
+from torch.utils.data import IterableDataset as TorchIterableDataset
+
+from ..configuration_hydrabert import SCORE_PROBLEM_TYPES
+from .loading import _SPLIT_ALIASES, Source, file_format_of, load_task_splits, reads_local_files
+from .rows import LOCATION, _normalize_batch, class_names
+from .sampling import SAMPLING_STRATEGIES, ProportionalStrategy, TemperatureStrategy, seeded_generator
+from .shared import label_tasks
+from .tasks import QUOTING, LoadedTask, TaskDataConfig
+from .tokenizing import _tokenize_batch, tokenizer_keys
+
+# Rows read before a buffer is cut into batches: enough for batches of similar length, small enough to stay
+# flat in memory (tokenised rows of 64 tokens: ~1 MB).
+DEFAULT_BUFFER_SIZE = 2048
+# Rows a task's stream shuffles among (`IterableDataset.shuffle`: a buffer, reseeded each epoch).
+DEFAULT_SHUFFLE_BUFFER = 10_000
+
+
+def is_stream(dataset) -> bool:
+    return isinstance(dataset, datasets.IterableDataset)
+
+
+def check_streaming_run(train_dataset: Mapping, args) -> None:
+    """What a run with streamed tasks needs, checked before any data is read: `max_steps` (a stream has no
+    length, so no epoch count can be turned into steps), no shared source, task-by-task batches."""
+    streamed = [name for name, dataset in train_dataset.items() if is_stream(dataset)]
+    if not streamed:
+        return
+    shared = [name for name, dataset in train_dataset.items() if label_tasks(dataset) is not None]
+    if shared:
+        raise ValueError(
+            f"shared sources {shared} cannot train beside streamed tasks {streamed}: stream none"
+        )
+    if not args.max_steps or args.max_steps < 0:
+        raise ValueError(
+            f"task(s) {streamed} are streamed, which has no length: give max_steps (the number of optimizer "
+            "steps to train), not num_train_epochs"
+        )
+    if getattr(args, "mixed_task_batches", False):
+        raise ValueError(
+            "mixed_task_batches is not available with streamed tasks: batches hold one task each"
+        )
+
+
+def stream_row_counts(streams: Mapping[str, datasets.IterableDataset]) -> dict[str, int | None]:
+    """Each stream's number of rows from its own metadata (`info.splits[split].num_examples`), or None."""
+    counts = {}
+    for name, stream in streams.items():
+        splits = stream.info.splits if stream.info is not None else None
+        split = str(stream.split) if stream.split is not None else "train"
+        info = splits.get(split) if splits else None
+        counts[name] = int(info.num_examples) if info is not None and info.num_examples else None
+    return counts
+
+
+def with_row_count(stream: datasets.IterableDataset, num_rows: int, split: str = "train"):
+    """`stream` with its row count recorded where `stream_row_counts` reads it (a local file's stream has none)."""
+    info = stream.info.copy() if stream.info is not None else datasets.DatasetInfo()
+    info.splits = datasets.SplitDict({split: datasets.SplitInfo(name=split, num_examples=int(num_rows))})
+    stream._info = info
+    return stream
+
+
+def stream_probabilities(
+    counts: Mapping[str, int | None], strategy: str, temperature: float = 1.0
+) -> dict[str, float]:
+    """The chance that a row comes from each task: the map-style strategies' rule on row counts (round_robin and
+    uniform: equal). Proportional and temperature sampling need every count: a missing one is an error that
+    names the task."""
+    if strategy not in SAMPLING_STRATEGIES:
+        raise ValueError(f"task_sampling must be one of {list(SAMPLING_STRATEGIES)}, got {strategy!r}")
+    names = list(counts)
+    if strategy in ("round_robin", "uniform"):
+        return dict.fromkeys(names, 1 / len(names))
+    unknown = [name for name, n in counts.items() if not n]
+    if unknown:
+        raise ValueError(
+            f"task_sampling={strategy!r} weighs tasks by their rows, but the streams of {unknown} do not say how "
+            "many they have: give each its num_rows in the run config (or record it with "
+            "hydrabert.data.streaming.with_row_count), or use task_sampling='uniform'"
+        )
+    rule = ProportionalStrategy() if strategy == "proportional" else TemperatureStrategy(float(temperature))
+    return dict(zip(names, rule.probabilities([counts[name] for name in names]), strict=True))
+
+
+def tokenize_stream(
+    stream: datasets.IterableDataset, tokenizer, max_length: int | None = None, separate_pairs: bool = False
+) -> datasets.IterableDataset:
+    """A task's stream (columns `text`, optional `text_pair`, `label`) tokenised lazily, row batches at a time,
+    into the columns `tokenize_task` writes (`input_ids`, ..., `labels`, `length`)."""
+    columns = stream.column_names
+    separate = bool(separate_pairs and columns and "text_pair" in columns)
+    return stream.map(
+        _tokenize_batch,
+        batched=True,
+        fn_kwargs={
+            "tokenizer": tokenizer,
+            "max_length": max_length or tokenizer.model_max_length,
+            "keys": tokenizer_keys(tokenizer),
+            "separate_pairs": separate,
+        },
+        remove_columns=columns,
+    )
+
+
+class StreamingBatches(TorchIterableDataset):
+    """Training batches of streamed tasks (module docs), collated, for one process of `world_size`.
+
+    `streams`: `{task: tokenised datasets.IterableDataset}`; `task_names`: the model's task order (the ids the
+    collator writes); `probabilities`: each task's chance per row (`stream_probabilities`); `group_by_length`
+    False: a buffer's rows are batched in the order read. The rows and batches
+    depend only on (seed, epoch, rank): call `set_epoch` each epoch.
+    """
+
+    def __init__(
+        self,
+        streams: Mapping[str, datasets.IterableDataset],
+        task_names: Sequence[str],
+        collate: Callable[[list[dict]], dict],
+        batch_size: int,
+        probabilities: Mapping[str, float],
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        buffer_size: int = DEFAULT_BUFFER_SIZE,
+        shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
+        group_by_length: bool = True,
+    ):
+        unknown = [name for name in streams if name not in task_names]
+        if unknown:
+            raise ValueError(f"streamed task(s) {unknown} are not among the model's tasks {list(task_names)}")
+        if batch_size < 1 or buffer_size < batch_size:
+            raise ValueError(f"need 1 <= batch_size <= buffer_size, got {batch_size} and {buffer_size}")
+        self.task_names = list(task_names)
+        self.collate, self.batch_size, self.buffer_size = collate, batch_size, buffer_size
+        self.probabilities = {name: float(probabilities[name]) for name in streams}
+        self.seed, self.rank, self.epoch = seed, rank, 0
+        self.group_by_length = group_by_length
+        # Split, then shuffled: a process's share stays the same whatever pass or epoch each process is on (a
+        # shuffle before the split would reassign shards whenever the epochs differ).
+        self.streams = {
+            name: split_dataset_by_node(stream, rank, world_size).shuffle(
+                seed=seed, buffer_size=shuffle_buffer
+            )
+            for name, stream in streams.items()
+        }
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def rows(self) -> Iterator[dict]:
+        """The process's rows with their `task_id`, each task drawn with its probability, until every task has
+        run out once (one that runs out earlier starts over)."""
+        names = list(self.streams)
+        generator = seeded_generator("streaming", self.seed, self.epoch, self.rank)
+        iterators = {name: self._pass(name) for name in names}
+        exhausted: set[str] = set()
+        weights = torch.tensor([self.probabilities[name] for name in names], dtype=torch.float64)
+        while True:
+            name = names[int(torch.multinomial(weights, 1, generator=generator))]
+            row = next(iterators[name], None)
+            if row is None:
+                exhausted.add(name)
+                if len(exhausted) == len(names):
+                    return
+                iterators[name] = self._pass(name)
+                row = next(iterators[name], None)
+                if row is None:
+                    raise ValueError(f"the stream of task {name!r} has no rows for process {self.rank}")
+            yield {**row, "task_id": self.task_names.index(name)}
+
+    def _pass(self, name: str) -> Iterator[dict]:
+        # The mix's epoch, whichever pass this is: datasets shuffles shards (seed + epoch) before it splits them
+        # across processes, so a pass at another epoch would hand this process another's rows. A task that
+        # runs out early repeats its order, as interleave_datasets' "all_exhausted" oversampling does.
+        stream = self.streams[name]
+        stream.set_epoch(self.epoch)
+        return iter(stream)
+
+    def __iter__(self) -> Iterator[dict]:
+        generator = seeded_generator("streaming-batches", self.seed, self.epoch, self.rank)
+        pending: dict[int, list[dict]] = {}
+        for count, row in enumerate(self.rows(), start=1):
+            pending.setdefault(row["task_id"], []).append(row)
+            if count % self.buffer_size == 0:
+                yield from self._batches(pending, generator, final=False)
+        yield from self._batches(pending, generator, final=True)
+
+    def _batches(self, pending: dict[int, list[dict]], generator, final: bool) -> Iterator[dict]:
+        """Each task's buffered rows sorted by length and cut into batches (a short rest waits for the next
+        buffer, unless `final`), in shuffled order."""
+        batches = []
+        for task_id, rows in pending.items():
+            if self.group_by_length:
+                rows.sort(key=lambda row: row["length"])
+            cut = len(rows) if final else len(rows) - len(rows) % self.batch_size
+            batches += [rows[k : k + self.batch_size] for k in range(0, cut, self.batch_size)]
+            pending[task_id] = rows[cut:]
+        for index in torch.randperm(len(batches), generator=generator).tolist():
+            yield self.collate(batches[index])
+
+
+def streaming_batches(
+    train_dataset: Mapping, task_names: Sequence[str], collate, args
+) -> StreamingBatches | None:
+    """The `StreamingBatches` of a `MultiTaskTrainer` whose train sets include a stream (None: none does). A
+    map-style task beside streamed ones streams too (`to_iterable_dataset`, its row count recorded)."""
+    if not any(is_stream(dataset) for dataset in train_dataset.values()):
+        return None
+    check_streaming_run(train_dataset, args)
+    streams = {
+        name: dataset if is_stream(dataset) else with_row_count(dataset.to_iterable_dataset(), len(dataset))
+        for name, dataset in train_dataset.items()
+    }
+    probabilities = stream_probabilities(
+        stream_row_counts(streams), args.task_sampling, args.sampling_temperature
+    )
+    return StreamingBatches(
+        streams,
+        task_names,
+        collate,
+        args.per_device_train_batch_size,
+        probabilities,
+        seed=args.data_seed if args.data_seed is not None else args.seed,
+        rank=args.process_index,
+        world_size=args.world_size,
+        buffer_size=max(args.stream_buffer_size, args.per_device_train_batch_size),
+        group_by_length=args.group_by_length,
+    )
+
+
+class StreamingDataLoader(DataLoader):
+    """A `DataLoader` over `StreamingBatches` (already batched and collated) that forwards `set_epoch`, which
+    `Trainer` calls on its train dataloader each epoch."""
+
+    def __init__(self, batches: StreamingBatches, **kwargs):
+        super().__init__(batches, batch_size=None, **kwargs)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+
+# ------------------------------------------------------------------------------ reading a task as a stream
+def load_streamed_task(cfg: TaskDataConfig, seed: int = 42) -> LoadedTask:
+    """A task with `streaming: true`: its train split as a stream (`LoadedTask.stream`: `text`, [`text_pair`],
+    `label` as a class id, multi-hot floats or a score, checked row by row as training reads it; a bad row then
+    stops the run with an error naming task, file and row), its validation and test splits map-style. Local
+    files go through datasets' builders with `streaming=True`; a Hub dataset's splits are all streamed, and its
+    validation and test rows gathered into map-style sets."""
+    if reads_local_files(cfg):
+        source, stream = _local_stream(cfg)
+        evaluation = dataclasses.replace(cfg, train_file=None, streaming=False)
+        has_evaluation = cfg.validation_file or cfg.test_file
+        splits = load_task_splits(evaluation, seed).splits if has_evaluation else datasets.DatasetDict()
+    else:
+        streams = _hub_streams(cfg)
+        if "train" not in streams:
+            raise cfg.error(f"the Hub dataset {cfg.dataset_name!r} has no train split to stream")
+        (source, stream) = streams.pop("train")
+        splits = datasets.DatasetDict(
+            {
+                split: datasets.Dataset.from_list(list(_rows_of(cfg, s, raw)))
+                for split, (s, raw) in streams.items()
+            }
+        )
+        splits = datasets.DatasetDict(
+            {split: rows.remove_columns(LOCATION) for split, rows in splits.items()}
+        )
+    rows = _rows_of(cfg, source, stream).remove_columns(LOCATION)
+    if cfg.num_rows is not None:
+        rows = with_row_count(rows, cfg.num_rows)
+    elif (counted := stream_row_counts({cfg.name: stream})[cfg.name]) is not None:
+        rows = with_row_count(rows, counted)
+    return LoadedTask(config=cfg, splits=splits, labels=cfg.labels, stream=rows)
+
+
+def _local_stream(cfg: TaskDataConfig) -> tuple[Source, datasets.IterableDataset]:
+    if not cfg.train_file:
+        raise cfg.error("streaming needs a train_file (the split that is streamed)")
+    name = cfg.train_file
+    path = name if os.path.isabs(name) or cfg.data_dir is None else os.path.join(cfg.data_dir, name)
+    source = Source(cfg.name, "train", f"file {path} (streamed)")
+    if not os.path.isfile(path):
+        raise source.error("file not found" if not os.path.exists(path) else "is not a file")
+    file_format = file_format_of(cfg, source, path)
+    codec = "utf-8-sig" if codecs.lookup(cfg.encoding).name == "utf-8" else cfg.encoding
+    options: dict = {}
+    if file_format == "labeled_lines":
+        lines = _builder_stream("text", path, encoding=codec)
+        features = {cfg.label_column: "string", cfg.text_column: "string", LOCATION: "string"}
+        stream = lines.map(
+            _split_labeled_lines,
+            batched=True,
+            with_indices=True,
+            remove_columns=["text"],
+            features=datasets.Features({key: datasets.Value(kind) for key, kind in features.items()}),
+            fn_kwargs={"cfg": cfg, "source": source},
+        )
+        return source, stream
+    if file_format in ("csv", "tsv"):
+        delimiter = "," if file_format == "csv" else "\t"
+        header = (
+            list(cfg.column_names)
+            if cfg.column_names is not None
+            else _csv_header(source, path, codec, cfg, delimiter)
+        )
+        if cfg.column_names is not None:
+            options["column_names"] = header
+        options.update(
+            delimiter=delimiter,
+            quoting=QUOTING[cfg.quoting],
+            encoding=codec,
+            keep_default_na=False,
+            features=datasets.Features({column: datasets.Value("string") for column in header}),
+        )
+        return source, _builder_stream("csv", path, **options)
+    if file_format == "jsonl":
+        options["encoding"] = codec
+    return source, _builder_stream(file_format if file_format != "jsonl" else "json", path, **options)
+
+
+def _split_labeled_lines(batch, indices, cfg: TaskDataConfig, source: Source):
+    """`label<sep>text` lines of the text builder's stream into two columns; blank lines skipped."""
+    out = {cfg.label_column: [], cfg.text_column: [], LOCATION: []}
+    for index, line in zip(indices, batch["text"], strict=True):
+        if not line.strip():
+            continue
+        label, separator, sentence = line.partition(cfg.label_separator)
+        if not separator or not sentence.strip() or not label.strip():
+            raise source.error(f"line {index + 1} is not `label{cfg.label_separator}text`: {line.rstrip()!r}")
+        out[cfg.label_column].append(label.strip())
+        out[cfg.text_column].append(sentence.strip())
+        out[LOCATION].append(f"line {index + 1}")
+    return out
+
+
+def _builder_stream(builder: str, path: str, **options) -> datasets.IterableDataset:
+    return datasets.load_dataset(builder, data_files=path, split="train", streaming=True, **options)
+
+
+def _csv_header(source: Source, path: str, codec: str, cfg: TaskDataConfig, delimiter: str) -> list[str]:
+    """The header row only (the builder reads the rest as training needs it)."""
+    with open(path, encoding=codec, newline="") as handle:
+        records = csv.reader(handle, delimiter=delimiter, quoting=QUOTING[cfg.quoting])
+        header = next((row for row in records if row), None)
+    if header is None:
+        raise source.error("the split is empty")
+    return header
+
+
+def _hub_streams(cfg: TaskDataConfig) -> dict[str, tuple[Source, datasets.IterableDataset]]:
+    try:
+        hub = datasets.load_dataset(cfg.dataset_name, cfg.dataset_config_name, streaming=True)
+    except (ConnectionError, FileNotFoundError) as err:
+        raise cfg.error(
+            f"the Hub dataset {cfg.dataset_name!r} cannot be streamed ({type(err).__name__}: {err})"
+        ) from None
+    streams = {}
+    for hub_split, stream in hub.items():
+        split = _SPLIT_ALIASES.get(hub_split)
+        if split is not None:
+            streams[split] = (
+                Source(cfg.name, split, f"Hub dataset {cfg.dataset_name!r}, split {hub_split!r} (streamed)"),
+                stream,
+            )
+    return streams
+
+
+def _rows_of(cfg: TaskDataConfig, source: Source, raw: datasets.IterableDataset) -> datasets.IterableDataset:
+    """`normalized_rows` and `encode_labels`, row by row: text, [text_pair], label (encoded), LOCATION."""
+    names = class_names(raw.features).get(cfg.label_column) if raw.features is not None else None
+    rows = raw.map(
+        _normalize_batch,
+        batched=True,
+        with_indices=True,
+        remove_columns=raw.column_names,
+        fn_kwargs={"cfg": cfg, "source": source, "names": names, "missing_ok": False},
+    )
+    columns = (
+        ["text", "text_pair", "label", LOCATION] if cfg.text_pair_column else ["text", "label", LOCATION]
+    )
+    rows = rows.filter(lambda row: row["label"] is not None).select_columns(columns)  # label_map's nulls
+    if cfg.problem_type in SCORE_PROBLEM_TYPES:
+        return rows
+    index = {name: i for i, name in enumerate(cfg.labels)}
+    multi = cfg.problem_type == "multi_label_classification"
+
+    def encoded(row):
+        names_ = row["label"] if multi else [row["label"]]
+        unknown = [name for name in names_ if name not in index]
+        if unknown:
+            raise source.error(
+                f"{row[LOCATION]}: label {unknown[0]!r} is not one of the task's labels {cfg.labels}"
+            )
+        if not multi:
+            return {"label": index[row["label"]]}
+        hot = [0.0] * len(index)
+        for name in names_:
+            hot[index[name]] = 1.0
+        return {"label": hot}
+
+    return rows.map(encoded)
+
+
+__all__ = [
+    "DEFAULT_BUFFER_SIZE",
+    "StreamingBatches",
+    "StreamingDataLoader",
+    "check_streaming_run",
+    "is_stream",
+    "load_streamed_task",
+    "streaming_batches",
+    "stream_probabilities",
+    "stream_row_counts",
+    "tokenize_stream",
+    "with_row_count",
+]
