@@ -47,7 +47,6 @@ from .embedding_preservation import EmbeddingTeacher
 from .engines import check_deepspeed, check_fsdp, configure_fsdp_plugin
 from .feature_cache import FrozenEncoder
 from .freezing import FREEZE_POLICIES, check_something_trains
-from .fsdp import check_deepspeed_run, check_fsdp_run, unsharded_class
 from .hardware import cpu_bf16_support, resolve_bf16
 from .metrics import default_task_metrics, evaluation_metrics, similarity_correlations, task_averages
 from .metrics.task_losses import TaskLossMeans
@@ -327,11 +326,6 @@ class MultiTaskTrainer(Trainer):
         self.frozen_encoder = FrozenEncoder.from_trainer(self)
         if self.frozen_encoder is not None:
             self.add_callback(self.frozen_encoder)
-        # What cannot run sharded fails now, before any work (hydrabert/fsdp.py).
-        if self.is_fsdp_enabled:
-            check_fsdp_run(self)
-        if self.is_deepspeed_enabled:
-            check_deepspeed_run(self)
 
     @property
     def card_callback(self) -> ModelCardCallback | None:
@@ -468,11 +462,6 @@ class MultiTaskTrainer(Trainer):
         if self.args.should_save:
             clear_for_checkpoint(self._get_output_dir(trial=trial), self.state.global_step)
         super()._save_checkpoint(model, trial)
-
-    def _save(self, output_dir=None, state_dict=None):
-        # Under FSDP2 self.model is torch's FSDPHydraBertModel: saved as such, the folder would carry torch's files.
-        with unsharded_class(self.model):
-            super()._save(output_dir, state_dict)
 
     def create_model_card(self, **fields):
         """Writes README.md in the output directory from the card data the `ModelCardCallback` gathered during
