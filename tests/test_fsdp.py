@@ -169,3 +169,195 @@ def test_the_frozen_encoder_cache_is_refused_under_fsdp(tmp_path, monkeypatch):
     args = MultiTaskTrainingArguments.__new__(MultiTaskTrainingArguments)
     args.fsdp, args.freeze_policy, args.cache_frozen_encoder = "", "encoder", False
     check_fsdp(args)  # the encoder frozen without the cache: allowed
+
+
+# Gradual unfreezing as the trainer runs it, sharded: the real FreezingCallback (its schedule read at each step's
+# start, the waiting layers' gradients dropped after the backward), 3 layers with the lowest frozen, layer-wise
+# decay and a head rate, dropout and active gradient clipping (norms over shards), against DDP of the same seed.
+UNFREEZING = textwrap.dedent(
+    """
+    import json, os, sys
+    import torch
+    import torch.distributed as dist
+    from safetensors.torch import save_file
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from types import SimpleNamespace
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+    from torch.nn.parallel import DistributedDataParallel
+    from transformers import TrainerState
+
+    sys.path.insert(0, sys.argv[1])
+    from conftest import TINY_ENCODER, seeded_model
+    from hydrabert.callbacks import FreezingCallback
+    from hydrabert.freezing import UnfreezingSchedule, frozen_parameter_names
+    from hydrabert.engines import configure_fsdp_plugin
+    from hydrabert.optim import layerwise_parameter_groups
+
+    out = sys.argv[2]
+    STEPS, STEPS_PER_EPOCH, FROZEN_LAYERS = 6, 2, 1
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+
+
+    def batch(step):
+        # The step's global batch of 8 rows (one task per batch, as the trainer's sampler gives); rank r takes its 4.
+        generator = torch.Generator().manual_seed(step)
+        lengths = torch.randint(3, 12, (8,), generator=generator)
+        input_ids = torch.randint(5, 99, (8, 12), generator=generator)
+        attention_mask = (torch.arange(12)[None, :] < lengths[:, None]).long()
+        task = step % 2
+        labels = torch.randint(0, 2 if task == 0 else 3, (8,), generator=generator)
+        rows = slice(4 * rank, 4 * rank + 4)
+        return {
+            "input_ids": input_ids[rows] * attention_mask[rows],
+            "attention_mask": attention_mask[rows],
+            "task_ids": torch.full((4,), task),
+            "labels": labels[rows],
+        }
+
+
+    def full_weights(wrapped, sharding):
+        # Collective under FSDP; the gathered full state lands on rank 0 only.
+        if sharding == "fsdp":
+            return get_model_state_dict(wrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return {name: tensor.detach().clone() for name, tensor in wrapped.module.state_dict().items()}
+
+
+    def train(sharding):
+        model = seeded_model(encoder={**TINY_ENCODER, "num_hidden_layers": 3}).train()
+        never_trained = frozen_parameter_names(model, freeze_lower_layers=FROZEN_LAYERS)
+        schedule = UnfreezingSchedule(num_layers=3, unfreeze_every=1.0, lowest_trainable_depth=FROZEN_LAYERS + 1)
+        freezing = FreezingCallback(never_trained, schedule)
+        freezing.on_init_end(None, None, None, model=model)  # before wrapping, as in MultiTaskTrainer
+        initial = {name: param.detach().clone() for name, param in model.named_parameters()}
+        expected_groups = [group["param_names"] for group in layerwise_parameter_groups(
+            model, 1e-2, 0.7, head_learning_rate=3e-2, weight_decay=0.01,
+            parameters=[(n, p) for n, p in model.named_parameters() if n not in never_trained],
+        )]
+        if sharding == "fsdp":
+            # accelerate's own FSDP2 preparation, with the plugin as MultiTaskTrainer configures it.
+            plugin = FullyShardedDataParallelPlugin(fsdp_version=2, auto_wrap_policy="transformer_based_wrap")
+            configure_fsdp_plugin(plugin, model)
+            accelerator = SimpleNamespace(
+                state=SimpleNamespace(fsdp_plugin=plugin), mixed_precision="no", device=torch.device("cpu"),
+                is_main_process=rank == 0, torch_device_mesh=None,
+            )
+            wrapped = inner = fsdp2_prepare_model(accelerator, model)
+        else:
+            wrapped, inner = DistributedDataParallel(model, broadcast_buffers=False), model
+        # The groups from the model as sharded (FSDP2 keeps every original parameter, as a DTensor shard).
+        groups = layerwise_parameter_groups(
+            inner, 1e-2, 0.7, head_learning_rate=3e-2, weight_decay=0.01,
+            parameters=[(n, p) for n, p in inner.named_parameters() if n not in never_trained],
+        )
+        assert [group["param_names"] for group in groups] == expected_groups
+        optimizer = torch.optim.AdamW(groups)
+        sharded = all(isinstance(p, torch.distributed.tensor.DTensor) for p in inner.parameters())
+        norms = []
+        args = type("Args", (), {"world_size": world})()
+        torch.manual_seed(100 + rank)  # dropout: per-rank draws, the same in both runs
+        for step in range(STEPS):
+            state = TrainerState(epoch=step / STEPS_PER_EPOCH, global_step=step, is_world_process_zero=rank == 0)
+            freezing.on_step_begin(args, state, None, model=wrapped)
+            wrapped(**batch(step)).loss.backward()
+            freezing.drop_waiting_gradients(wrapped)  # what MultiTaskTrainer.training_step does when distributed
+            norm = torch.nn.utils.clip_grad_norm_([p for p in wrapped.parameters() if p.grad is not None], 0.5)
+            norms.append(float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if step == STEPS_PER_EPOCH - 1:  # end of epoch 0: the whole encoder was still waiting
+                now = full_weights(wrapped, sharding)
+                early = {n for n, before in initial.items() if rank == 0 and not torch.equal(now[n], before)}
+        weights = full_weights(wrapped, sharding)
+        if sharding == "fsdp":
+            if rank == 0:
+                wrapped.save_pretrained(os.path.join(out, "fsdp_model"), state_dict=dict(weights))  # a copy: saving edits it
+        # (The gathered full state is on rank 0 only.)
+        moved = {name for name, before in initial.items() if rank == 0 and not torch.equal(weights[name], before)}
+        return weights, {"moved": sorted(moved), "moved_in_epoch_0": sorted(early), "sharded": sharded, "norms": norms}
+
+
+    ddp_weights, ddp = train("ddp")
+    fsdp_weights, fsdp = train("fsdp")
+    if rank == 0:
+        save_file({name: tensor.contiguous() for name, tensor in ddp_weights.items()}, os.path.join(out, "ddp.safetensors"))
+        save_file({name: tensor.contiguous() for name, tensor in fsdp_weights.items()}, os.path.join(out, "fsdp.safetensors"))
+        with open(os.path.join(out, "result.json"), "w") as handle:
+            json.dump({"world_size": world, "ddp": ddp, "fsdp": fsdp}, handle)
+    dist.destroy_process_group()
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def unfreezing_run(tmp_path_factory):
+    """One 2-process launch: the DDP run, then the FSDP run, of the same seed and batches."""
+    out = tmp_path_factory.mktemp("fsdp")
+    script = out / "fsdp_vs_ddp_unfreezing.py"
+    script.write_text(UNFREEZING)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    result = subprocess.run(
+        [*command, str(script), os.path.join(REPO, "tests"), str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return out
+
+
+def test_fsdp_gradual_unfreezing_through_the_freezing_callback_matches_ddp(unfreezing_run):
+    from safetensors.torch import load_file
+
+    result = json.loads((unfreezing_run / "result.json").read_text())
+    ddp = load_file(unfreezing_run / "ddp.safetensors")
+    fsdp = load_file(unfreezing_run / "fsdp.safetensors")
+    assert result["world_size"] == 2
+    assert result["fsdp"]["sharded"] and not result["ddp"]["sharded"]  # every parameter a DTensor shard
+    # Gradient clipping was active (norms above 0.5), and sees the same norm over shards as over full gradients.
+    assert max(result["ddp"]["norms"]) > 0.5
+    assert result["fsdp"]["norms"] == pytest.approx(result["ddp"]["norms"], rel=1e-6)
+    assert set(ddp) == set(fsdp)
+    max_diff = max((ddp[name] - fsdp[name]).abs().max().item() for name in ddp)
+    print(f"max |FSDP - DDP| over all weights after 6 steps: {max_diff:.3g}")
+    assert max_diff <= 1e-5
+    # The policies did what they say, in both runs: the embeddings and layer 0 never train; layers 2 and 1 join at
+    # epochs 1 and 2 (steps 2 and 4) and move; the heads train throughout.
+    for run in (result["ddp"], result["fsdp"]):
+        assert run["moved_in_epoch_0"] and all(
+            not name.startswith("encoder.") for name in run["moved_in_epoch_0"]
+        )
+        moved = set(run["moved"])
+        assert not {
+            name for name in moved if name.startswith(("encoder.embeddings.", "encoder.encoder.layer.0."))
+        }
+        assert {
+            "encoder.encoder.layer.1.output.dense.weight",
+            "encoder.encoder.layer.2.output.dense.weight",
+        } <= moved
+        assert {"heads.sentiment.weight", "heads.topic.weight", "pooler.dense.weight"} <= moved
+    assert result["ddp"]["moved"] == result["fsdp"]["moved"]
+
+
+def test_fsdp_saved_folder_carries_hydrabert_code_not_torchs(unfreezing_run):
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
+    folder = unfreezing_run / "fsdp_model"
+    assert "modeling_hydrabert.py" in os.listdir(folder)
+    assert not [
+        name for name in os.listdir(folder) if name.startswith("_fsdp")
+    ]  # torch's FSDP files stay out
+    config = json.loads((folder / "config.json").read_text())
+    assert config["auto_map"]["AutoModel"] == "modeling_hydrabert.HydraBertModel"
+    assert config["architectures"] == ["HydraBertModel"]
+    loaded = AutoModel.from_pretrained(folder, trust_remote_code=True)
+    assert type(loaded).__name__ == "HydraBertModel"
+    gathered = load_file(unfreezing_run / "fsdp.safetensors")
+    state = loaded.state_dict()
+    assert set(state) == set(gathered)
+    for name, tensor in gathered.items():
+        assert torch.equal(state[name], tensor), name
