@@ -181,6 +181,23 @@ TWO_PROCESS_LAUNCH = [
 ]
 
 
+def launch_two_processes(script, *args, timeout: int = 300):
+    """`script` with `args` on 2 CPU processes (TWO_PROCESS_LAUNCH), from the repository root, one thread each."""
+    import os
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return subprocess.run(
+        [sys.executable, *TWO_PROCESS_LAUNCH, str(script), *map(str, args)],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": repo, "OMP_NUM_THREADS": "1"},
+    )
+
+
 def make_task_datasets(tokenizer, sizes=None, seed=0):
     """Tokenized `{task: Dataset}` train and eval sets of random sentences for the tiny tasks."""
     import datasets

@@ -15,7 +15,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import TWO_PROCESS_LAUNCH, seeded_model
+from conftest import launch_two_processes, seeded_model
 
 from hydrabert.engines import check_fsdp, configure_fsdp_plugin, fsdp_block_classes
 from hydrabert.trainer import MultiTaskTrainingArguments
@@ -92,23 +92,12 @@ LOAD = (
 )
 
 
-def _launch(script, *args):
-    return subprocess.run(
-        [sys.executable, *TWO_PROCESS_LAUNCH, str(script), *map(str, args)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"},
-    )
-
-
 def test_fsdp_trains_the_weights_ddp_trains_and_saves_an_ordinary_folder(tmp_path):
     script = tmp_path / "train_fsdp.py"
     script.write_text(TRAIN)
     tests = os.path.join(REPO, "tests")
     for mode in ("ddp", "fsdp"):
-        result = _launch(script, mode, tmp_path, tests)
+        result = launch_two_processes(script, mode, tmp_path, tests)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     ddp, fsdp = torch.load(tmp_path / "ddp.pt"), torch.load(tmp_path / "fsdp.pt")
     initial = seeded_model().state_dict()

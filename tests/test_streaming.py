@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import datasets
 import pytest
 import torch
-from conftest import TWO_PROCESS_LAUNCH, make_task_datasets, seeded_model, tiny_training_args
+from conftest import launch_two_processes, make_task_datasets, seeded_model, tiny_training_args
 
 from hydrabert.data.streaming import (
     StreamingBatches,
@@ -201,22 +199,7 @@ def test_two_processes_stream_disjoint_rows_for_max_steps(tmp_path, tiny_tokeniz
     script = tmp_path / "streaming_script.py"
     script.write_text(TWO_PROCESS_STREAMING)
     os.makedirs(out)
-    result = subprocess.run(
-        [
-            sys.executable,
-            *TWO_PROCESS_LAUNCH,
-            str(script),
-            str(model_dir),
-            tiny_tokenizer_dir,
-            str(data_dir),
-            str(out),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"},
-    )
+    result = launch_two_processes(script, model_dir, tiny_tokenizer_dir, data_dir, out)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     ranks = [json.loads((out / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2]
