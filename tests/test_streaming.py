@@ -338,3 +338,60 @@ def test_run_mtl_trains_streamed_tasks_for_max_steps(tmp_path, tiny_encoder_dir)
     ):
         run_mtl.main([str(path)])
     assert not (tmp_path / "never").exists()
+
+
+def test_a_streamed_run_resumes_from_its_checkpoint_to_the_same_weights(tmp_path, tiny_encoder_dir):
+    """Stopped at step 4 and resumed, a streamed run ends where the uninterrupted run ends: the Trainer skips
+    the batches the checkpoint already trained on, and the streams' shuffles are seeded by epoch. The resumed run
+    starts from other encoder weights, so only the checkpoint's weights can bring it to the same end."""
+    import shutil
+
+    import run_mtl
+    from safetensors.torch import load_file, save_file
+
+    tasks = _streamed_tasks(tmp_path)
+    other_encoder = tmp_path / "other_encoder"
+    shutil.copytree(tiny_encoder_dir, other_encoder)
+    weights = load_file(str(other_encoder / "model.safetensors"))
+    save_file({name: tensor + 0.01 for name, tensor in weights.items()}, str(other_encoder / "model.safetensors"))
+
+    def run(out, **extra):
+        config = {
+            "model_name_or_path": tiny_encoder_dir,
+            "tasks": tasks,
+            "output_dir": str(out),
+            "do_train": True,
+            "max_steps": 8,
+            "per_device_train_batch_size": 8,
+            "learning_rate": 5e-3,
+            "eval_strategy": "no",
+            "save_strategy": "steps",
+            "save_steps": 4,
+            "logging_steps": 1,
+            "report_to": "none",
+            "use_cpu": True,
+            "disable_tqdm": True,
+            "seed": 7,
+            **extra,
+        }
+        path = out.parent / f"{out.name}.json"
+        path.write_text(json.dumps(config))
+        run_mtl.main([str(path)])
+        losses = {
+            entry["step"]: entry["loss"]
+            for entry in json.loads((out / "trainer_state.json").read_text())["log_history"]
+            if "loss" in entry
+        }
+        return load_file(str(out / "model.safetensors")), losses
+
+    straight, straight_losses = run(tmp_path / "straight")
+    resumed, resumed_losses = run(
+        tmp_path / "resumed",
+        model_name_or_path=str(other_encoder),
+        resume_from_checkpoint=str(tmp_path / "straight" / "checkpoint-4"),
+    )
+    assert sorted(straight_losses) == sorted(resumed_losses) == list(range(1, 9))
+    assert resumed_losses == pytest.approx(straight_losses, abs=1e-6)  # steps 5-8 see the same batches
+    assert set(straight) == set(resumed)
+    worst = max(float((straight[name] - resumed[name]).abs().max()) for name in straight)
+    assert worst == 0.0, worst
