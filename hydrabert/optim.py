@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 
+import torch
 from torch import nn
 
 logger = logging.getLogger(__name__)
@@ -107,4 +108,47 @@ def group_learning_rates(optimizer, name_unnamed: bool = False) -> dict[str, flo
     return rates
 
 
-__all__ = ["group_learning_rates", "group_name", "layerwise_parameter_groups"]
+def complete_optimizer_state(optimizer) -> list[torch.nn.Parameter]:
+    """Give every trainable parameter that has no optimizer state yet the state its first step would create, and
+    return those parameters.
+
+    torch's distributed state-dict API (what FSDP checkpoints save and load through) refuses to load a checkpoint
+    that lacks the state of a trainable parameter. A parameter that has had no gradient yet has none: a layer
+    waiting for gradual unfreezing, a head whose task has not been drawn. So before an FSDP checkpoint is written,
+    such parameters get their state as torch does it for a fresh optimizer (one step on zero gradients with the
+    learning rate at zero), with the step count put back to zero: for Adam(W) that is exactly the lazy state the
+    first real step would build (zero moments, step 0), so training goes on as it would have."""
+    optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps torch's
+    missing = [
+        param
+        for group in optimizer.param_groups
+        for param in group["params"]
+        if param.requires_grad and not optimizer.state.get(param)
+    ]
+    if not missing:
+        return []
+    grads = {param: param.grad for group in optimizer.param_groups for param in group["params"]}
+    rates = [group["lr"] for group in optimizer.param_groups]
+    try:
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                param.grad = None
+            group["lr"] = torch.zeros_like(group["lr"]) if isinstance(group["lr"], torch.Tensor) else 0.0
+        for param in missing:
+            param.grad = torch.zeros_like(param)
+        optimizer.step()
+    finally:
+        for group, rate in zip(optimizer.param_groups, rates, strict=True):
+            group["lr"] = rate
+        for param, grad in grads.items():
+            param.grad = grad
+    for param in missing:
+        step = optimizer.state[param].get("step")
+        if isinstance(step, torch.Tensor):
+            step.zero_()
+        elif step is not None:
+            optimizer.state[param]["step"] = 0
+    return missing
+
+
+__all__ = ["complete_optimizer_state", "group_learning_rates", "group_name", "layerwise_parameter_groups"]

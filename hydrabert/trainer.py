@@ -51,7 +51,7 @@ from .hardware import cpu_bf16_support, resolve_bf16
 from .metrics import default_task_metrics, evaluation_metrics, similarity_correlations, task_averages
 from .metrics.task_losses import TaskLossMeans
 from .model_card import write_run_card
-from .optim import group_learning_rates, layerwise_parameter_groups
+from .optim import complete_optimizer_state, group_learning_rates, layerwise_parameter_groups
 from .selection import (
     describe_checkpoint_selection,
     is_selection_metric,
@@ -461,6 +461,8 @@ class MultiTaskTrainer(Trainer):
         # Not a callback: on_save comes after the write, and no event comes before it.
         if self.args.should_save:
             clear_for_checkpoint(self._get_output_dir(trial=trial), self.state.global_step)
+        if self.is_fsdp_enabled:  # the checkpoint must hold every trainable parameter's state to load (optim.py)
+            complete_optimizer_state(self.optimizer)
         super()._save_checkpoint(model, trial)
 
     def create_model_card(self, **fields):

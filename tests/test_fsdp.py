@@ -350,3 +350,149 @@ def test_fsdp_saved_folder_carries_hydrabert_code_not_torchs(unfreezing_run):
     assert set(state) == set(gathered)
     for name, tensor in gathered.items():
         assert torch.equal(state[name], tensor), name
+
+
+# Checkpoint and resume under FSDP2 as the Trainer does it (transformers calls accelerate's save_fsdp_model /
+# save_fsdp_optimizer at each save and load_fsdp_model / load_fsdp_optimizer on resume): 3 steps, save, then a fresh
+# model with other weights loads the checkpoint and trains 3 more; the weights equal 6 uninterrupted steps. Layer 0
+# waits (gradual unfreezing) until step 3, so the saved optimizer holds no state for it yet.
+RESUME = textwrap.dedent(
+    """
+    import sys
+    from types import SimpleNamespace
+    import torch, torch.distributed as dist
+    sys.path.insert(0, sys.argv[1])
+    from conftest import seeded_model
+    from accelerate import PartialState
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from accelerate.utils.fsdp_utils import (
+        fsdp2_prepare_model, load_fsdp_model, load_fsdp_optimizer, save_fsdp_model, save_fsdp_optimizer,
+    )
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from hydrabert.engines import configure_fsdp_plugin
+    from hydrabert.optim import complete_optimizer_state, layerwise_parameter_groups
+
+    out, state_dict_type = sys.argv[2:4]
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    PartialState()  # accelerate's logging, which the save and load functions use, needs its state
+
+
+    def prepared(shift=0.0):
+        model = seeded_model()
+        with torch.no_grad():
+            for param in model.parameters():
+                param.add_(shift)  # a resumed run must not depend on where its model started
+        for param in model.encoder.embeddings.parameters():  # a freeze policy
+            param.requires_grad_(False)
+        plugin = FullyShardedDataParallelPlugin(
+            fsdp_version=2, auto_wrap_policy="transformer_based_wrap", state_dict_type=state_dict_type
+        )
+        configure_fsdp_plugin(plugin, model)
+        accelerator = SimpleNamespace(
+            state=SimpleNamespace(fsdp_plugin=plugin), mixed_precision="no", device=torch.device("cpu"),
+            is_main_process=rank == 0, torch_device_mesh=None, num_processes=2, process_index=rank, is_fsdp2=True,
+            wait_for_everyone=dist.barrier,
+        )
+        wrapped = fsdp2_prepare_model(accelerator, model)
+        groups = layerwise_parameter_groups(
+            wrapped, learning_rate=1e-3, layerwise_lr_decay=0.8, head_learning_rate=1e-2, weight_decay=0.01,
+            parameters=[(n, p) for n, p in wrapped.named_parameters() if p.requires_grad],
+        )
+        return wrapped, torch.optim.AdamW(groups), plugin, accelerator
+
+
+    def train(model, optimizer, steps):
+        for step in steps:
+            generator = torch.Generator().manual_seed(100 * step + rank)
+            input_ids = torch.randint(5, 60, (4, 9), generator=generator)
+            labels = torch.tensor([int(torch.randint(0, 2, (1,), generator=generator)), 1, 2, 0])
+            torch.manual_seed(1000 + 100 * step + rank)  # dropout: the Trainer restores the RNG state from the checkpoint
+            model(
+                input_ids=input_ids, attention_mask=torch.ones_like(input_ids), task_ids=torch.tensor([0, 0, 1, 1]),
+                labels=labels,
+            ).loss.backward()
+            if step < 3:  # layer 0 waits for its turn: its gradients are dropped, as FreezingCallback does
+                for name, param in model.named_parameters():
+                    if name.startswith("encoder.encoder.layer.0."):
+                        param.grad = None
+            optimizer.step()
+            optimizer.zero_grad()
+
+
+    def full(model):
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+    model, optimizer, _, _ = prepared()
+    train(model, optimizer, range(6))
+    straight = full(model)
+
+    model, optimizer, plugin, accelerator = prepared()
+    train(model, optimizer, range(3))
+    completed = complete_optimizer_state(optimizer)  # what MultiTaskTrainer._save_checkpoint does under FSDP
+    names = {param: name for name, param in model.named_parameters()}
+    waiting = sorted(name for name in names.values() if name.startswith("encoder.encoder.layer.0."))
+    assert sorted(names[param] for param in completed) == waiting, [names[param] for param in completed]
+    assert all(param.grad is None for param in completed) and complete_optimizer_state(optimizer) == []
+    save_fsdp_model(plugin, accelerator, model, f"{out}/checkpoint-3")
+    save_fsdp_optimizer(plugin, accelerator, optimizer, model, f"{out}/checkpoint-3")
+    at_save = full(model)
+
+    model, optimizer, plugin, accelerator = prepared(shift=0.05)
+    load_fsdp_model(plugin, accelerator, model, f"{out}/checkpoint-3")
+    load_fsdp_optimizer(plugin, accelerator, optimizer, model, f"{out}/checkpoint-3")
+    train(model, optimizer, range(3, 6))
+    resumed = full(model)
+    if rank == 0:
+        torch.save({"straight": straight, "resumed": resumed, "at_save": at_save}, f"{out}/weights.pt")
+    dist.destroy_process_group()
+    """
+)
+
+
+@pytest.mark.parametrize("state_dict_type", ["FULL_STATE_DICT", "SHARDED_STATE_DICT"])
+def test_an_fsdp_checkpoint_resumes_to_the_weights_of_the_uninterrupted_run(tmp_path, state_dict_type):
+    script = tmp_path / "resume_fsdp.py"
+    script.write_text(RESUME)
+    result = launch_two_processes(script, os.path.join(REPO, "tests"), tmp_path, state_dict_type)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    weights = torch.load(tmp_path / "weights.pt")
+    straight, resumed, at_save = weights["straight"], weights["resumed"], weights["at_save"]
+    assert set(straight) == set(resumed)
+    worst = max(float((straight[k].float() - resumed[k].float()).abs().max()) for k in straight)
+    assert worst <= 1e-6, worst
+    # The second half trained (layer 0 only from step 3 on), so the equality is not two untouched copies.
+    moved = "encoder.encoder.layer.0.attention.self.query.weight"
+    assert torch.equal(at_save[moved], seeded_model().state_dict()[moved])
+    assert not torch.equal(resumed[moved], at_save[moved])
+    if state_dict_type == "SHARDED_STATE_DICT":
+        assert any(path.name.startswith("pytorch_model_fsdp") for path in (tmp_path / "checkpoint-3").iterdir())
+
+
+def test_completing_the_optimizer_state_changes_no_step_adamw_takes():
+    """The state given to a parameter without a gradient yet is the state AdamW's first step would build."""
+    from hydrabert.optim import complete_optimizer_state
+
+    def run(complete: bool):
+        torch.manual_seed(0)
+        trained, waiting = torch.nn.Linear(3, 2), torch.nn.Linear(2, 2)  # `waiting` has no gradient for 2 steps
+        optimizer = torch.optim.AdamW([*trained.parameters(), *waiting.parameters()], lr=0.1, weight_decay=0.1)
+        for step in range(4):
+            loss = waiting(trained(torch.randn(5, 3))).sum()
+            loss.backward()
+            if step < 2:
+                waiting.zero_grad(set_to_none=True)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if complete and step == 0:
+                before = [p.detach().clone() for p in waiting.parameters()]
+                completed = complete_optimizer_state(optimizer)
+                assert completed == list(waiting.parameters())
+                assert all(torch.equal(a, b) for a, b in zip(before, waiting.parameters()))  # lr 0: nothing moved
+                assert all(float(optimizer.state[p]["step"]) == 0 for p in completed)
+                assert all(p.grad is None for p in completed)
+        return [p.detach() for p in [*trained.parameters(), *waiting.parameters()]]
+
+    for lazy, completed in zip(run(False), run(True), strict=True):
+        assert torch.equal(lazy, completed)
