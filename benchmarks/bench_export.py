@@ -241,7 +241,13 @@ def main(argv: list[str] | None = None) -> dict:
     onnx_logit_diff = sides.onnx_export.max_abs_diff
     failures = check(disagreements, onnx_logit_diff, max_score_diff)
     line = result_line(
-        args, accuracy, disagreements, onnx_logit_diff, max_score_diff, seconds, len(sst2),
+        args,
+        accuracy,
+        disagreements,
+        onnx_logit_diff,
+        max_score_diff,
+        seconds,
+        len(sst2),
         sides.onnx_export.fused_nodes,
     )
     return _speed.emit(line, failures)

@@ -461,7 +461,9 @@ class MultiTaskTrainer(Trainer):
         # Not a callback: on_save comes after the write, and no event comes before it.
         if self.args.should_save:
             clear_for_checkpoint(self._get_output_dir(trial=trial), self.state.global_step)
-        if self.is_fsdp_enabled:  # the checkpoint must hold every trainable parameter's state to load (optim.py)
+        if (
+            self.is_fsdp_enabled
+        ):  # the checkpoint must hold every trainable parameter's state to load (optim.py)
             complete_optimizer_state(self.optimizer)
         super()._save_checkpoint(model, trial)
 

@@ -72,7 +72,15 @@ KEYS = {
         *["predict_growth_bytes_per_sentence", "ok", "failures", "cpu_cores"],
     ],
     "streaming": [
-        *["benchmark", "what", "model", "settings", "runs", "peak_rss_growth_mb_small_to_large", "tolerance_mb"],
+        *[
+            "benchmark",
+            "what",
+            "model",
+            "settings",
+            "runs",
+            "peak_rss_growth_mb_small_to_large",
+            "tolerance_mb",
+        ],
         *["ok", "failures", "machine"],
     ],
     "onnx_encode": [

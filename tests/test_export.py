@@ -191,7 +191,12 @@ def test_onnx_graph_is_fused_by_onnxruntime(model, tiny_tokenizer, tmp_path):
 
     layers = model.config.encoder.num_hidden_layers
     result = export_onnx(model, tmp_path / "fused", tokenizer=tiny_tokenizer, quantize=True)
-    expected = {"Attention": 0, "SkipLayerNormalization": 2 * layers, "BiasGelu": layers, "EmbedLayerNormalization": 0}
+    expected = {
+        "Attention": 0,
+        "SkipLayerNormalization": 2 * layers,
+        "BiasGelu": layers,
+        "EmbedLayerNormalization": 0,
+    }
     assert result.fused_nodes == expected
     saved = onnx.load(result.path)
     written = [node.op_type for node in saved.graph.node]
@@ -211,7 +216,9 @@ def test_onnx_validation_raises_on_a_different_label(model, tiny_tokenizer, tmp_
     from hydrabert.export import onnx_graph
 
     monkeypatch.setattr(onnx_graph, "_compare", lambda *args: (1e-6, {"sentiment": 1, "topic": 0}))
-    with pytest.raises(RuntimeError, match=r"labels differing per task \{'sentiment': 1.*validation sentences"):
+    with pytest.raises(
+        RuntimeError, match=r"labels differing per task \{'sentiment': 1.*validation sentences"
+    ):
         export_onnx(model, tmp_path, tokenizer=tiny_tokenizer)
 
 
@@ -230,7 +237,11 @@ def test_write_exports_checks_onnx_on_real_sentences(model, tiny_tokenizer, tmp_
     monkeypatch.setattr(onnx_graph, "_compare", recording)
     deploy.write_exports(model, tiny_tokenizer, str(tmp_path / "model"), ["onnx"])
     expected = tiny_tokenizer(
-        onnx_graph.VALIDATION_SENTENCES, padding=True, truncation=True, padding_side="right", return_tensors="pt"
+        onnx_graph.VALIDATION_SENTENCES,
+        padding=True,
+        truncation=True,
+        padding_side="right",
+        return_tensors="pt",
     )["input_ids"]
     assert len(seen) == 1 and torch.equal(seen[0], expected)
     assert not os.path.exists(tmp_path / "model" / "onnx" / "tokenizer_config.json")

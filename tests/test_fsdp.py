@@ -467,7 +467,9 @@ def test_an_fsdp_checkpoint_resumes_to_the_weights_of_the_uninterrupted_run(tmp_
     assert torch.equal(at_save[moved], seeded_model().state_dict()[moved])
     assert not torch.equal(resumed[moved], at_save[moved])
     if state_dict_type == "SHARDED_STATE_DICT":
-        assert any(path.name.startswith("pytorch_model_fsdp") for path in (tmp_path / "checkpoint-3").iterdir())
+        assert any(
+            path.name.startswith("pytorch_model_fsdp") for path in (tmp_path / "checkpoint-3").iterdir()
+        )
 
 
 def test_completing_the_optimizer_state_changes_no_step_adamw_takes():
@@ -476,8 +478,13 @@ def test_completing_the_optimizer_state_changes_no_step_adamw_takes():
 
     def run(complete: bool):
         torch.manual_seed(0)
-        trained, waiting = torch.nn.Linear(3, 2), torch.nn.Linear(2, 2)  # `waiting` has no gradient for 2 steps
-        optimizer = torch.optim.AdamW([*trained.parameters(), *waiting.parameters()], lr=0.1, weight_decay=0.1)
+        trained, waiting = (
+            torch.nn.Linear(3, 2),
+            torch.nn.Linear(2, 2),
+        )  # `waiting` has no gradient for 2 steps
+        optimizer = torch.optim.AdamW(
+            [*trained.parameters(), *waiting.parameters()], lr=0.1, weight_decay=0.1
+        )
         for step in range(4):
             loss = waiting(trained(torch.randn(5, 3))).sum()
             loss.backward()
@@ -489,7 +496,9 @@ def test_completing_the_optimizer_state_changes_no_step_adamw_takes():
                 before = [p.detach().clone() for p in waiting.parameters()]
                 completed = complete_optimizer_state(optimizer)
                 assert completed == list(waiting.parameters())
-                assert all(torch.equal(a, b) for a, b in zip(before, waiting.parameters()))  # lr 0: nothing moved
+                assert all(
+                    torch.equal(a, b) for a, b in zip(before, waiting.parameters(), strict=True)
+                )  # lr 0
                 assert all(float(optimizer.state[p]["step"]) == 0 for p in completed)
                 assert all(p.grad is None for p in completed)
         return [p.detach() for p in [*trained.parameters(), *waiting.parameters()]]

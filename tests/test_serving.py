@@ -109,7 +109,9 @@ def test_onnx_sessions_take_their_thread_count_from_an_argument(tiny_model, tiny
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 2
     assert threads(OnnxPredictor(tmp_path, session_options=options)) == 2  # the caller's options stand
-    assert threads(OnnxPredictor(tmp_path, session_options=options, threads=1)) == 1  # unless threads is given
+    assert (
+        threads(OnnxPredictor(tmp_path, session_options=options, threads=1)) == 1
+    )  # unless threads is given
     with pytest.raises(ValueError, match="threads must be a positive integer"):
         OnnxPredictor(tmp_path, threads=0)
 

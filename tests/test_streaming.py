@@ -346,14 +346,17 @@ def test_a_streamed_run_resumes_from_its_checkpoint_to_the_same_weights(tmp_path
     starts from other encoder weights, so only the checkpoint's weights can bring it to the same end."""
     import shutil
 
-    import run_mtl
     from safetensors.torch import load_file, save_file
+
+    import run_mtl
 
     tasks = _streamed_tasks(tmp_path)
     other_encoder = tmp_path / "other_encoder"
     shutil.copytree(tiny_encoder_dir, other_encoder)
     weights = load_file(str(other_encoder / "model.safetensors"))
-    save_file({name: tensor + 0.01 for name, tensor in weights.items()}, str(other_encoder / "model.safetensors"))
+    save_file(
+        {name: tensor + 0.01 for name, tensor in weights.items()}, str(other_encoder / "model.safetensors")
+    )
 
     def run(out, **extra):
         config = {
