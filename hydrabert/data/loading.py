@@ -112,12 +112,10 @@ def _raw_splits(cfg: TaskDataConfig) -> dict[str, tuple[Source, datasets.Dataset
 # ------------------------------------------------------------------------------- local files
 def _read_file(cfg: TaskDataConfig, source: Source, path: str, file_format: str) -> datasets.Dataset:
     """One split's file, opened once. Parquet (binary, its Features in the file) goes to datasets' parquet
-    builder. A text file is read and decoded here, then parsed in memory by the parsers datasets' builders
-    use (pandas for csv/tsv, pyarrow for JSON): `load_dataset("csv", data_files=...)` opens a local file
-    seven times (six compression probes, then the read; the json builder reads the data twice, a schema
-    pass and the rows), and the decoded text is what the errors need anyway (the byte that does not
-    decode, the csv row or JSON line at fault), without reading the file again."""
-    what = {"tsv": "tsv file", "jsonl": "json file"}.get(file_format, f"{file_format} file")
+    builder. A text file is decoded here and parsed in memory by the parsers datasets' builders use (pandas for
+    csv/tsv, pyarrow for JSON): their `load_dataset` opens a local file seven times (docs/task-config.md), and
+    the decoded text is what the errors need anyway (the byte that does not decode, the row or line at fault)."""
+    what = f"{'json' if file_format == 'jsonl' else file_format} file"
     text = None
     try:
         if file_format == "parquet":

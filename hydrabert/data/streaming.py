@@ -31,7 +31,7 @@ from torch.utils.data import IterableDataset as TorchIterableDataset
 
 from .loading import Source, hub_splits, labeled_lines, load_task_splits, local_files
 from .rows import LOCATION, _normalize_batch, class_names, encode_labels
-from .sampling import SAMPLING_STRATEGIES, ProportionalStrategy, TemperatureStrategy, seeded_generator
+from .sampling import sampling_strategy, seeded_generator
 from .shared import label_tasks
 from .tasks import QUOTING, LoadedTask, TaskDataConfig
 from .tokenizing import _tokenize_batch, tokenizer_keys
@@ -94,20 +94,15 @@ def stream_probabilities(
     """The chance that a row comes from each task: the map-style strategies' rule on row counts (round_robin and
     uniform: equal). Proportional and temperature sampling need every count: a missing one is an error that
     names the task."""
-    if strategy not in SAMPLING_STRATEGIES:
-        raise ValueError(f"task_sampling must be one of {list(SAMPLING_STRATEGIES)}, got {strategy!r}")
-    names = list(counts)
-    if strategy in ("round_robin", "uniform"):
-        return dict.fromkeys(names, 1 / len(names))
+    rule = sampling_strategy(strategy, temperature)
     unknown = [name for name, n in counts.items() if not n]
-    if unknown:
+    if unknown and strategy in ("proportional", "temperature"):
         raise ValueError(
             f"task_sampling={strategy!r} weighs tasks by their rows, but the streams of {unknown} do not say how "
             "many they have: give each its num_rows in the run config (or record it with "
             "hydrabert.data.streaming.with_row_count), or use task_sampling='uniform'"
         )
-    rule = ProportionalStrategy() if strategy == "proportional" else TemperatureStrategy(float(temperature))
-    return dict(zip(names, rule.probabilities([counts[name] for name in names]), strict=True))
+    return dict(zip(counts, rule.probabilities(list(counts.values())), strict=True))
 
 
 def tokenize_stream(
