@@ -1,15 +1,10 @@
-"""Streaming tasks: training rows read as training needs them, never all in memory.
+"""Streaming tasks: training rows read as training needs them, never all in memory (docs/scaling.md).
 
 A task streamed (`"streaming": true` in a run config, or a `datasets.IterableDataset` given to
 `MultiTaskTrainer`) is tokenised lazily (`tokenize_stream`) and mixed with the other tasks by
-`StreamingBatches`, which
-- splits every task's stream across processes with `datasets.distributed.split_dataset_by_node` (by shard when
-  the shard count divides evenly, else every world_size-th row): each process reads rows no other reads;
-- draws each row's task with the sampling strategy's probabilities, from each task's row count (the stream's
-  own metadata, `info.splits`, as a Hub dataset's card gives it; or the run config's `num_rows`); a task that
-  runs out starts over until every task has run out once: one "epoch" of the mix (each epoch reshuffles);
-- batches by length within a buffer: `buffer_size` rows at a time, each task's rows sorted by length and cut
-  into batches of one task, the batches shuffled (the map-style sampler's megabatches, over a window).
+`StreamingBatches`: each process reads its own share of every stream (`split_dataset_by_node`), each row's task
+is drawn with the sampling strategy's probabilities, and a buffer's rows are cut into one-task batches sorted
+by length (the map-style sampler's megabatches, over a window).
 
 Why not `datasets.interleave_datasets`: it needs one schema for all its inputs, and tasks differ (class ids,
 float scores, a similarity task's second-sentence columns). Its mixing rule is what this implements, per row.
