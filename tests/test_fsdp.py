@@ -285,15 +285,7 @@ def unfreezing_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("fsdp")
     script = out / "fsdp_vs_ddp_unfreezing.py"
     script.write_text(UNFREEZING)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    result = subprocess.run(
-        [*command, str(script), os.path.join(REPO, "tests"), str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"},
-    )
+    result = launch_two_processes(script, os.path.join(REPO, "tests"), out)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return out
 
