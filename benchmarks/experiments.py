@@ -192,6 +192,11 @@ GROUPS: dict[str, dict[str, tuple[str, list[str]]]] = {
             )
             for seed in (42, 43, 44)
         },
+        # Does a third epoch buy back the SST-2 accuracy the preservation term costs at the demo's 2 epochs?
+        **{
+            f"preserve1_3_epochs_seed{seed}": (DEMO, ["--num_train_epochs", "3", "--seed", str(seed)])
+            for seed in (42, 43, 44)
+        },
     },
     # The main job in fp32 and in bf16 (autocast on the CPU), three seeds each: what bf16 costs in accuracy.
     "bf16": {

@@ -95,8 +95,21 @@ def fsdp_block_classes(model) -> list[str]:
 
 
 def configure_fsdp_plugin(plugin, model) -> None:
-    """With transformer-based wrapping and no classes named in the config, wrap the encoder's blocks."""
-    if plugin is None or getattr(plugin, "transformer_cls_names_to_wrap", None):
+    """With transformer-based wrapping and no classes named in the config, wrap the encoder's blocks. FSDP1 with
+    flattened parameters is refused: see below."""
+    if plugin is None:
+        return
+    if getattr(plugin, "fsdp_version", 2) == 1 and not getattr(plugin, "use_orig_params", False):
+        # FSDP1 without use_orig_params (accelerate's default) flattens each unit into one parameter: the layer-wise
+        # groups, which split a block's weights from its biases and LayerNorms, then hold parameters the optimizer
+        # never sees updated, and a unit that mixes frozen and trainable weights fails in FSDP itself
+        # ("FlatParameter requires uniform requires_grad").
+        raise ValueError(
+            "FSDP1 with use_orig_params=false flattens each unit's parameters into one, which hydrabert's layer-wise "
+            "learning rates and freeze policies cannot address: set fsdp_version: 2 in the accelerate config "
+            "(configs/engines/accelerate_fsdp.yaml), or fsdp_use_orig_params: true"
+        )
+    if getattr(plugin, "transformer_cls_names_to_wrap", None):
         return
     policy = getattr(plugin, "auto_wrap_policy", None)
     if policy is None or "transformer" in str(policy).lower():

@@ -108,6 +108,27 @@ def group_learning_rates(optimizer, name_unnamed: bool = False) -> dict[str, flo
     return rates
 
 
+def layerwise_optimizer(model, args, never_trained, optimizer_cls, optimizer_kwargs: dict):
+    """`optimizer_cls` (what `args.optim` names, as `Trainer.get_optimizer_cls_and_kwargs` gives it) over the
+    layer-wise groups of every parameter of `model` not in `never_trained`. Layers that gradual unfreezing
+    releases later are in it from the start: their gradients stay None until then, and torch optimizers skip
+    such parameters."""
+    if {"params", "model", "optimizer_dict"} & set(optimizer_kwargs):
+        raise ValueError(
+            f"optim={args.optim!r} builds its own parameter groups, which would drop the layer-wise "
+            "learning rates; choose a standard optimizer (e.g. adamw_torch, adamw_torch_fused, sgd, adafactor)."
+        )
+    groups = layerwise_parameter_groups(
+        model,
+        learning_rate=args.learning_rate,
+        layerwise_lr_decay=args.layerwise_lr_decay,
+        head_learning_rate=args.head_learning_rate,
+        weight_decay=args.weight_decay,
+        parameters=[(name, param) for name, param in model.named_parameters() if name not in never_trained],
+    )
+    return optimizer_cls(groups, **optimizer_kwargs)
+
+
 def complete_optimizer_state(optimizer) -> list[torch.nn.Parameter]:
     """Give every trainable parameter that has no optimizer state yet the state its first step would create, and
     return those parameters.
@@ -151,4 +172,10 @@ def complete_optimizer_state(optimizer) -> list[torch.nn.Parameter]:
     return missing
 
 
-__all__ = ["complete_optimizer_state", "group_learning_rates", "group_name", "layerwise_parameter_groups"]
+__all__ = [
+    "complete_optimizer_state",
+    "group_learning_rates",
+    "group_name",
+    "layerwise_optimizer",
+    "layerwise_parameter_groups",
+]

@@ -51,7 +51,7 @@ from .hardware import cpu_bf16_support, resolve_bf16
 from .metrics import default_task_metrics, evaluation_metrics, similarity_correlations, task_averages
 from .metrics.task_losses import TaskLossMeans
 from .model_card import write_run_card
-from .optim import complete_optimizer_state, group_learning_rates, layerwise_parameter_groups
+from .optim import complete_optimizer_state, group_learning_rates, layerwise_optimizer
 from .selection import (
     describe_checkpoint_selection,
     is_selection_metric,
@@ -300,12 +300,7 @@ class MultiTaskTrainer(Trainer):
         self.eval_datasets = per_task_datasets(eval_dataset) if eval_dataset is not None else None
         if data_collator is None:
             data_collator = _default_collator(processing_class, train_dataset, eval_dataset)
-        combined = None
-        if train_dataset is not None:
-            # Streamed tasks (datasets.IterableDataset): batches drawn from the streams as training reads them.
-            combined = streaming_batches(train_dataset, model.task_names, data_collator, args)
-            if combined is None:
-                combined, _ = build_multitask_dataset(train_dataset, task_names=model.task_names)
+        combined = _combined_train_data(train_dataset, model.task_names, data_collator, args)
         self.task_compute_metrics = compute_metrics or default_task_metrics(model)
         self.task_losses = TaskLossMeans()  # each task's training loss between two logs
         self._eval_task: str | None = None  # the task evaluate() is on (read by the eval hooks)
@@ -347,28 +342,15 @@ class MultiTaskTrainer(Trainer):
         """One parameter group per (depth, weight decay or not), with layer-wise learning rates,
         for whichever optimizer `args.optim` names."""
         opt_model = self.model if model is None else model
-        if self.optimizer is not None:
-            return self.optimizer
-        unwrapped = self.accelerator.unwrap_model(opt_model)
-        # Layers that gradual unfreezing will release later are in the optimizer from the start:
-        # their gradients stay None until then, and torch optimizers skip such parameters.
-        never_trained = self.freezing.never_trained
-        trainable = [(n, p) for n, p in unwrapped.named_parameters() if n not in never_trained]
-        groups = layerwise_parameter_groups(
-            unwrapped,
-            learning_rate=self.args.learning_rate,
-            layerwise_lr_decay=self.args.layerwise_lr_decay,
-            head_learning_rate=self.args.head_learning_rate,
-            weight_decay=self.args.weight_decay,
-            parameters=trainable,
-        )
-        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
-        if {"params", "model", "optimizer_dict"} & set(optimizer_kwargs):
-            raise ValueError(
-                f"optim={self.args.optim!r} builds its own parameter groups, which would drop the layer-wise "
-                "learning rates; choose a standard optimizer (e.g. adamw_torch, adamw_torch_fused, sgd, adafactor)."
+        if self.optimizer is None:
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            self.optimizer = layerwise_optimizer(
+                self.accelerator.unwrap_model(opt_model),
+                self.args,
+                self.freezing.never_trained,
+                optimizer_cls,
+                optimizer_kwargs,
             )
-        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer
 
     # ------------------------------------------------------------------------------------ data
@@ -399,23 +381,14 @@ class MultiTaskTrainer(Trainer):
                 pin_memory=self.args.dataloader_pin_memory,
             )
         batch_sampler = self.get_train_batch_sampler()
-        probabilities = batch_sampler.task_probabilities()
-        logger.info(
-            "task sampling %s: %s",
-            self.args.task_sampling,
-            ", ".join(f"{name} p={p:.3f}" for name, p in probabilities.items()),
+        probabilities = ", ".join(
+            f"{name} p={p:.3f}" for name, p in batch_sampler.task_probabilities().items()
         )
-        dataloader = DataLoader(
-            self.train_dataset,
-            batch_sampler=batch_sampler,
-            collate_fn=self.data_collator,
-            num_workers=self.args.dataloader_num_workers,
-            pin_memory=self.args.dataloader_pin_memory,
-            persistent_workers=self.args.dataloader_persistent_workers
-            and self.args.dataloader_num_workers > 0,
-        )
+        logger.info("task sampling %s: %s", self.args.task_sampling, probabilities)
         # Under DDP accelerate shards the batch sampler: rank r takes batches r, r + N, ...
-        return self.accelerator.prepare(dataloader)
+        return self.accelerator.prepare(
+            _sampled_dataloader(self.train_dataset, batch_sampler, self.data_collator, self.args)
+        )
 
     # ---------------------------------------------------------------------------------- training
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
@@ -461,9 +434,8 @@ class MultiTaskTrainer(Trainer):
         # Not a callback: on_save comes after the write, and no event comes before it.
         if self.args.should_save:
             clear_for_checkpoint(self._get_output_dir(trial=trial), self.state.global_step)
-        if (
-            self.is_fsdp_enabled
-        ):  # the checkpoint must hold every trainable parameter's state to load (optim.py)
+        # Under FSDP the checkpoint must hold every trainable parameter's optimizer state to load (optim.py).
+        if self.is_fsdp_enabled:
             complete_optimizer_state(self.optimizer)
         super()._save_checkpoint(model, trial)
 
@@ -487,11 +459,8 @@ class MultiTaskTrainer(Trainer):
         tasks = self.accelerator.unwrap_model(self.model).task_names
         if self.embedding_teacher is not None:  # the same list on every process: the reduce pairs them
             tasks = [*tasks, "embedding_preservation"]
-        reduce = (
-            functools.partial(self.accelerator.reduce, reduction="sum")
-            if self.accelerator.num_processes > 1
-            else None
-        )
+        over_processes = self.accelerator.num_processes > 1
+        reduce = functools.partial(self.accelerator.reduce, reduction="sum") if over_processes else None
         return self.task_losses.pop_means(tasks, self.args.device, reduce)
 
     # ----------------------------------------------------------------------------- evaluation
@@ -507,10 +476,6 @@ class MultiTaskTrainer(Trainer):
         datasets_ = eval_dataset if eval_dataset is not None else self.eval_datasets
         if datasets_ is None:
             raise ValueError("MultiTaskTrainer.evaluate() needs eval_dataset ({task name: dataset})")
-        if not isinstance(datasets_, Mapping):
-            raise TypeError(
-                f"eval_dataset must be a dict {{task name: dataset}}, got {type(datasets_).__name__}"
-            )
         _check_units(self.model, datasets_, "eval_dataset")
         datasets_ = per_task_datasets(datasets_)
         self._memory_tracker.start()
@@ -521,12 +486,9 @@ class MultiTaskTrainer(Trainer):
         metrics.update(task_averages(metrics, metric_key_prefix, list(datasets_)))
         # One number for "which checkpoint is best" (hydrabert/selection.py); required when it selects them.
         specs = self.accelerator.unwrap_model(self.model).config.tasks
+        selecting = is_selection_metric(self.args.metric_for_best_model)
+        required = self.is_in_train and metric_key_prefix == "eval" and selecting
         kinds = {task: specs[task]["problem_type"] for task in datasets_}
-        required = (
-            self.is_in_train
-            and metric_key_prefix == "eval"
-            and is_selection_metric(self.args.metric_for_best_model)
-        )
         metrics.update(selection_score(metrics, metric_key_prefix, kinds, required=required))
         num_samples = sum(len(dataset) for dataset in datasets_.values())
         num_steps = math.ceil(num_samples / (self.args.eval_batch_size * self.args.world_size))
@@ -568,11 +530,11 @@ class MultiTaskTrainer(Trainer):
             raise ValueError(
                 "MultiTaskTrainer evaluates task by task: call trainer.evaluate({task name: dataset})"
             )
-        task_dataset, _ = build_multitask_dataset(
-            {self._eval_task: eval_dataset}, task_names=self.model.task_names
-        )
         collate = _SingleTaskCollator(self.data_collator, self._eval_task)
-        return self.accelerator.prepare(_longest_first_dataloader(task_dataset, collate, self.args))
+        task_names = self.accelerator.unwrap_model(self.model).task_names
+        return self.accelerator.prepare(
+            _longest_first_dataloader(eval_dataset, task_names, collate, self.args)
+        )
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Returns no batch loss but, with the task's logits, each row's loss: `Trainer.evaluation_loop` would
@@ -589,15 +551,7 @@ class MultiTaskTrainer(Trainer):
         logits = outputs.logits
         if labels is None:
             return None, logits, None
-        task = inputs["task"]
-        unwrapped = self.accelerator.unwrap_model(model)
-        row_losses = unwrapped.per_example_loss(task, logits, labels)
-        if unwrapped.config.tasks[task]["problem_type"] in HEADLESS_PROBLEM_TYPES:
-            # A pair fills two rows (its first sentence, then its second: the collator's layout) with the same
-            # similarity and score: keep one per pair, so that rows gathered across processes are the data set's.
-            half = len(labels) // 2
-            logits, row_losses, labels = logits[:half], row_losses[:half], labels[:half]
-        return None, (logits, row_losses), labels
+        return None, *_rows_of_batch(self.accelerator.unwrap_model(model), inputs["task"], logits, labels)
 
 
 class _SingleTaskCollator:
@@ -614,6 +568,17 @@ class _SingleTaskCollator:
         return batch
 
 
+def _rows_of_batch(model, task: str, logits, labels):
+    """`((logits, per-row losses), labels)` of an evaluation batch, one row per example. A similarity pair fills
+    two rows (its first sentence, then its second: the collator's layout) with the same similarity and score:
+    one is kept, so that rows gathered across processes are the data set's."""
+    row_losses = model.per_example_loss(task, logits, labels)
+    if model.config.tasks[task]["problem_type"] in HEADLESS_PROBLEM_TYPES:
+        half = len(labels) // 2
+        logits, row_losses, labels = logits[:half], row_losses[:half], labels[:half]
+    return (logits, row_losses), labels
+
+
 def _check_finite(outputs, step: int, output_dir: str) -> None:
     """A non-finite loss stops training with the step and the task(s) whose loss it was."""
     if torch.isfinite(outputs.loss).all():
@@ -626,8 +591,32 @@ def _check_finite(outputs, step: int, output_dir: str) -> None:
     )
 
 
-def _longest_first_dataloader(task_dataset, collate: _SingleTaskCollator, args) -> DataLoader:
-    """One task's rows (a single-task `MultiTaskDataset`), longest first, in batches of `args.eval_batch_size`."""
+def _combined_train_data(train_dataset, task_names, collator, args):
+    """All tasks' training rows as one `MultiTaskDataset`, or, with streamed tasks (`datasets.IterableDataset`),
+    the `StreamingBatches` drawn from the streams as training reads them; None without a train_dataset."""
+    if train_dataset is None:
+        return None
+    streamed = streaming_batches(train_dataset, task_names, collator, args)
+    return (
+        streamed if streamed is not None else build_multitask_dataset(train_dataset, task_names=task_names)[0]
+    )
+
+
+def _sampled_dataloader(dataset, batch_sampler, collate_fn, args) -> DataLoader:
+    """The training batches `batch_sampler` draws, with the Trainer's dataloader settings."""
+    return DataLoader(
+        dataset,
+        batch_sampler=batch_sampler,
+        collate_fn=collate_fn,
+        num_workers=args.dataloader_num_workers,
+        pin_memory=args.dataloader_pin_memory,
+        persistent_workers=args.dataloader_persistent_workers and args.dataloader_num_workers > 0,
+    )
+
+
+def _longest_first_dataloader(dataset, task_names, collate: _SingleTaskCollator, args) -> DataLoader:
+    """One task's rows, longest first, in batches of `args.eval_batch_size`."""
+    task_dataset, _ = build_multitask_dataset({collate.task: dataset}, task_names=task_names)
     lengths = task_dataset.task_lengths()[collate.task]
     return DataLoader(
         task_dataset,
@@ -645,9 +634,8 @@ def _default_collator(processing_class, train_dataset, eval_dataset) -> MultiTas
     if processing_class is None:
         for what, task_datasets in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
             for task, dataset in (task_datasets or {}).items():
-                if not is_stream(
-                    dataset
-                ):  # a stream's rows are not read up front; the collator checks each batch
+                # A stream's rows are not read up front; the collator checks each batch.
+                if not is_stream(dataset):
                     check_padded(token_lengths(dataset), f"{what}[{task!r}]")
     return MultiTaskCollator(processing_class)
 
@@ -661,11 +649,8 @@ def _checked_arguments(model, args, train_dataset, eval_dataset) -> MultiTaskTra
     elif not isinstance(args, MultiTaskTrainingArguments):
         raise TypeError(f"args must be MultiTaskTrainingArguments, got {type(args).__name__}")
     for what, datasets_ in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
-        if datasets_ is None:
-            continue
-        if not isinstance(datasets_, Mapping):
-            raise TypeError(f"{what} must be a dict {{task name: dataset}}, got {type(datasets_).__name__}")
-        _check_units(model, datasets_, what)
+        if datasets_ is not None:
+            _check_units(model, datasets_, what)
     return args
 
 
@@ -676,7 +661,9 @@ def _check_task_names(model, names, what: str) -> None:
 
 
 def _check_units(model, datasets_: Mapping, what: str) -> None:
-    """Each key of `datasets_` names a task, or holds a shared source whose labels name tasks."""
+    """`datasets_` is a dict, and each key names a task or holds a shared source whose labels name tasks."""
+    if not isinstance(datasets_, Mapping):
+        raise TypeError(f"{what} must be a dict {{task name: dataset}}, got {type(datasets_).__name__}")
     _check_task_names(
         model, [name for name, dataset in datasets_.items() if label_tasks(dataset) is None], what
     )

@@ -141,6 +141,20 @@ def test_fsdp_units_are_the_encoder_blocks_unless_the_config_names_them():
     assert named.transformer_cls_names_to_wrap == ["MyBlock"]
 
 
+def test_fsdp1_with_flattened_parameters_is_refused_with_what_to_set():
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    flat = FullyShardedDataParallelPlugin(fsdp_version=1, auto_wrap_policy="transformer_based_wrap")
+    assert not flat.use_orig_params  # accelerate's default for FSDP1
+    with pytest.raises(ValueError, match="use_orig_params=false.*fsdp_version: 2"):
+        configure_fsdp_plugin(flat, seeded_model())
+    original = FullyShardedDataParallelPlugin(
+        fsdp_version=1, auto_wrap_policy="transformer_based_wrap", use_orig_params=True
+    )
+    configure_fsdp_plugin(original, seeded_model())
+    assert original.transformer_cls_names_to_wrap == ["BertLayer"]
+
+
 def test_the_shipped_accelerate_config_is_fsdp2_saving_a_full_state_dict():
     from accelerate.commands.config.config_args import load_config_from_file
 
@@ -285,15 +299,7 @@ def unfreezing_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("fsdp")
     script = out / "fsdp_vs_ddp_unfreezing.py"
     script.write_text(UNFREEZING)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    result = subprocess.run(
-        [*command, str(script), os.path.join(REPO, "tests"), str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"},
-    )
+    result = launch_two_processes(script, os.path.join(REPO, "tests"), out)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return out
 
