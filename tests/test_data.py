@@ -6,6 +6,7 @@ WordPiece vocabulary built in code. The real data sets in ../shared/data appear 
 """
 
 import csv
+import dataclasses
 import json
 import logging
 import math
@@ -31,6 +32,7 @@ from hydrabert.data import (
     TaskDataConfig,
     build_multitask_dataset,
     load_task_splits,
+    load_tasks,
     tokenize_task,
 )
 
@@ -393,7 +395,7 @@ def test_hub_dataset_is_used_when_data_dir_is_absent(tmp_path, monkeypatch):
         }
     )
     calls = []
-    monkeypatch.setattr(datasets, "load_dataset", lambda *args: calls.append(args) or hub)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: calls.append((args, kwargs)) or hub)
     cfg = TaskDataConfig(
         name="sst2",
         dataset_name="someone/sst2",
@@ -402,10 +404,31 @@ def test_hub_dataset_is_used_when_data_dir_is_absent(tmp_path, monkeypatch):
         text_column="sentence",
     )
     task = load_task_splits(cfg)
-    assert calls == [("someone/sst2", "default")]
+    assert calls == [(("someone/sst2", "default"), {"streaming": False})]
     assert task.labels == ["negative", "positive"]
     assert list(task.splits) == ["train", "validation"]
     assert task.splits["train"].to_dict() == {"text": ["a", "b"], "label": [1, 0]}
+
+    # Streamed, the same Hub dataset is read by the same function: its splits under our names, the train split
+    # a stream of encoded rows, the validation rows gathered; a bad row names the Hub split it is in.
+    calls.clear()
+    hub = datasets.IterableDatasetDict(
+        {split: dataset.to_iterable_dataset() for split, dataset in hub.items()}
+    )
+    streamed = dataclasses.replace(cfg, streaming=True, labels=["negative", "positive"])
+    task = load_tasks([streamed])["sst2"]
+    assert calls == [(("someone/sst2", "default"), {"streaming": True})]
+    assert list(task.stream) == [{"text": "a", "label": 1}, {"text": "b", "label": 0}]
+    assert list(task.splits) == ["validation"] and task.splits["validation"].to_list() == [
+        {"text": "c", "label": 1}
+    ]
+    hub["train"] = datasets.Dataset.from_dict({"sentence": ["a", ""], "label": [1, 0]}).to_iterable_dataset()
+    with pytest.raises(
+        HydraBertDataError,
+        match=r"train split \(Hub dataset 'someone/sst2', split 'train' "
+        r"\(streamed\)\): row 1: the text in column 'sentence' is empty",
+    ):
+        list(load_tasks([streamed])["sst2"].stream)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -82,3 +82,35 @@ def test_the_counter_sees_every_kind_of_open(tmp_path):
     finally:
         opens, _WATCH["path"] = _WATCH["opens"], None
     assert opens == 3
+
+
+def test_a_local_csv_task_reaches_datasets_through_few_functions(tmp_path):
+    """Issue 26: the road from a task config to `datasets` stays short and readable. A local csv task enters
+    load_task_splits, _raw_splits, local_files, _read_file, _decoded_text and _delimited (comprehensions not
+    counted), then hands the parsed text to datasets."""
+    import hydrabert.data
+
+    (tmp_path / "train.csv").write_text("text,label\na good film,pos\na bad film,neg\n")
+    cfg = TaskDataConfig(name="sentiment", data_dir=str(tmp_path), train_file="train.csv")
+    package = os.path.dirname(hydrabert.data.__file__)
+    library = os.path.dirname(datasets.__file__)
+    entered: list[str] = []
+    handed_over: list[str] = []
+
+    def trace(frame, event, arg):
+        name, caller = frame.f_code.co_filename, frame.f_back.f_code.co_filename if frame.f_back else ""
+        if handed_over or event != "call":
+            return None
+        if name.startswith(library) and caller.startswith(package):
+            handed_over.append(frame.f_code.co_qualname)
+        elif name.startswith(package) and "<" not in frame.f_code.co_name:
+            entered.append(frame.f_code.co_qualname)
+        return None
+
+    sys.settrace(trace)
+    try:
+        load_task_splits(cfg)
+    finally:
+        sys.settrace(None)
+    assert handed_over, "the rows never reached datasets"
+    assert len(entered) <= 6, f"{len(entered)} functions before datasets: {' -> '.join(entered)}"

@@ -63,8 +63,9 @@ def _is_missing(value) -> bool:
     return value == -100 if isinstance(value, int) else isinstance(value, float) and math.isnan(value)
 
 
-def _row_label(row: Mapping[str, Any]):
-    return next((row[key] for key in LABEL_KEYS if key in row), None)
+def label_key(names) -> str | None:
+    """The key a row (or a data set's column names) holds its targets under: the first of LABEL_KEYS there."""
+    return next((key for key in LABEL_KEYS if key in names), None)
 
 
 @dataclass
@@ -100,7 +101,7 @@ class MultiTaskCollator:
         else:
             check_padded([len(row["input_ids"]) for row in inputs])
             batch = {key: torch.tensor([row[key] for row in inputs]) for key in inputs[0]}
-        labels = [_row_label(row) for row in features]
+        labels = [row[key] if (key := label_key(row)) else None for row in features]
         if any(label is not None for label in labels):
             if any(label is None for label in labels):
                 raise ValueError("some rows of the batch have labels and some do not")
@@ -143,4 +144,4 @@ def check_padded(lengths, what: str = "the batch") -> None:
         )
 
 
-__all__ = ["LABEL_KEYS", "MODEL_INPUTS", "MultiTaskCollator", "check_padded"]
+__all__ = ["LABEL_KEYS", "MODEL_INPUTS", "MultiTaskCollator", "check_padded", "label_key"]

@@ -14,7 +14,7 @@ import io
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import datasets
@@ -61,9 +61,10 @@ class Source:
         return HydraBertDataError(f"Task {self.task!r}, {self.split} split ({self.origin}): {problem}")
 
 
-def reads_local_files(cfg: TaskDataConfig) -> bool:
-    """The precedence rule (here and for streamed tasks): an existing data_dir, else the Hub name, else files
-    by path."""
+def local_files(cfg: TaskDataConfig) -> dict[str, tuple[Source, str, str]] | None:
+    """The task's files, `{split: (source, path, file format)}`, each checked to be there; None: the task reads
+    its Hub dataset. The precedence (streamed tasks too): an existing data_dir, else the Hub name, else files by
+    path."""
     local = cfg.data_dir is not None and os.path.isdir(cfg.data_dir)
     if not local and cfg.dataset_name:
         if cfg.data_dir is not None:
@@ -73,50 +74,48 @@ def reads_local_files(cfg: TaskDataConfig) -> bool:
                 cfg.data_dir,
                 cfg.dataset_name,
             )
-        return False
+        return None
     if cfg.data_dir is not None and not local:
         raise cfg.error(f"data_dir {cfg.data_dir!r} does not exist and no dataset_name is given")
-    return True
-
-
-def file_format_of(cfg: TaskDataConfig, source: Source, path: str) -> str:
-    """The task's file_format, or the one its extension names."""
-    extension = os.path.splitext(path)[1].lower()
-    return cfg.file_format or _EXTENSION_FORMATS.get(extension) or _unknown_format(source, path)
+    files = {}
+    for split in SPLITS:
+        name = getattr(cfg, f"{split}_file")
+        if not name:
+            continue
+        path = name if os.path.isabs(name) or cfg.data_dir is None else os.path.join(cfg.data_dir, name)
+        streamed = " (streamed)" if cfg.streaming and split == "train" else ""
+        source = Source(cfg.name, split, f"file {path}{streamed}")
+        if not os.path.isfile(path):
+            raise source.error("file not found" if not os.path.exists(path) else "is not a file")
+        extension = os.path.splitext(path)[1].lower()
+        file_format = cfg.file_format or _EXTENSION_FORMATS.get(extension) or _unknown_format(source, path)
+        files[split] = (source, path, file_format)
+    return files
 
 
 def _raw_splits(cfg: TaskDataConfig) -> dict[str, tuple[Source, datasets.Dataset]]:
     """Each split as read, with its `Source`."""
-    if not reads_local_files(cfg):
-        raw = _hub_splits(cfg)
+    files = local_files(cfg)
+    if files is None:
+        raw = hub_splits(cfg)
+    elif not files:
+        raise cfg.error(f"no train_file, validation_file or test_file given for data_dir {cfg.data_dir!r}")
     else:
-        files = {split: getattr(cfg, f"{split}_file") for split in SPLITS if getattr(cfg, f"{split}_file")}
-        if not files:
-            raise cfg.error(
-                f"no train_file, validation_file or test_file given for data_dir {cfg.data_dir!r}"
-            )
         raw = {}
-        for split, name in files.items():
-            path = name if os.path.isabs(name) or cfg.data_dir is None else os.path.join(cfg.data_dir, name)
-            source = Source(cfg.name, split, f"file {path}")
-            raw[split] = (source, _read_file(cfg, source, path))
+        for split, (source, path, file_format) in files.items():
+            raw[split] = (source, _read_file(cfg, source, path, file_format))
     if not raw:
         raise cfg.error("the data have no train, validation or test split")
     return raw
 
 
 # ------------------------------------------------------------------------------- local files
-def _read_file(cfg: TaskDataConfig, source: Source, path: str) -> datasets.Dataset:
+def _read_file(cfg: TaskDataConfig, source: Source, path: str, file_format: str) -> datasets.Dataset:
     """One split's file, opened once. Parquet (binary, its Features in the file) goes to datasets' parquet
-    builder. A text file is read and decoded here, then parsed in memory by the parsers datasets' builders
-    use (pandas for csv/tsv, pyarrow for JSON): `load_dataset("csv", data_files=...)` opens a local file
-    seven times (six compression probes, then the read; the json builder reads the data twice, a schema
-    pass and the rows), and the decoded text is what the errors need anyway (the byte that does not
-    decode, the csv row or JSON line at fault), without reading the file again."""
-    if not os.path.isfile(path):
-        raise source.error("file not found" if not os.path.exists(path) else "is not a file")
-    file_format = file_format_of(cfg, source, path)
-    what = {"tsv": "tsv file", "jsonl": "json file"}.get(file_format, f"{file_format} file")
+    builder. A text file is decoded here and parsed in memory by the parsers datasets' builders use (pandas for
+    csv/tsv, pyarrow for JSON): their `load_dataset` opens a local file seven times (docs/task-config.md), and
+    the decoded text is what the errors need anyway (the byte that does not decode, the row or line at fault)."""
+    what = f"{'json' if file_format == 'jsonl' else file_format} file"
     text = None
     try:
         if file_format == "parquet":
@@ -127,7 +126,10 @@ def _read_file(cfg: TaskDataConfig, source: Source, path: str) -> datasets.Datas
         if not text.strip():
             raise source.error("the split is empty")
         if file_format == "labeled_lines":
-            return _labeled_lines(cfg, source, text)
+            # Lines split as the text builder splits them (universal newlines): the line numbers are the editor's.
+            columns = labeled_lines(cfg, source, enumerate(io.StringIO(text, newline=None), start=1))
+            features = datasets.Features({name: datasets.Value("string") for name in columns})
+            return datasets.Dataset.from_dict(columns, features=features)
         if file_format in ("csv", "tsv"):
             return _delimited(cfg, text, "," if file_format == "csv" else "\t")
         key = cfg.json_field.get(source.split) if isinstance(cfg.json_field, dict) else cfg.json_field
@@ -159,7 +161,7 @@ def _unknown_format(source: Source, path: str):
 def _decoded_text(source: Source, raw: bytes, encoding: str) -> str:
     """The bytes decoded (a UTF-8 byte-order mark dropped), or an error that says which byte of which line
     failed and what to do."""
-    binary = source.error(
+    binary = (
         f"contains NUL bytes: not a text file in encoding {encoding!r} (a binary file? UTF-16? "
         "set the task's `encoding` or `file_format` option)"
     )
@@ -167,7 +169,7 @@ def _decoded_text(source: Source, raw: bytes, encoding: str) -> str:
     # before decoding, so that the message says so rather than pointing at some undecodable byte).
     codec = codecs.lookup(encoding).name
     if b"\x00" in raw and not codec.startswith(("utf-16", "utf-32")):
-        raise binary
+        raise source.error(binary)
     try:
         text = raw.decode(encoding)
     except UnicodeDecodeError as err:
@@ -177,15 +179,15 @@ def _decoded_text(source: Source, raw: bytes, encoding: str) -> str:
             "task's `encoding` option (e.g. 'latin-1' or 'cp1252')"
         ) from None
     if "\x00" in text:
-        raise binary
+        raise source.error(binary)
     return text[1:] if codec == "utf-8" and text.startswith("\ufeff") else text
 
 
-def _labeled_lines(cfg: TaskDataConfig, source: Source, text: str) -> datasets.Dataset:
-    """`label<sep>text` lines into two columns, stripped; blank lines skipped. Lines split as the text
-    builder splits them (universal newlines), so the line numbers in errors are the editor's."""
+def labeled_lines(cfg: TaskDataConfig, source: Source, lines: Iterable[tuple[int, str]]) -> dict[str, list]:
+    """`label<sep>text` lines, numbered from 1, into label, text and LOCATION columns, stripped; blank lines
+    skipped. Read in memory and streamed alike."""
     columns = {cfg.label_column: [], cfg.text_column: [], LOCATION: []}
-    for number, line in enumerate(io.StringIO(text, newline=None), start=1):
+    for number, line in lines:
         if not line.strip():
             continue
         label, separator, sentence = line.rstrip("\n").partition(cfg.label_separator)
@@ -196,8 +198,7 @@ def _labeled_lines(cfg: TaskDataConfig, source: Source, text: str) -> datasets.D
         columns[cfg.label_column].append(label.strip())
         columns[cfg.text_column].append(sentence.strip())
         columns[LOCATION].append(f"line {number}")
-    features = datasets.Features({name: datasets.Value("string") for name in columns})
-    return datasets.Dataset.from_dict(columns, features=features)
+    return columns
 
 
 def _delimited(cfg: TaskDataConfig, text: str, delimiter: str) -> datasets.Dataset:
@@ -282,35 +283,30 @@ def _json_problem(text: str) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------ Hub
-def _hub_splits(cfg: TaskDataConfig) -> dict[str, tuple[Source, datasets.Dataset]]:
-    """`load_dataset(dataset_name)`'s splits under our names, after one request to the Hub when online: an
-    unreachable Hub then fails at once (load_dataset would retry for ~25 s, warning each time). Offline,
-    load_dataset itself answers at once, from the cache or with a ConnectionError."""
-
-    def unreachable(err: Exception) -> HydraBertDataError:
-        local = f"no local folder {cfg.data_dir} (data_dir), and " if cfg.data_dir else ""
-        return cfg.error(
-            f"{local}the Hub dataset {cfg.dataset_name!r} cannot be loaded ({type(err).__name__}: {err}). "
-            "Point data_dir at the data (run_mtl.py resolves it under --data_root), or go online."
-        )
-
+def hub_splits(cfg: TaskDataConfig, streaming: bool = False) -> dict[str, tuple[Source, datasets.Dataset]]:
+    """`load_dataset(dataset_name)`'s splits under our names (streams, with `streaming`), after one request to
+    the Hub when online: an unreachable Hub then fails at once (load_dataset would retry for ~25 s, warning
+    each time). Offline, load_dataset itself answers at once, from the cache or with a ConnectionError."""
     logger.info("Task %r: loading Hub dataset %r (%s)", cfg.name, cfg.dataset_name, cfg.dataset_config_name)
     try:
         if not datasets.config.HF_HUB_OFFLINE:
             HfApi().dataset_info(cfg.dataset_name, timeout=10)
-        loaded = datasets.load_dataset(cfg.dataset_name, cfg.dataset_config_name)
+        loaded = datasets.load_dataset(cfg.dataset_name, cfg.dataset_config_name, streaming=streaming)
     except (HTTPError, OSError, ConnectionError) as err:  # HTTPError: connection failures and 404s alike
-        raise unreachable(err) from None
+        local = f"no local folder {cfg.data_dir} (data_dir), and " if cfg.data_dir else ""
+        raise cfg.error(
+            f"{local}the Hub dataset {cfg.dataset_name!r} cannot be loaded ({type(err).__name__}: {err}). "
+            "Point data_dir at the data (run_mtl.py resolves it under --data_root), or go online."
+        ) from None
+    streamed = " (streamed)" if streaming else ""
     splits = {}
     for hub_split, dataset in loaded.items():
         split = _SPLIT_ALIASES.get(hub_split)
         if split is None:
             logger.info("Task %r: ignoring Hub split %r", cfg.name, hub_split)
             continue
-        splits[split] = (
-            Source(cfg.name, split, f"Hub dataset {cfg.dataset_name!r}, split {hub_split!r}"),
-            dataset,
-        )
+        origin = f"Hub dataset {cfg.dataset_name!r}, split {hub_split!r}{streamed}"
+        splits[split] = (Source(cfg.name, split, origin), dataset)
     return splits
 
 
@@ -494,4 +490,13 @@ def _task_of_source(cfg: TaskDataConfig, source: SharedSource, labels) -> Loaded
     return LoadedTask(config=cfg, splits=splits, labels=labels, shared=source)
 
 
-__all__ = ["Source", "load_shared_source", "load_task_splits", "load_tasks", "source_groups"]
+__all__ = [
+    "Source",
+    "hub_splits",
+    "labeled_lines",
+    "load_shared_source",
+    "load_task_splits",
+    "load_tasks",
+    "local_files",
+    "source_groups",
+]

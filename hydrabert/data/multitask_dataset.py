@@ -9,7 +9,7 @@ from typing import Any
 import datasets
 from torch.utils.data import Dataset as TorchDataset
 
-from .collation import LABEL_KEYS
+from .collation import label_key
 from .shared import label_tasks
 from .tokenizing import token_lengths
 
@@ -96,7 +96,7 @@ class MultiTaskDataset(TorchDataset):
             return row
         if not self.labels_by_task:
             return {**row, "task_id": self.task_names.index(unit)}
-        key = next((key for key in LABEL_KEYS if key in row), None)
+        key = label_key(row)
         if key is None:
             return row
         row = dict(row)

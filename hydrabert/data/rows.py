@@ -253,31 +253,45 @@ def _log_inferred(cfg: TaskDataConfig, labels: list[str], how: str) -> None:
     logger.info("Task %r: %d labels %s (set `labels` to fix the ids): %s", cfg.name, len(labels), how, shown)
 
 
-def encode_labels(cfg: TaskDataConfig, source: Source, rows: datasets.Dataset, labels) -> datasets.Dataset:
-    """Label names to targets: a ClassLabel id (single-label) or a multi-hot float list."""
+def encode_labels(cfg: TaskDataConfig, source: Source, rows, labels: list[str] | None):
+    """Label names to targets: a ClassLabel id (single-label) or a multi-hot float list. A stream
+    (`datasets.IterableDataset`) is encoded as it is read."""
     if cfg.problem_type in SCORE_PROBLEM_TYPES:
         return rows
-    single = cfg.problem_type == "single_label_classification"
-    column = rows["label"]
-    known = set(labels)
-    if not known.issuperset(column if single else (n for row in column for n in row)):
-        for value, where in zip(column, rows[LOCATION], strict=True):
-            for name in [value] if single else value:
-                if name not in known:
-                    raise source.error(f"{where}: label {name!r} is not one of the task's labels {labels}")
-    if single:
-        return rows.cast_column("label", datasets.ClassLabel(names=labels))
-    index = {name: i for i, name in enumerate(labels)}
-    multi_hot = [[0.0] * len(labels) for _ in column]
-    for row, names in zip(multi_hot, column, strict=True):
-        for name in names:
-            row[index[name]] = 1.0
-    feature = datasets.List(datasets.Value("float32"), length=len(labels))
+    if isinstance(rows, datasets.IterableDataset):
+        return rows.map(
+            _encode_batch, batched=True, fn_kwargs={"cfg": cfg, "source": source, "labels": labels}
+        )
+    targets = _encode_batch({"label": rows["label"], LOCATION: rows[LOCATION]}, cfg, source, labels)["label"]
+    if cfg.problem_type == "single_label_classification":
+        feature = datasets.ClassLabel(names=labels)
+    else:
+        feature = datasets.List(datasets.Value("float32"), length=len(labels))
     return (
         rows.remove_columns("label")
-        .add_column("label", multi_hot, feature=feature)
+        .add_column("label", targets, feature=feature)
         .select_columns(rows.column_names)
     )
+
+
+def _encode_batch(batch, cfg: TaskDataConfig, source: Source, labels: list[str]) -> dict[str, list]:
+    """A batch's label names as class ids or multi-hot rows; a name outside `labels` is an error naming its row."""
+    index = {name: i for i, name in enumerate(labels)}
+    single = cfg.problem_type == "single_label_classification"
+    targets = []
+    for value, where in zip(batch["label"], batch[LOCATION], strict=True):
+        names = [value] if single else value
+        unknown = [name for name in names if name not in index]
+        if unknown:
+            raise source.error(f"{where}: label {unknown[0]!r} is not one of the task's labels {labels}")
+        if single:
+            targets.append(index[value])
+        else:
+            hot = [0.0] * len(labels)
+            for name in names:
+                hot[index[name]] = 1.0
+            targets.append(hot)
+    return {"label": targets}
 
 
 __all__ = [

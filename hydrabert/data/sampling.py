@@ -110,6 +110,19 @@ class UniformStrategy(TemperatureStrategy):
         return [1 / len(counts)] * len(counts)
 
 
+def sampling_strategy(name: str, temperature: float = 1.0):
+    """The strategy a name in SAMPLING_STRATEGIES stands for: the rule of map-style batches and of streams."""
+    if name not in SAMPLING_STRATEGIES:
+        raise ValueError(f"strategy must be one of {list(SAMPLING_STRATEGIES)}, got {name!r}")
+    if name == "temperature":
+        return TemperatureStrategy(float(temperature))
+    return {
+        "proportional": ProportionalStrategy,
+        "round_robin": RoundRobinStrategy,
+        "uniform": UniformStrategy,
+    }[name]()
+
+
 class MultiTaskBatchSampler(Sampler[list[int]]):
     """Batches of global indices into the tasks' concatenated train sets (task order = the order of
     `task_lengths`; see `task_offsets`). One task per batch: each task's `TaskBatchSampler` makes its
@@ -131,8 +144,7 @@ class MultiTaskBatchSampler(Sampler[list[int]]):
         group_by_length: bool = True,
         mixed: bool = False,
     ):
-        if strategy not in SAMPLING_STRATEGIES:
-            raise ValueError(f"strategy must be one of {list(SAMPLING_STRATEGIES)}, got {strategy!r}")
+        self.strategy = sampling_strategy(strategy, temperature)
         if mixed and strategy != "proportional":
             raise ValueError(f"mixed batches support strategy='proportional' only, got {strategy!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -161,12 +173,6 @@ class MultiTaskBatchSampler(Sampler[list[int]]):
         self.num_examples = sum(len(lengths) for lengths in self.lengths.values())
         all_lengths = [n for name in self.task_names for n in self.lengths[name]]
         self.pool = TaskBatchSampler(all_lengths, batch_size, 0, drop_last, group_by_length)
-        self.strategy = {
-            "proportional": ProportionalStrategy(),
-            "round_robin": RoundRobinStrategy(),
-            "uniform": UniformStrategy(),
-            "temperature": TemperatureStrategy(float(temperature)),
-        }[strategy]
 
     def set_epoch(self, epoch: int):
         self.epoch = epoch
@@ -213,5 +219,6 @@ __all__ = [
     "TaskBatchSampler",
     "TemperatureStrategy",
     "UniformStrategy",
+    "sampling_strategy",
     "seeded_generator",
 ]

@@ -14,7 +14,7 @@ import datasets
 import numpy as np
 import pyarrow.compute as pc
 
-from .collation import LABEL_KEYS
+from .collation import label_key
 
 
 def label_column(dataset) -> str | None:
@@ -23,7 +23,7 @@ def label_column(dataset) -> str | None:
         names = dataset.column_names
     else:  # a torch or list data set: its first row says
         names = list(dataset[0]) if len(dataset) else []
-    return next((key for key in LABEL_KEYS if key in names), None)
+    return label_key(names)
 
 
 def label_tasks(dataset) -> list[str] | None:

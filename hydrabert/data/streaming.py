@@ -1,15 +1,10 @@
-"""Streaming tasks: training rows read as training needs them, never all in memory.
+"""Streaming tasks: training rows read as training needs them, never all in memory (docs/scaling.md).
 
 A task streamed (`"streaming": true` in a run config, or a `datasets.IterableDataset` given to
 `MultiTaskTrainer`) is tokenised lazily (`tokenize_stream`) and mixed with the other tasks by
-`StreamingBatches`, which
-- splits every task's stream across processes with `datasets.distributed.split_dataset_by_node` (by shard when
-  the shard count divides evenly, else every world_size-th row): each process reads rows no other reads;
-- draws each row's task with the sampling strategy's probabilities, from each task's row count (the stream's
-  own metadata, `info.splits`, as a Hub dataset's card gives it; or the run config's `num_rows`); a task that
-  runs out starts over until every task has run out once: one "epoch" of the mix (each epoch reshuffles);
-- batches by length within a buffer: `buffer_size` rows at a time, each task's rows sorted by length and cut
-  into batches of one task, the batches shuffled (the map-style sampler's megabatches, over a window).
+`StreamingBatches`: each process reads its own share of every stream (`split_dataset_by_node`), each row's task
+is drawn with the sampling strategy's probabilities, and a buffer's rows are cut into one-task batches sorted
+by length (the map-style sampler's megabatches, over a window).
 
 Why not `datasets.interleave_datasets`: it needs one schema for all its inputs, and tasks differ (class ids,
 float scores, a similarity task's second-sentence columns). Its mixing rule is what this implements, per row.
@@ -21,7 +16,6 @@ from __future__ import annotations
 import codecs
 import csv
 import dataclasses
-import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import datasets
@@ -30,10 +24,9 @@ from datasets.distributed import split_dataset_by_node
 from torch.utils.data import DataLoader
 from torch.utils.data import IterableDataset as TorchIterableDataset
 
-from ..configuration_hydrabert import SCORE_PROBLEM_TYPES
-from .loading import _SPLIT_ALIASES, Source, file_format_of, load_task_splits, reads_local_files
-from .rows import LOCATION, _normalize_batch, class_names
-from .sampling import SAMPLING_STRATEGIES, ProportionalStrategy, TemperatureStrategy, seeded_generator
+from .loading import Source, hub_splits, labeled_lines, load_task_splits, local_files
+from .rows import LOCATION, _normalize_batch, class_names, encode_labels
+from .sampling import sampling_strategy, seeded_generator
 from .shared import label_tasks
 from .tasks import QUOTING, LoadedTask, TaskDataConfig
 from .tokenizing import _tokenize_batch, tokenizer_keys
@@ -96,20 +89,15 @@ def stream_probabilities(
     """The chance that a row comes from each task: the map-style strategies' rule on row counts (round_robin and
     uniform: equal). Proportional and temperature sampling need every count: a missing one is an error that
     names the task."""
-    if strategy not in SAMPLING_STRATEGIES:
-        raise ValueError(f"task_sampling must be one of {list(SAMPLING_STRATEGIES)}, got {strategy!r}")
-    names = list(counts)
-    if strategy in ("round_robin", "uniform"):
-        return dict.fromkeys(names, 1 / len(names))
+    rule = sampling_strategy(strategy, temperature)
     unknown = [name for name, n in counts.items() if not n]
-    if unknown:
+    if unknown and strategy in ("proportional", "temperature"):
         raise ValueError(
             f"task_sampling={strategy!r} weighs tasks by their rows, but the streams of {unknown} do not say how "
             "many they have: give each its num_rows in the run config (or record it with "
             "hydrabert.data.streaming.with_row_count), or use task_sampling='uniform'"
         )
-    rule = ProportionalStrategy() if strategy == "proportional" else TemperatureStrategy(float(temperature))
-    return dict(zip(names, rule.probabilities([counts[name] for name in names]), strict=True))
+    return dict(zip(counts, rule.probabilities(list(counts.values())), strict=True))
 
 
 def tokenize_stream(
@@ -272,28 +260,28 @@ class StreamingDataLoader(DataLoader):
 # ------------------------------------------------------------------------------ reading a task as a stream
 def load_streamed_task(cfg: TaskDataConfig, seed: int = 42) -> LoadedTask:
     """A task with `streaming: true`: its train split as a stream (`LoadedTask.stream`: `text`, [`text_pair`],
-    `label` as a class id, multi-hot floats or a score, checked row by row as training reads it; a bad row then
-    stops the run with an error naming task, file and row), its validation and test splits map-style. Local
-    files go through datasets' builders with `streaming=True`; a Hub dataset's splits are all streamed, and its
-    validation and test rows gathered into map-style sets."""
-    if reads_local_files(cfg):
-        source, stream = _local_stream(cfg)
+    `label` encoded, each row checked as training reads it, so a bad row stops the run with an error naming
+    task, file and row), its validation and test splits map-style. Local files go through datasets' builders
+    with `streaming=True`; a Hub dataset's splits are all streamed, its validation and test rows gathered."""
+    files = local_files(cfg)
+    if files is not None:
+        if "train" not in files:
+            raise cfg.error("streaming needs a train_file (the split that is streamed)")
+        source, path, file_format = files["train"]
+        stream = _file_stream(cfg, source, path, file_format)
         evaluation = dataclasses.replace(cfg, train_file=None, streaming=False)
         has_evaluation = cfg.validation_file or cfg.test_file
         splits = load_task_splits(evaluation, seed).splits if has_evaluation else datasets.DatasetDict()
     else:
-        streams = _hub_streams(cfg)
+        streams = hub_splits(cfg, streaming=True)
         if "train" not in streams:
             raise cfg.error(f"the Hub dataset {cfg.dataset_name!r} has no train split to stream")
-        (source, stream) = streams.pop("train")
+        source, stream = streams.pop("train")
         splits = datasets.DatasetDict(
             {
-                split: datasets.Dataset.from_list(list(_rows_of(cfg, s, raw)))
+                split: datasets.Dataset.from_list(list(_rows_of(cfg, s, raw))).remove_columns(LOCATION)
                 for split, (s, raw) in streams.items()
             }
-        )
-        splits = datasets.DatasetDict(
-            {split: rows.remove_columns(LOCATION) for split, rows in splits.items()}
         )
     rows = _rows_of(cfg, source, stream).remove_columns(LOCATION)
     if cfg.num_rows is not None:
@@ -303,64 +291,46 @@ def load_streamed_task(cfg: TaskDataConfig, seed: int = 42) -> LoadedTask:
     return LoadedTask(config=cfg, splits=splits, labels=cfg.labels, stream=rows)
 
 
-def _local_stream(cfg: TaskDataConfig) -> tuple[Source, datasets.IterableDataset]:
-    if not cfg.train_file:
-        raise cfg.error("streaming needs a train_file (the split that is streamed)")
-    name = cfg.train_file
-    path = name if os.path.isabs(name) or cfg.data_dir is None else os.path.join(cfg.data_dir, name)
-    source = Source(cfg.name, "train", f"file {path} (streamed)")
-    if not os.path.isfile(path):
-        raise source.error("file not found" if not os.path.exists(path) else "is not a file")
-    file_format = file_format_of(cfg, source, path)
+def _file_stream(
+    cfg: TaskDataConfig, source: Source, path: str, file_format: str
+) -> datasets.IterableDataset:
+    """A local file through datasets' builder for its format, streamed, every csv cell a string."""
     codec = "utf-8-sig" if codecs.lookup(cfg.encoding).name == "utf-8" else cfg.encoding
-    options: dict = {}
     if file_format == "labeled_lines":
         lines = _builder_stream("text", path, encoding=codec)
         features = {cfg.label_column: "string", cfg.text_column: "string", LOCATION: "string"}
-        stream = lines.map(
-            _split_labeled_lines,
+        return lines.map(
+            _labeled_batch,
             batched=True,
             with_indices=True,
             remove_columns=["text"],
             features=datasets.Features({key: datasets.Value(kind) for key, kind in features.items()}),
             fn_kwargs={"cfg": cfg, "source": source},
         )
-        return source, stream
     if file_format in ("csv", "tsv"):
         delimiter = "," if file_format == "csv" else "\t"
-        header = (
-            list(cfg.column_names)
-            if cfg.column_names is not None
-            else _csv_header(source, path, codec, cfg, delimiter)
-        )
         if cfg.column_names is not None:
-            options["column_names"] = header
-        options.update(
+            header, options = list(cfg.column_names), {"column_names": list(cfg.column_names)}
+        else:
+            header, options = _csv_header(source, path, codec, cfg, delimiter), {}
+        return _builder_stream(
+            "csv",
+            path,
+            **options,
             delimiter=delimiter,
             quoting=QUOTING[cfg.quoting],
             encoding=codec,
             keep_default_na=False,
             features=datasets.Features({column: datasets.Value("string") for column in header}),
         )
-        return source, _builder_stream("csv", path, **options)
     if file_format == "jsonl":
-        options["encoding"] = codec
-    return source, _builder_stream(file_format if file_format != "jsonl" else "json", path, **options)
+        return _builder_stream("json", path, encoding=codec)
+    return _builder_stream(file_format, path)
 
 
-def _split_labeled_lines(batch, indices, cfg: TaskDataConfig, source: Source):
-    """`label<sep>text` lines of the text builder's stream into two columns; blank lines skipped."""
-    out = {cfg.label_column: [], cfg.text_column: [], LOCATION: []}
-    for index, line in zip(indices, batch["text"], strict=True):
-        if not line.strip():
-            continue
-        label, separator, sentence = line.partition(cfg.label_separator)
-        if not separator or not sentence.strip() or not label.strip():
-            raise source.error(f"line {index + 1} is not `label{cfg.label_separator}text`: {line.rstrip()!r}")
-        out[cfg.label_column].append(label.strip())
-        out[cfg.text_column].append(sentence.strip())
-        out[LOCATION].append(f"line {index + 1}")
-    return out
+def _labeled_batch(batch, indices, cfg: TaskDataConfig, source: Source):
+    """The text builder's lines (row i: line i + 1) as `labeled_lines` reads them."""
+    return labeled_lines(cfg, source, zip([index + 1 for index in indices], batch["text"], strict=True))
 
 
 def _builder_stream(builder: str, path: str, **options) -> datasets.IterableDataset:
@@ -377,24 +347,6 @@ def _csv_header(source: Source, path: str, codec: str, cfg: TaskDataConfig, deli
     return header
 
 
-def _hub_streams(cfg: TaskDataConfig) -> dict[str, tuple[Source, datasets.IterableDataset]]:
-    try:
-        hub = datasets.load_dataset(cfg.dataset_name, cfg.dataset_config_name, streaming=True)
-    except (ConnectionError, FileNotFoundError) as err:
-        raise cfg.error(
-            f"the Hub dataset {cfg.dataset_name!r} cannot be streamed ({type(err).__name__}: {err})"
-        ) from None
-    streams = {}
-    for hub_split, stream in hub.items():
-        split = _SPLIT_ALIASES.get(hub_split)
-        if split is not None:
-            streams[split] = (
-                Source(cfg.name, split, f"Hub dataset {cfg.dataset_name!r}, split {hub_split!r} (streamed)"),
-                stream,
-            )
-    return streams
-
-
 def _rows_of(cfg: TaskDataConfig, source: Source, raw: datasets.IterableDataset) -> datasets.IterableDataset:
     """`normalized_rows` and `encode_labels`, row by row: text, [text_pair], label (encoded), LOCATION."""
     names = class_names(raw.features).get(cfg.label_column) if raw.features is not None else None
@@ -409,26 +361,7 @@ def _rows_of(cfg: TaskDataConfig, source: Source, raw: datasets.IterableDataset)
         ["text", "text_pair", "label", LOCATION] if cfg.text_pair_column else ["text", "label", LOCATION]
     )
     rows = rows.filter(lambda row: row["label"] is not None).select_columns(columns)  # label_map's nulls
-    if cfg.problem_type in SCORE_PROBLEM_TYPES:
-        return rows
-    index = {name: i for i, name in enumerate(cfg.labels)}
-    multi = cfg.problem_type == "multi_label_classification"
-
-    def encoded(row):
-        names_ = row["label"] if multi else [row["label"]]
-        unknown = [name for name in names_ if name not in index]
-        if unknown:
-            raise source.error(
-                f"{row[LOCATION]}: label {unknown[0]!r} is not one of the task's labels {cfg.labels}"
-            )
-        if not multi:
-            return {"label": index[row["label"]]}
-        hot = [0.0] * len(index)
-        for name in names_:
-            hot[index[name]] = 1.0
-        return {"label": hot}
-
-    return rows.map(encoded)
+    return encode_labels(cfg, source, rows, cfg.labels)
 
 
 __all__ = [

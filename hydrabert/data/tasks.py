@@ -51,7 +51,8 @@ class HydraBertDataError(ValueError):
 
 @dataclass
 class TaskDataConfig:
-    """Where one task's data comes from and how to read it.
+    """Where one task's data comes from and how to read it. Every field, its type, default and meaning:
+    docs/task-config.md (tests/test_task_config_docs.py keeps the two in step).
 
     A local `data_dir` that exists wins over `dataset_name`, so one config runs offline against
     ../shared/data and online (from the Hub) for users who do not have that directory.
@@ -64,49 +65,29 @@ class TaskDataConfig:
     train_file: str | None = None
     validation_file: str | None = None
     test_file: str | None = None
-    # None: inferred from the extension (.csv .tsv .json .jsonl .parquet).
-    file_format: str | None = None
-    # The `label text` line format of the SST/MR/TREC files.
+    file_format: str | None = None  # None: from the extension
     label_separator: str = " "
-    # "coarse": keep the part of a label before ':' (TREC `DESC:manner` -> `DESC`).
     label_transform: str | None = None
     encoding: str = "utf-8"
     text_column: str = "text"
     text_pair_column: str | None = None
     label_column: str = "label"
-    # Names of headerless csv/tsv columns, or of the items of JSON rows that are lists. Rows may have fewer
-    # fields than names (STS-B's 7 and 9): the missing ones read as empty.
+    # Rows may have fewer fields than names (STS-B's 7 and 9): the missing ones read as empty.
     column_names: list[str] | None = None
-    # csv/tsv quoting: "minimal" (a field may be quoted, as csv writes it) or "none" (a `"` is an ordinary
-    # character: STS-B's sentences hold lone quotes).
     quoting: str = "minimal"
-    # Key of the JSON object that holds the rows: one key, or one per split ({"validation": "val"}).
     json_field: str | dict[str, str] | None = None
-    # None: ClassLabel names when the data have them, else the sorted unique values.
     labels: list[str] | None = None
-    # The data hold 0-based ids into `labels` (TREC.*.all: 0 = DESC, 1 = ENTY, ...), as ClassLabel.
     label_ids: bool = False
     problem_type: str = "single_label_classification"
     weight: float = 1.0
-    # Carve this percentage of train into a seeded validation split when there is none.
     validation_split_percentage: float | None = None
-    # Single-label only. "balanced": n_rows / (n_labels * rows_of_label) from the train split's counts
-    # (scikit-learn's compute_class_weight); or one weight per label. Each row's loss is scaled by its label's.
     class_weights: str | list[float] | None = None
-    # The name of another task whose data this task's labels live in (a shared source): its rows are read
-    # once and each is encoded once per training step for every task it labels. The data fields
-    # (SOURCE_FIELDS) then come from that task; this one gives its own label_column and label settings.
+    # A shared source: the rows of that task's data, encoded once per step for every task that labels them.
     source: str | None = None
-    # Raw label value (as written, e.g. "3") -> label name, or None: the row has no label for this task
-    # (derived labels: SST-5's 0..4 as negative/positive with 2 unlabelled). Single-label tasks.
     label_map: dict[str, str | None] | None = None
-    # The head's architecture and a loss other than the problem type's own, by name: keys of
-    # HydraBertModel.HEADS / .LOSSES (checked when the model is built; docs/extending.md).
+    # Keys of HydraBertModel.HEADS / .LOSSES, checked when the model is built (docs/extending.md).
     head: str = "linear"
     loss: str | None = None
-    # Read the train split as a stream (datasets' streaming=True): rows are read as training needs them, never
-    # all at once; validation and test stay map-style. Needs declared labels and, for proportional or
-    # temperature sampling, `num_rows` (or a Hub dataset whose card gives the train split's size).
     streaming: bool = False
     num_rows: int | None = None
 
