@@ -99,7 +99,8 @@ def configure_fsdp_plugin(plugin, model) -> None:
     flattened parameters is refused: see below."""
     if plugin is None:
         return
-    if getattr(plugin, "fsdp_version", 2) == 1 and not getattr(plugin, "use_orig_params", False):
+    # accelerate before 1.6 has FSDP1 only, and no fsdp_version.
+    if getattr(plugin, "fsdp_version", 1) == 1 and not getattr(plugin, "use_orig_params", False):
         # FSDP1 without use_orig_params (accelerate's default) flattens each unit into one parameter: the layer-wise
         # groups, which split a block's weights from its biases and LayerNorms, then hold parameters the optimizer
         # never sees updated, and a unit that mixes frozen and trainable weights fails in FSDP itself
