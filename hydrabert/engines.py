@@ -101,10 +101,9 @@ def configure_fsdp_plugin(plugin, model) -> None:
         return
     # accelerate before 1.6 has FSDP1 only, and no fsdp_version.
     if getattr(plugin, "fsdp_version", 1) == 1 and not getattr(plugin, "use_orig_params", False):
-        # FSDP1 without use_orig_params (accelerate's default) flattens each unit into one parameter: the layer-wise
-        # groups, which split a block's weights from its biases and LayerNorms, then hold parameters the optimizer
-        # never sees updated, and a unit that mixes frozen and trainable weights fails in FSDP itself
-        # ("FlatParameter requires uniform requires_grad").
+        # FSDP1 without use_orig_params (accelerate's default) flattens each unit into one parameter, while the
+        # layer-wise groups split a block's weights from its biases and LayerNorms by name, and a unit that mixes
+        # frozen and trainable weights fails in FSDP itself ("FlatParameter requires uniform requires_grad").
         raise ValueError(
             "FSDP1 with use_orig_params=false flattens each unit's parameters into one, which hydrabert's layer-wise "
             "learning rates and freeze policies cannot address: set fsdp_version: 2 in the accelerate config "
