@@ -81,6 +81,13 @@ class ModelArguments:
     embedding_activation: str | None = field(
         default=None, metadata={"help": "After the embedding projection: 'tanh' (default) or 'identity'."}
     )
+    head_input: str | None = field(
+        default=None,
+        metadata={
+            "help": "What the heads read: 'embedding' (default) or 'embedding+cls' (the embedding beside "
+            "tanh(h_CLS): the heads bend the embedding less; docs/embeddings.md)."
+        },
+    )
     classifier_dropout: float | None = field(default=None, metadata={"help": "Dropout before the heads."})
     adapter_size: int | None = field(
         default=None,

@@ -197,6 +197,14 @@ GROUPS: dict[str, dict[str, tuple[str, list[str]]]] = {
             f"preserve1_3_epochs_seed{seed}": (DEMO, ["--num_train_epochs", "3", "--seed", str(seed)])
             for seed in (42, 43, 44)
         },
+        # Heads that read tanh(h_CLS) beside the embedding: features of their own, so they bend the embedding less.
+        **{
+            f"embedding_and_cls_heads_preserve1_seed{seed}": (
+                DEMO,
+                ["--head_input", "embedding+cls", "--seed", str(seed)],
+            )
+            for seed in (42, 43, 44)
+        },
     },
     # The main job in fp32 and in bf16 (autocast on the CPU), three seeds each: what bf16 costs in accuracy.
     "bf16": {

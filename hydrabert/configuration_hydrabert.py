@@ -31,6 +31,9 @@ POOLING_MODES = ("cls", "mean")
 # problem type's own (cross-entropy, binary cross-entropy, MSE, CoSENT).
 DEFAULT_HEAD = "linear"
 EMBEDDING_ACTIVATIONS = ("tanh", "identity")
+# What the task heads read: the sentence embedding, or the embedding beside tanh(h_[CLS]), which frees the heads from
+# bending the embedding (docs/embeddings.md measures it).
+HEAD_INPUTS = ("embedding", "embedding+cls")
 
 
 class HydraBertConfig(PreTrainedConfig):
@@ -59,6 +62,10 @@ class HydraBertConfig(PreTrainedConfig):
             `"cls"` (the [CLS] state) or `"mean"` (mean over real tokens, using the attention mask).
         embedding_activation (`str`, defaults to `"tanh"`):
             Activation after the projection: `"tanh"` or `"identity"`.
+        head_input (`str`, defaults to `"embedding"`):
+            What the task heads read: `"embedding"` (the sentence embedding) or `"embedding+cls"` (the embedding
+            concatenated with tanh of the [CLS] state; with mean pooling the heads then have features the embedding
+            does not carry, so training them bends the embedding less). Width: `head_input_dim`.
         classifier_dropout (`float`, *optional*):
             Dropout before every head; defaults to the encoder's `hidden_dropout_prob`.
         adapter_size (`int`, *optional*):
@@ -88,6 +95,7 @@ class HydraBertConfig(PreTrainedConfig):
     embedding_dim: int | None = None
     pooling: str = "cls"
     embedding_activation: str = "tanh"
+    head_input: str = "embedding"
     classifier_dropout: float | None = None
     adapter_size: int | None = None
     max_seq_length: int | None = None
@@ -108,6 +116,8 @@ class HydraBertConfig(PreTrainedConfig):
             raise ValueError(
                 f"embedding_activation must be one of {EMBEDDING_ACTIVATIONS}, got {self.embedding_activation!r}"
             )
+        if self.head_input not in HEAD_INPUTS:
+            raise ValueError(f"head_input must be one of {HEAD_INPUTS}, got {self.head_input!r}")
         if self.classifier_dropout is not None and not 0.0 <= self.classifier_dropout < 1.0:
             raise ValueError(f"classifier_dropout must be in [0, 1), got {self.classifier_dropout!r}")
         if self.adapter_size is not None and (
@@ -122,6 +132,12 @@ class HydraBertConfig(PreTrainedConfig):
             raise ValueError(
                 f"max_seq_length must be a positive integer or None, got {self.max_seq_length!r}"
             )
+
+    @property
+    def head_input_dim(self) -> int:
+        """The width of what every head reads (see `head_input`)."""
+        extra = self.encoder.hidden_size if self.head_input == "embedding+cls" else 0
+        return self.embedding_dim + extra
 
     @property
     def task_names(self) -> list[str]:

@@ -135,8 +135,9 @@ class HydraBertAdapter(nn.Module):
 
 
 def linear_head(config: HydraBertConfig, spec: dict) -> nn.Module:
-    """One Linear from the sentence embedding to the task's outputs (BERT's classifier)."""
-    return nn.Linear(config.embedding_dim, spec["num_labels"])
+    """One Linear from what the heads read (the sentence embedding, `config.head_input`) to the task's outputs
+    (BERT's classifier)."""
+    return nn.Linear(config.head_input_dim, spec["num_labels"])
 
 
 def mlp_head(config: HydraBertConfig, spec: dict) -> nn.Module:
@@ -144,7 +145,7 @@ def mlp_head(config: HydraBertConfig, spec: dict) -> nn.Module:
     RoBERTa and ELECTRA, with GELU)."""
     width = config.embedding_dim
     return nn.Sequential(
-        nn.Linear(width, width),
+        nn.Linear(config.head_input_dim, width),
         nn.GELU(),
         nn.Dropout(config.head_dropout()),
         nn.Linear(width, spec["num_labels"]),
@@ -503,7 +504,8 @@ class HydraBertModel(HydraBertInferenceMixin, HydraBertPreTrainedModel):
             annotated several ways): a row without a label for a task holds -100 (class ids) or NaN
             (floats) there, and each task's loss averages over the rows that have its label.
         encoder_features (`torch.FloatTensor` of shape `(batch, hidden_size)`, *optional*):
-            What `get_encoder_features` returns for this batch: the encoder and pooling are skipped (a
+            What `get_encoder_features` returns for this batch (`2 * hidden_size` wide with
+            `head_input="embedding+cls"`): the encoder and pooling are skipped (a
             frozen encoder's outputs computed once and reused; see `hydrabert.feature_cache`).
         """
         task = self._batch_task(task, task_ids, labels)
@@ -513,10 +515,16 @@ class HydraBertModel(HydraBertInferenceMixin, HydraBertPreTrainedModel):
             encoder_features, hidden_states, attentions = self._run_encoder(
                 attention_mask, inputs_embeds, output_hidden_states, output_attentions, **inputs, **kwargs
             )
-        embedding = self.pooler.project(encoder_features)
+        pooled, cls_state = encoder_features, None
+        if (
+            self.config.head_input == "embedding+cls"
+        ):  # the [CLS] state rides behind the pooled one (_features)
+            pooled, cls_state = encoder_features.split(self.config.encoder.hidden_size, dim=-1)
+        embedding = self.pooler.project(pooled)
         if self.adapter is not None:
             embedding = self.adapter(embedding)
-        features = self.dropout(embedding)
+        head_input = embedding if cls_state is None else torch.cat([embedding, torch.tanh(cls_state)], dim=-1)
+        features = self.dropout(head_input)
         # Every head on every batch: heads are tiny, and this keeps all parameters in the graph (DDP
         # without find_unused_parameters) while one encoder pass serves all tasks.
         all_logits = {name: head(features) for name, head in self.heads.items()}
@@ -576,8 +584,16 @@ class HydraBertModel(HydraBertInferenceMixin, HydraBertPreTrainedModel):
             return_dict=True,
             **inputs,
         )
-        features = self.pooler.pool(outputs.last_hidden_state, attention_mask)
+        features = self._features(outputs.last_hidden_state, attention_mask)
         return features, outputs.hidden_states, outputs.attentions
+
+    def _features(self, last_hidden_state: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """What the layers above the encoder read: the pooled state, and with `head_input="embedding+cls"` the
+        [CLS] state after it."""
+        pooled = self.pooler.pool(last_hidden_state, attention_mask)
+        if self.config.head_input == "embedding+cls":
+            return torch.cat([pooled, last_hidden_state[:, 0]], dim=-1)
+        return pooled
 
     def get_encoder_features(
         self,
@@ -586,12 +602,13 @@ class HydraBertModel(HydraBertInferenceMixin, HydraBertPreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
         **kwargs,
     ) -> torch.Tensor:
-        """What the projection reads, `(batch, hidden_size)`: the encoder's last hidden state at [CLS]
-        (`pooling="cls"`) or its masked mean (`pooling="mean"`). `forward(encoder_features=...)` takes it."""
+        """What the layers above the encoder read, `(batch, hidden_size)`: the encoder's last hidden state at [CLS]
+        (`pooling="cls"`) or its masked mean (`pooling="mean"`); with `head_input="embedding+cls"`,
+        `(batch, 2 * hidden_size)`, the [CLS] state after the pooled one. `forward(encoder_features=...)` takes it."""
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
         outputs = self.encoder(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
-        return self.pooler.pool(outputs.last_hidden_state, attention_mask)
+        return self._features(outputs.last_hidden_state, attention_mask)
 
 
 def _load_encoder_weights(model, pretrained, pretrained_info: dict, checkpoint_pooling: str | None) -> dict:

@@ -340,3 +340,49 @@ def test_similarity_pairs_and_preservation_with_a_frozen_encoder_use_the_feature
     assert logged and all(math.isfinite(entry["loss/sts"]) for entry in logged)
     metrics = trainer.evaluate()
     assert -1.0 <= metrics["eval_sts_spearman"] <= 1.0
+
+
+# ------------------------------------------------------------------------------ heads reading [CLS] too
+def test_heads_read_the_embedding_beside_tanh_of_the_cls_state(tmp_path, tiny_tokenizer):
+    """head_input="embedding+cls": the heads read [tanh(Linear(mean)); tanh(h_CLS)], the sentence embedding is
+    unchanged, the cached-features path gives the same outputs, and the setting survives save and load."""
+    model = seeded_model(pooling="mean", head_input="embedding+cls", embedding_dim=16).eval()
+    hidden = model.config.encoder.hidden_size
+    assert model.config.head_input_dim == 16 + hidden
+    assert model.heads["sentiment"].in_features == 16 + hidden
+    batch = tiny_tokenizer(["the good film", "who is it here"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        out = model(**batch)
+        states = model.encoder(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        embedding = torch.tanh(model.pooler.dense((states * mask).sum(1) / mask.sum(1)))
+        expected = model.heads["sentiment"](torch.cat([embedding, torch.tanh(states[:, 0])], dim=-1))
+        cached = model(encoder_features=model.get_encoder_features(**batch))
+    torch.testing.assert_close(out.sentence_embedding, embedding)
+    torch.testing.assert_close(out.logits["sentiment"], expected)
+    for task in out.logits:
+        torch.testing.assert_close(cached.logits[task], out.logits[task])
+
+    model.save_pretrained(tmp_path / "saved")
+    loaded = HydraBertModel.from_pretrained(tmp_path / "saved").eval()
+    assert loaded.config.head_input == "embedding+cls"
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch).logits["sentiment"], out.logits["sentiment"])
+
+
+def test_heads_reading_the_cls_state_train_with_the_feature_cache_and_preservation(tmp_path, tiny_tokenizer):
+    from conftest import make_task_datasets
+
+    train, evaluation = make_task_datasets(tiny_tokenizer)
+    model = seeded_model(pooling="mean", head_input="embedding+cls")
+    heads = {name: head.weight.detach().clone() for name, head in model.heads.items()}
+    args = tiny_training_args(
+        tmp_path, num_train_epochs=1, freeze_policy="encoder", embedding_preservation_weight=1.0
+    )
+    trainer = MultiTaskTrainer(
+        model=model, args=args, train_dataset=train, eval_dataset=evaluation, processing_class=tiny_tokenizer
+    )
+    trainer.train()
+    assert trainer.frozen_encoder is not None and trainer.frozen_encoder.hits > 0
+    assert all(not torch.equal(model.heads[name].weight, before) for name, before in heads.items())
+    assert 0.0 <= trainer.evaluate()["eval_sentiment_accuracy"] <= 1.0

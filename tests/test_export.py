@@ -249,8 +249,13 @@ def test_write_exports_checks_onnx_on_real_sentences(model, tiny_tokenizer, tmp_
 
 @pytest.mark.parametrize(
     "overrides",
-    [{"pooling": "mean"}, {"adapter_size": 8}, {"embedding_dim": 16, "embedding_activation": "identity"}],
-    ids=["mean", "adapter", "narrow-identity"],
+    [
+        {"pooling": "mean"},
+        {"adapter_size": 8},
+        {"embedding_dim": 16, "embedding_activation": "identity"},
+        {"pooling": "mean", "head_input": "embedding+cls", "embedding_dim": 16},
+    ],
+    ids=["mean", "adapter", "narrow-identity", "embedding-and-cls"],
 )
 def test_onnx_exports_any_config_exactly(overrides, tiny_tokenizer, tmp_path):
     model = _decisive(seeded_model(**overrides))
@@ -268,6 +273,7 @@ def test_onnx_exports_any_config_exactly(overrides, tiny_tokenizer, tmp_path):
         ({"adapter_size": 8}, "adapter_size=8"),
         ({"embedding_dim": 16}, "embedding_dim=16 != hidden_size=32"),
         ({"embedding_activation": "identity"}, "embedding_activation='identity'"),
+        ({"head_input": "embedding+cls"}, "head_input='embedding+cls'"),
     ],
 )
 def test_task_export_refuses_configs_a_standard_classifier_cannot_express(

@@ -56,6 +56,7 @@ def test_config_round_trips_through_json(tmp_path):
     [
         ({"pooling": "max"}, "pooling"),
         ({"embedding_activation": "relu"}, "embedding_activation"),
+        ({"head_input": "cls"}, "head_input"),
         ({"embedding_dim": 0}, "embedding_dim"),
         ({"classifier_dropout": 1.5}, "classifier_dropout"),
         ({"adapter_size": -4}, "adapter_size"),

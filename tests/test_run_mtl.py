@@ -316,6 +316,7 @@ def test_model_arguments_are_the_config_settings_and_reach_the_model(
         "embedding_dim",
         "pooling",
         "embedding_activation",
+        "head_input",
         "classifier_dropout",
         "adapter_size",
     }

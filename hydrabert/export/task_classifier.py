@@ -83,6 +83,8 @@ def check_exactly_expressible(config) -> None:
         reasons.append(
             f"adapter_size={config.adapter_size}: they have no adapter between pooler and classifier"
         )
+    if config.head_input != "embedding":
+        reasons.append(f"head_input={config.head_input!r}: their classifier reads the pooler's output only")
     if config.embedding_dim != hidden:
         reasons.append(
             f"embedding_dim={config.embedding_dim} != hidden_size={hidden}: their pooler keeps the width"
