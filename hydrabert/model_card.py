@@ -127,6 +127,7 @@ class HydraBertCardData(CardData):
             "embedding_dim": config.embedding_dim,
             "pooling": config.pooling,
             "embedding_activation": getattr(config, "embedding_activation", None),
+            "head_input": getattr(config, "head_input", None),
             "adapter_size": config.adapter_size,
             "num_parameters": sum(p.numel() for p in model.parameters()),
         }

@@ -441,12 +441,15 @@ def test_mean_pooling_adapter_regression_and_multi_label_render_cleanly(tmp_path
         "tags": {"labels": ["a", "b", "c"], "problem_type": "multi_label_classification"},
     }
     torch.manual_seed(0)
-    model = HydraBertModel(tiny_config(tasks=tasks, pooling="mean", adapter_size=8)).eval()
+    model = HydraBertModel(
+        tiny_config(tasks=tasks, pooling="mean", adapter_size=8, head_input="embedding+cls")
+    ).eval()
     text = str(
         generate_model_card(model, tmp_path, tokenizer=tiny_tokenizer, example_sentences=["good film"])
     )
     _assert_clean_markdown(text.split("---\n", 2)[2])
     assert "`tanh(Linear(masked mean of the token states))`" in text
+    assert "- **Heads read**: the sentence embedding beside `tanh(h_[CLS])`" in text
     assert "- **Adapter**: residual bottleneck of width 8 between embedding and heads" in text
     assert (
         "| `score` | regression | - | 1 |" in text and "| `tags` | multi-label | `a`, `b`, `c` | 1 |" in text
