@@ -197,6 +197,11 @@ GROUPS: dict[str, dict[str, tuple[str, list[str]]]] = {
             f"preserve1_3_epochs_seed{seed}": (DEMO, ["--num_train_epochs", "3", "--seed", str(seed)])
             for seed in (42, 43, 44)
         },
+        # STS-B pairs as a task, with heads that read tanh(h_CLS) beside the embedding (temperature 3).
+        "sts_task_embedding_and_cls_heads_temperature3_seed42": (
+            "configs/demo_sts.json",
+            ["--head_input", "embedding+cls", "--task_sampling", "temperature", "--sampling_temperature", "3"],
+        ),
         # Heads that read tanh(h_CLS) beside the embedding: features of their own, so they bend the embedding less.
         **{
             f"embedding_and_cls_heads_preserve1_seed{seed}": (
