@@ -516,9 +516,8 @@ class HydraBertModel(HydraBertInferenceMixin, HydraBertPreTrainedModel):
                 attention_mask, inputs_embeds, output_hidden_states, output_attentions, **inputs, **kwargs
             )
         pooled, cls_state = encoder_features, None
-        if (
-            self.config.head_input == "embedding+cls"
-        ):  # the [CLS] state rides behind the pooled one (_features)
+        # With head_input="embedding+cls" the [CLS] state rides behind the pooled one (_features).
+        if self.config.head_input == "embedding+cls":
             pooled, cls_state = encoder_features.split(self.config.encoder.hidden_size, dim=-1)
         embedding = self.pooler.project(pooled)
         if self.adapter is not None:
