@@ -46,6 +46,7 @@ from hydrabert.data.streaming import (
     is_stream,
     tokenize_stream,
 )
+from hydrabert.engines import leave_process_group
 from hydrabert.export.deploy import plan_exports, push_exports, write_exports
 from hydrabert.freezing import check_something_trains, frozen_by_arguments
 from hydrabert.modeling_hydrabert import CONFIG_SETTINGS, HydraBertModel
@@ -437,7 +438,9 @@ def main(argv: list[str] | None = None) -> dict:
     setup_logging(training_args)
     logger.debug("Training arguments %s", training_args)
     with progress_bars(not training_args.disable_tqdm):
-        return run(model_args, data_args, training_args)
+        results = run(model_args, data_args, training_args)
+    leave_process_group()  # under DDP/FSDP: every process done before any exits (engines.py says why)
+    return results
 
 
 def run(model_args: ModelArguments, data_args: DataArguments, training_args: RunTrainingArguments) -> dict:

@@ -116,6 +116,18 @@ def configure_fsdp_plugin(plugin, model) -> None:
         plugin.transformer_cls_names_to_wrap = fsdp_block_classes(model)
 
 
+def leave_process_group() -> None:
+    """At the end of a distributed run: wait for every process, then destroy the process group. A process that
+    exits with the group alive can abort during interpreter shutdown (gloo's worker threads still hold work: SIGABRT,
+    "terminate called without an active exception"), which the launcher then reports as a failed run. The
+    Trainer never destroys it; nothing to do outside a distributed run."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def fsdp_requested(args) -> bool:
     """FSDP through the Trainer's `fsdp` argument or `accelerate launch` with an FSDP config."""
     return bool(getattr(args, "fsdp", None)) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in (
@@ -141,5 +153,6 @@ __all__ = [
     "deepspeed_config",
     "fsdp_block_classes",
     "fsdp_requested",
+    "leave_process_group",
     "zero_stage",
 ]

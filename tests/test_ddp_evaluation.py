@@ -21,6 +21,7 @@ EVALUATE = textwrap.dedent(
     import datasets
     from transformers import AutoTokenizer
     from hydrabert import HydraBertModel
+    from hydrabert.engines import leave_process_group
     from hydrabert.trainer import MultiTaskTrainer, MultiTaskTrainingArguments
 
     model_dir, tokenizer_dir, data_dir, out = sys.argv[1:5]
@@ -40,6 +41,7 @@ EVALUATE = textwrap.dedent(
     if trainer.is_world_process_zero():
         with open(f"{out}/metrics.json", "w") as handle:
             json.dump({"world_size": trainer.accelerator.num_processes, "metrics": metrics}, handle)
+    leave_process_group()
     """
 )
 

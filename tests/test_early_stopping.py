@@ -393,6 +393,8 @@ DDP_TRAIN = textwrap.dedent(
             "scores": [row["eval_selection_score"] for row in state.log_history if "eval_selection_score" in row],
             "weights": weights,
         }, handle)
+    from hydrabert.engines import leave_process_group
+    leave_process_group()
     """
 )
 

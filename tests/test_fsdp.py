@@ -29,7 +29,7 @@ TRAIN = textwrap.dedent(
     import torch, torch.distributed as dist
     sys.path.insert(0, sys.argv[3])
     from conftest import seeded_model
-    from hydrabert.engines import configure_fsdp_plugin
+    from hydrabert.engines import configure_fsdp_plugin, leave_process_group
     from hydrabert.optim import layerwise_parameter_groups
 
     mode, out = sys.argv[1:3]
@@ -80,7 +80,7 @@ TRAIN = textwrap.dedent(
         torch.save(state, f"{out}/{mode}.pt")
         if mode == "fsdp":
             unwrapped.save_pretrained(f"{out}/saved", state_dict=state)
-    dist.destroy_process_group()
+    leave_process_group()
     """
 )
 
@@ -194,7 +194,7 @@ UNFREEZING = textwrap.dedent(
     from conftest import TINY_ENCODER, seeded_model
     from hydrabert.callbacks import FreezingCallback
     from hydrabert.freezing import UnfreezingSchedule, frozen_parameter_names
-    from hydrabert.engines import configure_fsdp_plugin
+    from hydrabert.engines import configure_fsdp_plugin, leave_process_group
     from hydrabert.optim import layerwise_parameter_groups
 
     out = sys.argv[2]
@@ -288,7 +288,7 @@ UNFREEZING = textwrap.dedent(
         save_file({name: tensor.contiguous() for name, tensor in fsdp_weights.items()}, os.path.join(out, "fsdp.safetensors"))
         with open(os.path.join(out, "result.json"), "w") as handle:
             json.dump({"world_size": world, "ddp": ddp, "fsdp": fsdp}, handle)
-    dist.destroy_process_group()
+    leave_process_group()
     """
 )
 
@@ -375,7 +375,7 @@ RESUME = textwrap.dedent(
         fsdp2_prepare_model, load_fsdp_model, load_fsdp_optimizer, save_fsdp_model, save_fsdp_optimizer,
     )
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-    from hydrabert.engines import configure_fsdp_plugin
+    from hydrabert.engines import configure_fsdp_plugin, leave_process_group
     from hydrabert.optim import complete_optimizer_state, layerwise_parameter_groups
 
     out, state_dict_type = sys.argv[2:4]
@@ -452,7 +452,7 @@ RESUME = textwrap.dedent(
     resumed = full(model)
     if rank == 0:
         torch.save({"straight": straight, "resumed": resumed, "at_save": at_save}, f"{out}/weights.pt")
-    dist.destroy_process_group()
+    leave_process_group()
     """
 )
 

@@ -186,6 +186,8 @@ TWO_PROCESS_STREAMING = textwrap.dedent(
     with open(f"{out}/rank{trainer.accelerator.process_index}.json", "w") as handle:
         json.dump({"world_size": trainer.accelerator.num_processes, "global_step": trainer.state.global_step,
                    "seen": seen, "weights": weights}, handle)
+    from hydrabert.engines import leave_process_group
+    leave_process_group()
     """
 )
 
