@@ -200,8 +200,24 @@ GROUPS: dict[str, dict[str, tuple[str, list[str]]]] = {
         # STS-B pairs as a task, with heads that read tanh(h_CLS) beside the embedding (temperature 3).
         "sts_task_embedding_and_cls_heads_temperature3_seed42": (
             "configs/demo_sts.json",
-            ["--head_input", "embedding+cls", "--task_sampling", "temperature", "--sampling_temperature", "3"],
+            [
+                "--head_input",
+                "embedding+cls",
+                "--task_sampling",
+                "temperature",
+                "--sampling_temperature",
+                "3",
+            ],
         ),
+        # ... and with MLP heads that read [CLS] too.
+        **{
+            f"sts_task_mlp_embedding_and_cls_heads_temperature3_seed{seed}": (
+                "configs/demo_sts.json",
+                ["--tasks", tasks_with_head("configs/demo_sts.json", "mlp"), "--head_input", "embedding+cls"]
+                + ["--seed", str(seed), "--task_sampling", "temperature", "--sampling_temperature", "3"],
+            )
+            for seed in (42, 43, 44)
+        },
         # Heads that read tanh(h_CLS) beside the embedding: features of their own, so they bend the embedding less.
         **{
             f"embedding_and_cls_heads_preserve1_seed{seed}": (
