@@ -198,6 +198,38 @@ def launch_two_processes(script, *args, timeout: int = 300):
     )
 
 
+def fsdp2_prepared(model, **plugin_options):
+    """`model` sharded by accelerate's own FSDP2 preparation (`fsdp2_prepare_model`), with the plugin as
+    MultiTaskTrainer configures it (transformer-based wrapping of the encoder's blocks), inside an initialised gloo
+    process group; returns `(sharded model, plugin, accelerator)`. accelerate enables FSDP only on GPU-like devices,
+    so `accelerator` is a stand-in holding what its FSDP functions (prepare, save, load) read."""
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+
+    from hydrabert.engines import configure_fsdp_plugin
+
+    plugin = FullyShardedDataParallelPlugin(
+        fsdp_version=2, auto_wrap_policy="transformer_based_wrap", **plugin_options
+    )
+    configure_fsdp_plugin(plugin, model)
+    rank = dist.get_rank()
+    accelerator = SimpleNamespace(
+        state=SimpleNamespace(fsdp_plugin=plugin),
+        mixed_precision="no",
+        device=torch.device("cpu"),
+        is_main_process=rank == 0,
+        torch_device_mesh=None,
+        num_processes=dist.get_world_size(),
+        process_index=rank,
+        is_fsdp2=True,
+        wait_for_everyone=dist.barrier,
+    )
+    return fsdp2_prepare_model(accelerator, model), plugin, accelerator
+
+
 def make_task_datasets(tokenizer, sizes=None, seed=0):
     """Tokenized `{task: Dataset}` train and eval sets of random sentences for the tiny tasks."""
     import datasets

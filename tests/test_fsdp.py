@@ -25,11 +25,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = textwrap.dedent(
     """
     import json, sys
-    from types import SimpleNamespace
     import torch, torch.distributed as dist
     sys.path.insert(0, sys.argv[3])
-    from conftest import seeded_model
-    from hydrabert.engines import configure_fsdp_plugin, leave_process_group
+    from conftest import fsdp2_prepared, seeded_model
+    from hydrabert.engines import leave_process_group
     from hydrabert.optim import layerwise_parameter_groups
 
     mode, out = sys.argv[1:3]
@@ -40,15 +39,7 @@ TRAIN = textwrap.dedent(
     for param in model.encoder.embeddings.parameters():  # a freeze policy: the embeddings never train
         param.requires_grad_(False)
     if mode == "fsdp":
-        from accelerate.utils import FullyShardedDataParallelPlugin
-        from accelerate.utils.fsdp_utils import fsdp2_prepare_model
-        plugin = FullyShardedDataParallelPlugin(fsdp_version=2, auto_wrap_policy="transformer_based_wrap")
-        configure_fsdp_plugin(plugin, model)
-        accelerator = SimpleNamespace(
-            state=SimpleNamespace(fsdp_plugin=plugin), mixed_precision="no", device=torch.device("cpu"),
-            is_main_process=rank == 0, torch_device_mesh=None,
-        )
-        model = fsdp2_prepare_model(accelerator, model)
+        model, _, _ = fsdp2_prepared(model)
     else:
         model = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
     trainable = [(n, p) for n, p in unwrapped.named_parameters() if p.requires_grad]
@@ -184,17 +175,14 @@ UNFREEZING = textwrap.dedent(
     import torch.distributed as dist
     from safetensors.torch import save_file
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-    from types import SimpleNamespace
-    from accelerate.utils import FullyShardedDataParallelPlugin
-    from accelerate.utils.fsdp_utils import fsdp2_prepare_model
     from torch.nn.parallel import DistributedDataParallel
     from transformers import TrainerState
 
     sys.path.insert(0, sys.argv[1])
-    from conftest import TINY_ENCODER, seeded_model
+    from conftest import TINY_ENCODER, fsdp2_prepared, seeded_model
     from hydrabert.callbacks import FreezingCallback
     from hydrabert.freezing import UnfreezingSchedule, frozen_parameter_names
-    from hydrabert.engines import configure_fsdp_plugin, leave_process_group
+    from hydrabert.engines import leave_process_group
     from hydrabert.optim import layerwise_parameter_groups
 
     out = sys.argv[2]
@@ -240,13 +228,8 @@ UNFREEZING = textwrap.dedent(
         )]
         if sharding == "fsdp":
             # accelerate's own FSDP2 preparation, with the plugin as MultiTaskTrainer configures it.
-            plugin = FullyShardedDataParallelPlugin(fsdp_version=2, auto_wrap_policy="transformer_based_wrap")
-            configure_fsdp_plugin(plugin, model)
-            accelerator = SimpleNamespace(
-                state=SimpleNamespace(fsdp_plugin=plugin), mixed_precision="no", device=torch.device("cpu"),
-                is_main_process=rank == 0, torch_device_mesh=None,
-            )
-            wrapped = inner = fsdp2_prepare_model(accelerator, model)
+            wrapped, _, _ = fsdp2_prepared(model)
+            inner = wrapped
         else:
             wrapped, inner = DistributedDataParallel(model, broadcast_buffers=False), model
         # The groups from the model as sharded (FSDP2 keeps every original parameter, as a DTensor shard).
@@ -365,17 +348,13 @@ def test_fsdp_saved_folder_carries_hydrabert_code_not_torchs(unfreezing_run):
 RESUME = textwrap.dedent(
     """
     import sys
-    from types import SimpleNamespace
     import torch, torch.distributed as dist
     sys.path.insert(0, sys.argv[1])
-    from conftest import seeded_model
+    from conftest import fsdp2_prepared, seeded_model
     from accelerate import PartialState
-    from accelerate.utils import FullyShardedDataParallelPlugin
-    from accelerate.utils.fsdp_utils import (
-        fsdp2_prepare_model, load_fsdp_model, load_fsdp_optimizer, save_fsdp_model, save_fsdp_optimizer,
-    )
+    from accelerate.utils.fsdp_utils import load_fsdp_model, load_fsdp_optimizer, save_fsdp_model, save_fsdp_optimizer
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-    from hydrabert.engines import configure_fsdp_plugin, leave_process_group
+    from hydrabert.engines import leave_process_group
     from hydrabert.optim import complete_optimizer_state, layerwise_parameter_groups
 
     out, state_dict_type = sys.argv[2:4]
@@ -391,16 +370,7 @@ RESUME = textwrap.dedent(
                 param.add_(shift)  # a resumed run must not depend on where its model started
         for param in model.encoder.embeddings.parameters():  # a freeze policy
             param.requires_grad_(False)
-        plugin = FullyShardedDataParallelPlugin(
-            fsdp_version=2, auto_wrap_policy="transformer_based_wrap", state_dict_type=state_dict_type
-        )
-        configure_fsdp_plugin(plugin, model)
-        accelerator = SimpleNamespace(
-            state=SimpleNamespace(fsdp_plugin=plugin), mixed_precision="no", device=torch.device("cpu"),
-            is_main_process=rank == 0, torch_device_mesh=None, num_processes=2, process_index=rank, is_fsdp2=True,
-            wait_for_everyone=dist.barrier,
-        )
-        wrapped = fsdp2_prepare_model(accelerator, model)
+        wrapped, plugin, accelerator = fsdp2_prepared(model, state_dict_type=state_dict_type)
         groups = layerwise_parameter_groups(
             wrapped, learning_rate=1e-3, layerwise_lr_decay=0.8, head_learning_rate=1e-2, weight_decay=0.01,
             parameters=[(n, p) for n, p in wrapped.named_parameters() if p.requires_grad],
