@@ -185,15 +185,17 @@ def test_onnx_predictor_gives_predict_and_encode(model, tiny_tokenizer, tmp_path
 
 def test_onnx_graph_is_fused_by_onnxruntime(model, tiny_tokenizer, tmp_path):
     """The default model.onnx is ONNX Runtime's fused graph: a torch/transformers/onnxruntime upgrade that
-    breaks the pattern fails here, not silently in production. Attention does not fuse from the dynamo
-    export (docs/deploy.md); when it starts to, this test says so and the docs should be updated."""
+    breaks the pattern fails here, not silently in production. The residual layer norms stay Add +
+    LayerNormalization (ONNX Runtime's CPU SkipLayerNormalization is slower, docs/deploy.md); Attention does
+    not fuse from the dynamo export; when it starts to, this test says so and the docs should be updated."""
     import onnx
 
     layers = model.config.encoder.num_hidden_layers
     result = export_onnx(model, tmp_path / "fused", tokenizer=tiny_tokenizer, quantize=True)
     expected = {
         "Attention": 0,
-        "SkipLayerNormalization": 2 * layers,
+        "SkipLayerNormalization": 0,
+        "LayerNormalization": 2 * layers + 1,  # two per layer and the embeddings'
         "BiasGelu": layers,
         "EmbedLayerNormalization": 0,
     }
@@ -203,13 +205,42 @@ def test_onnx_graph_is_fused_by_onnxruntime(model, tiny_tokenizer, tmp_path):
     assert {op: written.count(op) for op in expected} == expected  # what was counted is what was saved
     assert "hydrabert_tasks" in {prop.key for prop in saved.metadata_props}  # fusion keeps the metadata
     assert result.max_abs_diff <= 1e-4
-    # The int8 copy is quantized from the fused graph (its fused layer norms survive).
+    # The int8 copy is quantized from the fused graph (its fused Gelu survives).
     quantized = [node.op_type for node in onnx.load(result.quantized_path).graph.node]
-    assert quantized.count("SkipLayerNormalization") == 2 * layers and "DynamicQuantizeLinear" in quantized
+    assert quantized.count("BiasGelu") == layers and "DynamicQuantizeLinear" in quantized
 
     plain = export_onnx(model, tmp_path / "plain", tokenizer=tiny_tokenizer, fuse=False)
     assert plain.fused_nodes == {}
-    assert "SkipLayerNormalization" not in [node.op_type for node in onnx.load(plain.path).graph.node]
+    assert "BiasGelu" not in [node.op_type for node in onnx.load(plain.path).graph.node]
+
+
+def test_cpu_sessions_keep_the_residual_layer_norms_unfused(model, tiny_tokenizer, tmp_path):
+    """ONNX Runtime's session optimizer would fuse Add + LayerNormalization into SkipLayerNormalization at load
+    time; OnnxPredictor's CPU session is told not to, and still gives predict()'s results."""
+    import onnx
+    import onnxruntime
+
+    from hydrabert.export.onnx_layout import session_kwargs
+
+    assert session_kwargs(["CPUExecutionProvider"]) == {"disabled_optimizers": ["SkipLayerNormFusion"]}
+    assert session_kwargs([("CPUExecutionProvider", {})]) == {"disabled_optimizers": ["SkipLayerNormFusion"]}
+    assert session_kwargs(["CUDAExecutionProvider", "CPUExecutionProvider"]) == {}
+
+    folder = tmp_path / "onnx"
+    export_onnx(model, folder, tokenizer=tiny_tokenizer)
+    options = onnxruntime.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "as_loaded.onnx")  # the graph the session runs
+    predictor = OnnxPredictor(folder, session_options=options, threads=1)
+    ran = [node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node]
+    assert "SkipLayerNormalization" not in ran and "LayerNormalization" in ran
+    # Without the argument ONNX Runtime fuses them: the check above can fail.
+    plain = onnxruntime.SessionOptions()
+    plain.optimized_model_filepath = str(tmp_path / "default.onnx")
+    onnxruntime.InferenceSession(str(folder / "model.onnx"), plain, providers=["CPUExecutionProvider"])
+    assert "SkipLayerNormalization" in [
+        node.op_type for node in onnx.load(plain.optimized_model_filepath).graph.node
+    ]
+    _same_predictions(predictor.predict(SENTENCES), model.predict(SENTENCES, tiny_tokenizer))
 
 
 def test_onnx_validation_raises_on_a_different_label(model, tiny_tokenizer, tmp_path, monkeypatch):

@@ -16,6 +16,7 @@ from .onnx_layout import (
     ONNX_FILE,
     TASKS_METADATA_KEY,
     logits_output_name,
+    session_kwargs,
 )
 
 # What OnnxPredictor downloads from a Hub repo: the graphs and the tokenizer, not the torch weights.
@@ -98,8 +99,9 @@ class OnnxPredictor:
                 "`python -m hydrabert.export onnx MODEL OUTPUT`"
             )
         self.path = os.path.join(graph_dir, file_name)
+        providers = providers or ["CPUExecutionProvider"]
         self.session = ort.InferenceSession(
-            self.path, sess_options=session_options, providers=providers or ["CPUExecutionProvider"]
+            self.path, sess_options=session_options, providers=providers, **session_kwargs(providers)
         )
         metadata = self.session.get_modelmeta().custom_metadata_map
         if TASKS_METADATA_KEY not in metadata:
