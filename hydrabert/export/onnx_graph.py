@@ -21,11 +21,11 @@ from ._common import check_hydrabert_model, require
 from .onnx_layout import (
     EMBEDDING_OUTPUT,
     MAX_SEQ_LENGTH_METADATA_KEY,
-    NO_SKIP_LAYER_NORM_FUSION,
     ONNX_FILE,
     QUANTIZED_ONNX_FILE,
     TASKS_METADATA_KEY,
     logits_output_name,
+    session_kwargs,
 )
 
 logger = logging.getLogger(__name__)
@@ -197,8 +197,8 @@ def fuse_transformer_graph(path, encoder_config) -> dict[str, int]:
     layers = encoder_config.num_hidden_layers
     if counts["BiasGelu"] < layers:
         warnings.warn(
-            f"ONNX Runtime fused {counts['BiasGelu']} BiasGelu nodes, expected "
-            f"{layers} ({layers} layers): the exported graph no longer matches its BERT pattern, so the "
+            f"ONNX Runtime fused {counts['BiasGelu']} BiasGelu nodes, expected one per layer "
+            f"({layers}): the exported graph no longer matches its BERT pattern, so the "
             "ONNX model runs slower than it should. Please report it with your torch/onnxruntime versions.",
             stacklevel=2,
         )
@@ -239,9 +239,8 @@ def _compare(model, onnx_path, batch: dict[str, torch.Tensor]) -> tuple[float, d
     # Set explicitly: ONNX Runtime's default is every core, which a small check batch does not need and
     # which oversubscribes a CPU shared with torch.
     options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
-    session = ort.InferenceSession(
-        str(onnx_path), options, providers=["CPUExecutionProvider"], **NO_SKIP_LAYER_NORM_FUSION
-    )
+    providers = ["CPUExecutionProvider"]
+    session = ort.InferenceSession(str(onnx_path), options, providers=providers, **session_kwargs(providers))
     names = [i.name for i in session.get_inputs()]
     got = session.run(None, {name: batch[name].cpu().numpy() for name in names})
     was_training = model.training

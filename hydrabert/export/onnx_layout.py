@@ -36,8 +36,8 @@ def session_kwargs(providers) -> dict:
 __all__ = [
     "EMBEDDING_OUTPUT",
     "MAX_SEQ_LENGTH_METADATA_KEY",
-    "ONNX_FILE",
     "NO_SKIP_LAYER_NORM_FUSION",
+    "ONNX_FILE",
     "QUANTIZED_ONNX_FILE",
     "TASKS_METADATA_KEY",
     "logits_output_name",
