@@ -117,14 +117,25 @@ def configure_fsdp_plugin(plugin, model) -> None:
 
 
 def leave_process_group() -> None:
-    """At the end of a distributed run: wait for every process, then destroy the process group. A process that
-    exits with the group alive can abort during interpreter shutdown (gloo's worker threads still hold work: SIGABRT,
-    "terminate called without an active exception"), which the launcher then reports as a failed run. The
-    Trainer never destroys it; nothing to do outside a distributed run."""
+    """At the end of a distributed run: wait for every process, then destroy the process group. The Trainer never
+    destroys it; nothing to do outside a distributed run.
+
+    Why, and why this barrier: a gloo worker thread that drops the last reference to a finished collective's
+    tensors must take the GIL; if the main thread is already finalizing the interpreter, that thread exits inside
+    a C++ destructor and the process aborts (SIGABRT, "terminate called without an active exception"), which the
+    launcher reports as a failed run. `destroy_process_group()` does not join gloo's worker threads while anything
+    (an FSDP model's device mesh, say) still references the group, so they live until exit. `dist.barrier()` on
+    gloo is itself such a collective: its work keeps weak references to the collectives still in flight and is
+    destroyed on a worker thread after the caller has been released, taking them with it (seen in a core dump,
+    1 run in ~15 of the FSDP resume test). `monitored_barrier` (gloo's own send/recv, run on the calling thread
+    with tensors Python never saw) leaves nothing behind on the worker threads."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        if dist.get_backend() == dist.Backend.GLOO:
+            dist.monitored_barrier(wait_all_ranks=True)
+        else:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -481,3 +481,29 @@ def test_completing_the_optimizer_state_changes_no_step_adamw_takes():
 
     for lazy, completed in zip(run(False), run(True), strict=True):
         assert torch.equal(lazy, completed)
+
+
+def test_leaving_a_gloo_group_uses_the_barrier_that_leaves_no_work_on_gloo_s_threads(tmp_path, monkeypatch):
+    """leave_process_group on gloo: monitored_barrier (send/recv on the calling thread), never barrier(), whose
+    work releases the collectives in flight on a worker thread, which aborted a process at exit (engines.py)."""
+    import torch.distributed as dist
+
+    from hydrabert.engines import leave_process_group
+
+    called = []
+    monitored = dist.monitored_barrier
+    monkeypatch.setattr(dist, "barrier", lambda *a, **k: called.append("barrier"))
+    monkeypatch.setattr(
+        dist, "monitored_barrier", lambda *a, **k: called.append("monitored") or monitored(*a, **k)
+    )
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        dist.all_reduce(torch.ones(2))
+        leave_process_group()
+        assert called == ["monitored"]
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    leave_process_group()  # outside a distributed run: nothing to do
+    assert called == ["monitored"]
