@@ -422,6 +422,29 @@ def test_cli_exports_a_saved_model(model, tiny_tokenizer, tmp_path):
         export_cli(["all", "not/a/folder"])
 
 
+def test_cli_shows_hydrabert_s_progress_without_the_exporters_per_node_logs(model, tiny_tokenizer, tmp_path):
+    """onnxscript and onnxruntime's quantizer log a line per pass or node at INFO, torch.onnx a line per
+    torchvision operator: the command line shows hydrabert's own lines and the warnings that matter."""
+    saved = tmp_path / "model"
+    model.save_pretrained(saved)
+    tiny_tokenizer.save_pretrained(saved)
+    result = subprocess.run(
+        [sys.executable, "-m", "hydrabert.export", "onnx", str(saved), str(tmp_path / "onnx"), "--quantize"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "INFO - hydrabert.export.onnx_graph - ONNX graph" in result.stderr
+    lines = result.stderr.splitlines()
+    noise = [
+        line for line in lines if line.startswith("INFO - ") and not line.startswith("INFO - hydrabert.")
+    ]
+    assert noise == [], noise[:5]
+    assert not [line for line in lines if "torchvision" in line or "LeafSpec" in line], result.stderr[-2000:]
+    assert json.loads(result.stdout)["onnx_max_abs_diff"] < 1e-4
+
+
 def test_remote_code_model_explains_the_export_extra(model, tiny_tokenizer, tmp_path):
     """The travelling file imports hydrabert.export only when asked, and says what to install."""
     model.save_pretrained(tmp_path / "model")

@@ -56,7 +56,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.command == "all" and not os.path.isdir(args.model):
         parser.error(f"all writes next to MODEL, which must be a local folder: {args.model!r} is not one")
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s - %(name)s - %(message)s")
+    # hydrabert's own lines at INFO (what was fused, where each export went); everything else at WARNING, since
+    # onnxscript's optimizer and onnxruntime's quantizer log a line per pass or node at INFO (160 on a MiniLM).
+    logging.basicConfig(format="%(levelname)s - %(name)s - %(message)s")
+    logging.getLogger("hydrabert").setLevel(logging.INFO)
     model = HydraBertModel.from_pretrained(args.model).eval()
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
     if args.command == "task":

@@ -7,6 +7,7 @@ whenever a standard architecture cannot express the model.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -78,6 +79,18 @@ def onnx_input_names(model, tokenizer=None) -> list[str]:
     return ["input_ids", "attention_mask"] + (["token_type_ids"] if uses_token_types else [])
 
 
+@contextlib.contextmanager
+def _quiet_logger(name: str):
+    """`name`'s warnings left out for the duration: for another library's notes that never apply here."""
+    log = logging.getLogger(name)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def export_onnx(
     model,
     save_directory,
@@ -103,9 +116,13 @@ def export_onnx(
     was_training = model.training
     model.eval()
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _quiet_logger("torch.onnx._internal.exporter._registration"):
             # torch.onnx notes that axes sharing a constraint keep one name: that is the intent here.
             warnings.filterwarnings("ignore", message=".*will not be used, since it shares the same shape")
+            # torch 2.13's exporter calls its own deprecated pytree API; nothing a caller can change.
+            warnings.filterwarnings("ignore", message="`isinstance\\(treespec, LeafSpec\\)` is deprecated")
+            # (the quiet logger: "torchvision is not installed. Skipping torchvision::nms", one line per
+            # torchvision operator, which a BERT graph never contains)
             program = torch.onnx.export(
                 _AllOutputs(model).eval(),
                 tuple(example[name].to(model.device) for name in input_names),
