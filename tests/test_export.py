@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import TINY_ENCODER, seeded_model
 from test_run_mtl import PUSH_SETTINGS, _config, data_root  # noqa: F401  (data_root: the tiny task files, a fixture)
-from transformers import AutoTokenizer
+from transformers import AutoModel, AutoTokenizer
 
 import run_mtl
 from hydrabert import HydraBertModel
@@ -341,6 +341,10 @@ def test_sentence_transformer_export_covers_mean_pooling_and_other_widths(
     modules = json.loads((tmp_path / "modules.json").read_text())
     assert [m["type"].rsplit(".", 1)[1] for m in modules][-1] == ("Normalize" if normalize else "Dense")
     assert "sentence-transformers" in (tmp_path / "README.md").read_text()
+    # A complete BERT checkpoint: nothing "newly initialized" at each load; the unread pooler is zeros.
+    encoder, info = AutoModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"], info
+    assert not encoder.pooler.dense.weight.any() and not encoder.pooler.dense.bias.any()
 
 
 def _family_model(encoder):
@@ -422,7 +426,7 @@ def test_cli_exports_a_saved_model(model, tiny_tokenizer, tmp_path):
         export_cli(["all", "not/a/folder"])
 
 
-def test_cli_shows_hydrabert_s_progress_without_the_exporters_per_node_logs(model, tiny_tokenizer, tmp_path):
+def test_cli_prints_hydrabert_s_progress_not_other_libraries_noise(model, tiny_tokenizer, tmp_path):
     """onnxscript and onnxruntime's quantizer log a line per pass or node at INFO, torch.onnx a line per
     torchvision operator: the command line shows hydrabert's own lines and the warnings that matter."""
     saved = tmp_path / "model"
@@ -443,6 +447,19 @@ def test_cli_shows_hydrabert_s_progress_without_the_exporters_per_node_logs(mode
     assert noise == [], noise[:5]
     assert not [line for line in lines if "torchvision" in line or "LeafSpec" in line], result.stderr[-2000:]
     assert json.loads(result.stdout)["onnx_max_abs_diff"] < 1e-4
+    # The sentence-transformer export loads the encoder it wrote: no load report of "newly initialized" weights,
+    # also where the family's pooler is not hydrabert's embedding (mean pooling).
+    mean = tmp_path / "mean"
+    seeded_model(pooling="mean").save_pretrained(mean)
+    tiny_tokenizer.save_pretrained(mean)
+    sentence = subprocess.run(
+        [sys.executable, "-m", "hydrabert.export", "sentence-transformer", str(mean), str(tmp_path / "st")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert sentence.returncode == 0, sentence.stderr[-3000:]
+    assert "MISSING" not in sentence.stderr and "newly initialized" not in sentence.stderr, sentence.stderr
 
 
 def test_remote_code_model_explains_the_export_extra(model, tiny_tokenizer, tmp_path):

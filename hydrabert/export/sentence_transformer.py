@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import tempfile
 
+import torch
 from torch import nn
 from transformers import AutoModel
 
@@ -84,29 +85,27 @@ def export_sentence_transformer(
 
 
 def standard_encoder(model):
-    """The encoder as its family's plain `AutoModel`. Where hydrabert's projection is exactly the family's
-    pooler (cls pooling, tanh, same width) it becomes that pooler, as in a BERT checkpoint, so `pooler_output`
-    is the sentence embedding and loading reports no missing weights; otherwise the encoder is saved
-    without a pooler (which the sentence-transformers pipeline never reads)."""
+    """The encoder as its family's plain `AutoModel`, a complete checkpoint of it. Where hydrabert's projection is
+    exactly the family's pooler (cls pooling, tanh, same width) it becomes that pooler, as in a BERT checkpoint,
+    so `pooler_output` is the sentence embedding. Otherwise the family's pooler is there with zero weights: the
+    sentence-transformers pipeline never reads it, and a checkpoint without it is reported at every load as
+    missing weights "newly initialized" at random (zeros, not random: a `pooler_output` of zeros cannot pass
+    for an embedding). A family without a pooler gets the encoder as it is."""
     config = model.config
-    if (
-        config.pooling != "cls"
-        or config.embedding_activation != "tanh"
-        or config.embedding_dim != config.encoder.hidden_size
-    ):
-        return model.encoder
     full = AutoModel.from_config(config.encoder).to(model.pooler.dense.weight.dtype)
     pooler_dense = getattr(getattr(full, "pooler", None), "dense", None)
-    if (
-        not isinstance(pooler_dense, nn.Linear)
-        or pooler_dense.weight.shape != model.pooler.dense.weight.shape
-    ):
+    if not isinstance(pooler_dense, nn.Linear):
         return model.encoder
-    state = dict(model.encoder.state_dict())
-    state["pooler.dense.weight"], state["pooler.dense.bias"] = (
-        model.pooler.dense.weight,
-        model.pooler.dense.bias,
+    exact = (
+        config.pooling == "cls"
+        and config.embedding_activation == "tanh"
+        and pooler_dense.weight.shape == model.pooler.dense.weight.shape
     )
+    state = dict(model.encoder.state_dict())
+    for name, param in pooler_dense.named_parameters():
+        state[f"pooler.dense.{name}"] = (
+            getattr(model.pooler.dense, name) if exact else torch.zeros_like(param)
+        )
     full.load_state_dict(state, strict=True)
     return full
 
