@@ -426,18 +426,19 @@ def test_cli_exports_a_saved_model(model, tiny_tokenizer, tmp_path):
         export_cli(["all", "not/a/folder"])
 
 
+def _export_command(*args):
+    """`python -m hydrabert.export ARGS` in its own process, as a user runs it (its own logging set-up)."""
+    command = [sys.executable, "-m", "hydrabert.export", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
 def test_cli_prints_hydrabert_s_progress_not_other_libraries_noise(model, tiny_tokenizer, tmp_path):
     """onnxscript and onnxruntime's quantizer log a line per pass or node at INFO, torch.onnx a line per
     torchvision operator: the command line shows hydrabert's own lines and the warnings that matter."""
     saved = tmp_path / "model"
     model.save_pretrained(saved)
     tiny_tokenizer.save_pretrained(saved)
-    result = subprocess.run(
-        [sys.executable, "-m", "hydrabert.export", "onnx", str(saved), str(tmp_path / "onnx"), "--quantize"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = _export_command("onnx", saved, tmp_path / "onnx", "--quantize")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "INFO - hydrabert.export.onnx_graph - ONNX graph" in result.stderr
     lines = result.stderr.splitlines()
@@ -452,12 +453,7 @@ def test_cli_prints_hydrabert_s_progress_not_other_libraries_noise(model, tiny_t
     mean = tmp_path / "mean"
     seeded_model(pooling="mean").save_pretrained(mean)
     tiny_tokenizer.save_pretrained(mean)
-    sentence = subprocess.run(
-        [sys.executable, "-m", "hydrabert.export", "sentence-transformer", str(mean), str(tmp_path / "st")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    sentence = _export_command("sentence-transformer", mean, tmp_path / "st")
     assert sentence.returncode == 0, sentence.stderr[-3000:]
     assert "MISSING" not in sentence.stderr and "newly initialized" not in sentence.stderr, sentence.stderr
 
